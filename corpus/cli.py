@@ -1,0 +1,341 @@
+"""The ``midicorpus`` command line (contract: see DESIGN.md).
+
+Heavy libraries are imported inside the commands, so ``midicorpus --help`` stays fast.
+Errors a user can cause end in one line on stderr and exit status 2; nothing is written
+to the lake unless the command gets that far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+# ------------------------------------------------------------------ output helpers
+class Progress:
+    """A one-line progress display on stderr (only when it is a terminal)."""
+
+    def __init__(self, label: str, enabled: bool | None = None) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+
+    def __call__(self, summary: Any) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if now - self.last < 0.2:
+            return
+        self.last = now
+        rate = summary.inputs / max(now - self.t0, 1e-9)
+        sys.stderr.write(f"\r{self.label}: {summary.line()}  [{rate:,.0f} files/s]\x1b[K")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, default=str)
+    return str(v)
+
+
+def format_table(names: list[str], rows: list[tuple[Any, ...]], max_width: int = 60) -> str:
+    cells = [[_cell(v) for v in row] for row in rows]
+    cells = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in row] for row in cells]
+    widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
+    line = "  ".join(n.ljust(w) for n, w in zip(names, widths))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join([line, sep, *body])
+
+
+def render(names: list[str], rows: list[tuple[Any, ...]], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps([dict(zip(names, r)) for r in rows], default=str, indent=None)
+    if fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(names)
+        for r in rows:
+            w.writerow(["" if v is None else json.dumps(v, default=str) if isinstance(v, (list, dict)) else v for v in r])
+        return buf.getvalue().rstrip("\n")
+    return format_table(names, rows)
+
+
+# ------------------------------------------------------------------ context
+class Ctx:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from corpus.lake import Lake
+
+        self.args = args
+        self.lake = Lake(args.lake)
+
+    def engine(self) -> Any:
+        from corpus.engine import Engine
+
+        return Engine(self.args.scheduler, self.args.workers)
+
+    def ingest_config(self) -> Any:
+        from corpus.ingest import IngestConfig
+
+        a = self.args
+        return IngestConfig(policy="strict" if getattr(a, "strict", False) else "lenient", timeout_s=a.timeout)
+
+
+def _print_ingest(summary: Any, label: str) -> None:
+    print(f"{label}: {summary.line()} in {summary.seconds:.1f} s")
+    if summary.reasons:
+        print("  rejected by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.reasons.items(), key=lambda kv: (-kv[1], kv[0]))))
+
+
+def _run_ingest(ctx: Ctx, source_factory: Callable[[Any], Any], label: str) -> Any:
+    from corpus.ingest import ingest
+
+    with ctx.lake.lock(f"ingest {label}"), ctx.engine() as engine:
+        source = source_factory(engine)
+        prog = Progress(f"ingest {label}")
+        summary = ingest(ctx.lake, source, engine, ctx.ingest_config(), progress=prog, command=f"ingest {label}")
+        prog.done()
+        ctx.lake.write_catalog()
+    _print_ingest(summary, f"ingest {label}")
+    return summary
+
+
+# ------------------------------------------------------------------ commands
+def cmd_ingest_dir(ctx: Ctx) -> int:
+    from corpus.sources.folder import DirSource
+
+    a = ctx.args
+    _check_path(a.path)
+    _check_name(a.source)
+    _run_ingest(ctx, lambda _e: DirSource(a.path, name=a.source, license=a.license), a.source)
+    return 0
+
+
+def cmd_ingest_lakh(ctx: Ctx) -> int:
+    from corpus.sources.lakh import LakhError, LakhSource
+
+    _check_path(ctx.args.path)
+    try:
+        src = LakhSource(ctx.args.path)
+    except LakhError as exc:
+        raise UserError(str(exc)) from None
+    _run_ingest(ctx, lambda _e: src, "lakh")
+    return 0
+
+
+def cmd_ingest_lpd(ctx: Ctx) -> int:
+    from corpus.sources.lpd import LpdSource
+
+    _check_path(ctx.args.path)
+    _run_ingest(ctx, lambda _e: LpdSource(ctx.args.path), "lpd")
+    return 0
+
+
+def cmd_ingest_music21(ctx: Ctx) -> int:
+    ingest_music21(ctx, ctx.args.limit)
+    return 0
+
+
+def ingest_music21(ctx: Ctx, limit: int | None) -> Any:
+    from corpus.sources.music21_corpus import Music21Source
+
+    if limit is not None and limit < 0:
+        raise UserError(f"--limit must be >= 0, got {limit}")
+    skip: set[str] = set()
+    if ctx.lake.exists():
+        rows = ctx.lake.query("SELECT source_uri FROM pieces WHERE source = 'music21'").to_pylist()
+        skip = {r["source_uri"] for r in rows}
+    return _run_ingest(ctx, lambda e: Music21Source(e, limit=limit, skip=skip), "music21")
+
+
+def cmd_sql(ctx: Ctx) -> int:
+    import duckdb
+
+    a = ctx.args
+    con = ctx.lake.connect()
+    try:
+        try:
+            rel = con.sql(a.query)
+        except duckdb.Error as exc:
+            raise UserError(f"SQL error: {_one_line(str(exc))}") from None
+        if rel is None:
+            return 0
+        try:
+            names = rel.columns
+            rows = rel.fetchall()
+        except duckdb.Error as exc:
+            raise UserError(f"SQL error: {_one_line(str(exc))}") from None
+    finally:
+        con.close()
+    print(render(names, rows, a.format))
+    return 0
+
+
+def cmd_run(ctx: Ctx) -> int:
+    """The whole pipeline on the embedded default (the music21 corpus)."""
+    t0 = time.perf_counter()
+    print(f"midicorpus run: lake {ctx.lake.root}")
+    ingest_music21(ctx, ctx.args.limit)
+    print(f"\nsummary ({time.perf_counter() - t0:.1f} s):")
+    for title, q in RUN_QUERIES:
+        print(f"\n-- {title}\n{q}")
+        con = ctx.lake.connect()
+        try:
+            rel = con.sql(q)
+            print(format_table(rel.columns, rel.fetchall()))
+        finally:
+            con.close()
+    return 0
+
+
+RUN_QUERIES = [
+    (
+        "pieces per source and status",
+        "SELECT source, status, count(*) AS items, count(DISTINCT piece_id) AS pieces\n"
+        "FROM pieces GROUP BY ALL ORDER BY ALL;",
+    ),
+    (
+        "polyphonic pieces with more than 500 notes, by texture and time signature",
+        "SELECT f.texture, f.time_signature, count(*) AS pieces, round(sum(f.duration_s) / 3600, 2) AS hours\n"
+        "FROM features f WHERE f.n_notes > 500 GROUP BY ALL ORDER BY pieces DESC LIMIT 8;",
+    ),
+]
+
+
+# ------------------------------------------------------------------ validation
+def _check_path(path: str) -> None:
+    if not Path(path).exists():
+        raise UserError(f"no such file or folder: {path!r}")
+
+
+def _check_name(name: str) -> None:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
+        raise UserError(f"--source must be letters, digits, '_', '-' or '.', got {name!r}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    return v
+
+
+def _workers(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of workers, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more workers, got {s!r}")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from corpus import __version__
+
+    p = _Parser(prog="midicorpus", description="Build, curate, tokenize and snapshot MIDI corpora.")
+    p.add_argument("--version", action="version", version=f"midicorpus {__version__}")
+    p.add_argument("--lake", default=os.environ.get("MIDICORPUS_LAKE", "./lake"), help="lake root (env MIDICORPUS_LAKE, default ./lake)")
+    p.add_argument("--scheduler", default=os.environ.get("MIDICORPUS_SCHEDULER"), help="Dask scheduler address tcp://HOST:PORT (env MIDICORPUS_SCHEDULER); default a LocalCluster")
+    p.add_argument("--workers", type=_workers, default=None, help="LocalCluster worker processes (default: one per core; 0 = in this process)")
+    p.add_argument("--timeout", type=_positive_float, default=20.0, help="per-file parse time limit in seconds (default 20)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    ing = sub.add_parser("ingest", help="ingest a source into the lake")
+    isub = ing.add_subparsers(dest="kind", metavar="SOURCE", parser_class=_Parser)
+    isub.required = True
+    strict_help = "reject files that violate the MIDI spec even when they parse (recorded as the policy)"
+    d = isub.add_parser("dir", help="any folder or archive (.zip, .tar, .tar.gz) of MIDI files")
+    d.add_argument("path")
+    d.add_argument("--source", default="dir", help="value of the source column (default 'dir')")
+    d.add_argument("--license", default=None, help="licence of these files (recorded per piece)")
+    d.add_argument("--strict", action="store_true", help=strict_help)
+    d.set_defaults(func=cmd_ingest_dir)
+    lk = isub.add_parser("lakh", help="the Lakh MIDI Dataset (lmd_full / lmd_matched / lmd_aligned, folder or .tar.gz)")
+    lk.add_argument("path")
+    lk.add_argument("--strict", action="store_true", help=strict_help)
+    lk.set_defaults(func=cmd_ingest_lakh)
+    lp = isub.add_parser("lpd", help="the Lakh Pianoroll Dataset (.npz files, folder or .tar.gz)")
+    lp.add_argument("path")
+    lp.add_argument("--strict", action="store_true", help=strict_help)
+    lp.set_defaults(func=cmd_ingest_lpd)
+    m = isub.add_parser("music21", help="the public-domain corpus bundled with music21, converted to MIDI")
+    m.add_argument("--limit", type=int, default=300, help="number of corpus works (default 300)")
+    m.add_argument("--strict", action="store_true", help=strict_help)
+    m.set_defaults(func=cmd_ingest_music21)
+
+    s = sub.add_parser("sql", help="run SQL over the lake's DuckDB views")
+    s.add_argument("query")
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    s.set_defaults(func=cmd_sql)
+
+    r = sub.add_parser("run", help="the whole pipeline on the embedded default (music21 corpus)")
+    r.add_argument("--limit", type=int, default=300, help="music21 works to ingest (default 300)")
+    r.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from corpus.engine import EngineError
+    from corpus.lake import LakeError
+
+    try:
+        return int(args.func(Ctx(args)) or 0)
+    except (UserError, LakeError, EngineError) as exc:
+        print(f"midicorpus: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        print(f"midicorpus: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("midicorpus: interrupted; committed work is kept, run the command again to finish", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("MIDICORPUS_DEBUG"):
+            raise
+        print(f"midicorpus: internal error: {type(exc).__name__}: {_one_line(str(exc))} (set MIDICORPUS_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Curation steps: texture, key, transposition, duplicates."""

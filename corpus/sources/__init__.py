@@ -1,0 +1,1 @@
+"""Sources: each yields :class:`~corpus.sources.base.SourceItem` s for the ingest step."""

@@ -1,0 +1,1 @@
+"""Tokenization with miditok, presets, and the fast paths."""
