@@ -24,6 +24,11 @@ REASONS: Final[dict[str, str]] = {
     "file_too_large": "input larger than the per-file size limit",
     "unreadable": "input that cannot be read (permissions, I/O error)",
     "convert_error": "a non-MIDI input (music21 corpus file, piano roll) that could not be converted",
+    # source stage: Lakh Pianoroll Dataset .npz files
+    "npz_corrupt": "not a readable .npz (bad or truncated zip, unreadable .npy member)",
+    "npz_missing_info": ".npz without its info.json member",
+    "npz_bad_info": "info.json that is not a JSON object, or lacks a valid resolution or track entry",
+    "npz_bad_shape": "arrays missing or inconsistent (CSC components, shapes, indices, tempo, downbeat)",
     # parse stage: the bytes
     "empty_file": "zero bytes",
     "not_midi": "does not start with an MThd header (nor a RIFF RMID wrapper around one)",
