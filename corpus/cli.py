@@ -101,7 +101,10 @@ class Ctx:
         from corpus.ingest import IngestConfig
 
         a = self.args
-        return IngestConfig(policy="strict" if getattr(a, "strict", False) else "lenient", timeout_s=a.timeout)
+        cfg = IngestConfig(policy="strict" if getattr(a, "strict", False) else "lenient", timeout_s=a.timeout)
+        if os.environ.get("MIDICORPUS_COMMIT_PIECES"):  # smaller transactions (fault tests)
+            cfg.commit_pieces = int(os.environ["MIDICORPUS_COMMIT_PIECES"])
+        return cfg
 
 
 def _print_ingest(summary: Any, label: str) -> None:
@@ -149,7 +152,7 @@ def cmd_ingest_lakh(ctx: Ctx) -> int:
 def cmd_ingest_lpd(ctx: Ctx) -> int:
     from corpus.sources.lpd import LpdSource
 
-    _check_path(ctx.args.path)
+    _check_path(ctx.args.path, lambda n: n.lower().endswith(".npz"))
     _run_ingest(ctx, lambda _e: LpdSource(ctx.args.path), "lpd")
     return 0
 
@@ -226,9 +229,13 @@ RUN_QUERIES = [
 
 
 # ------------------------------------------------------------------ validation
-def _check_path(path: str) -> None:
-    if not Path(path).exists():
-        raise UserError(f"no such file or folder: {path!r}")
+def _check_path(path: str, want: Callable[[str], bool] | None = None) -> None:
+    from corpus.sources.files import check_root, is_midi_name
+
+    try:
+        check_root(path, want or is_midi_name)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
 
 
 def _check_name(name: str) -> None:

@@ -87,21 +87,27 @@ def walk(
 
     Raises FileNotFoundError when ``root`` does not exist (the caller turns it into one line).
     """
-    path = Path(root)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file or folder: {str(root)!r}")
+    path = check_root(root, want)
     base = path.name
     if path.is_dir():
         yield from _walk_dir(path, base, want, limits)
     elif archive_kind(path.name):
         yield from _walk_archive(path, base, want, limits)
-    elif want(path.name):
-        yield _read_file(path, base, limits)
     else:
+        yield _read_file(path, base, limits)
+
+
+def check_root(root: str | os.PathLike[str], want: Callable[[str], bool] = is_midi_name) -> Path:
+    """The root as a Path, or FileNotFoundError / ValueError saying what is wrong with it."""
+    path = Path(root)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {str(root)!r}")
+    if not (path.is_dir() or archive_kind(path.name) or want(path.name)):
         raise ValueError(
             f"{str(root)!r} is neither a folder, an archive ({', '.join(ZIP_SUFFIXES + TAR_SUFFIXES)})"
             f" nor a file named {'/'.join(MIDI_SUFFIXES)}"
         )
+    return path
 
 
 def _read_file(path: Path, rel: str, limits: Limits) -> Entry:
