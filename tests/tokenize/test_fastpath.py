@@ -1,0 +1,249 @@
+"""The REMI / TSD fast path gives exactly miditok's ids, on every real file."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+miditok = pytest.importorskip("miditok")
+symusic = pytest.importorskip("symusic")
+
+from corpus.tokenize import fastpath  # noqa: E402 - after the importorskip guards
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SOURCES = ("midi", "lakh", "lakh_derived", "mutopia/ftp")
+SCHEMES = ("remi", "tsd", "remi_multitrack", "tsd_multitrack")
+
+
+@pytest.fixture(scope="module")
+def real_scores() -> list[tuple[str, object]]:
+    """Every file of the real sources that symusic parses, as (relative path, Score)."""
+    if not DATA.is_dir():
+        pytest.skip(f"real MIDI data not found at {DATA}")
+    scores = []
+    for source in SOURCES:
+        for path in sorted((DATA / source).rglob("*")):
+            if not path.is_file():
+                continue
+            try:
+                scores.append((str(path.relative_to(DATA)), symusic.Score(str(path))))
+            except (RuntimeError, ValueError, OSError, EOFError):
+                continue  # not parseable: out of scope (the sources step rejects it)
+    if not scores:
+        pytest.skip(f"no parseable MIDI file under {DATA}/{{{','.join(SOURCES)}}}")
+    return scores
+
+
+def _first_difference(tokenizer, expected, got) -> str:
+    """Readable description of the first differing token."""
+    if not tokenizer.one_token_stream:
+        if len(expected) != len(got):
+            return f"{len(expected)} sequences expected, got {len(got)}"
+        index = next(i for i, (a, b) in enumerate(zip(expected, got, strict=True)) if a != b)
+        expected, got = expected[index], got[index]
+        where = f"sequence {index}, "
+    else:
+        where = ""
+    k = next((i for i, (a, b) in enumerate(zip(expected, got, strict=False)) if a != b), min(len(expected), len(got)))
+    window = slice(max(k - 3, 0), k + 3)
+    return (
+        f"{where}token {k} (lengths {len(expected)} vs {len(got)}): "
+        f"expected {[tokenizer[i] for i in expected[window]]}, got {[tokenizer[i] for i in got[window]]}"
+    )
+
+
+def _assert_identical(tokenizer, named_scores) -> None:
+    fast = fastpath.FastTokenizer(tokenizer)
+    mismatches = []
+    for name, score in named_scores:
+        expected = fastpath.miditok_ids(tokenizer.encode(score))
+        got = fast.encode_ids(score)
+        if got != expected:
+            mismatches.append(f"{name}: {_first_difference(tokenizer, expected, got)}")
+    assert not mismatches, f"{len(mismatches)}/{len(named_scores)} differ:\n" + "\n".join(mismatches[:10])
+    assert fast.fallbacks == 0, "every score of these configs should take the fast path"
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_identical_ids_on_every_real_file(scheme, real_scores):
+    _assert_identical(fastpath.make_tokenizer(scheme), real_scores)
+
+
+def _synthetic_score(seed: int):
+    """Random score stressing time signatures (unsupported, mid-bar, mixed denominators),
+    tempos, drums, odd ticks/quarter, overlapping and zero-length notes, empty tracks."""
+    rng = random.Random(seed)
+    score = symusic.Score(rng.choice([24, 96, 120, 384, 480, 1000]))
+    tpq = score.ticks_per_quarter
+    end = rng.randint(1, 40) * tpq
+    time_sigs = [(0, 4, 4)] if rng.random() < 0.5 else []
+    time_sigs += [
+        (rng.randint(0, end), rng.choice([1, 2, 3, 4, 5, 6, 7, 9, 12]), rng.choice([2, 4, 8, 16]))
+        for _ in range(rng.randint(0, 5))
+    ]
+    for time, num, den in sorted(time_sigs):
+        score.time_signatures.append(symusic.TimeSignature(time, num, den))
+    for _ in range(rng.randint(0, 6)):
+        score.tempos.append(symusic.Tempo(rng.randint(0, end), rng.uniform(30, 300)))
+    score.tempos.sort()
+    for _ in range(rng.randint(0, 4)):
+        track = symusic.Track(program=rng.randint(0, 127), is_drum=rng.random() < 0.25)
+        for _ in range(rng.randint(0, 60)):
+            duration = rng.randint(0, tpq * rng.choice([1, 4, 20]))
+            track.notes.append(symusic.Note(rng.randint(0, end), duration, rng.randint(0, 127), rng.randint(1, 127)))
+        track.notes.sort()
+        score.tracks.append(track)
+    return score
+
+
+SYNTHETIC = [(f"synthetic-{seed}", _synthetic_score(seed)) for seed in range(120)]
+
+# Configs beyond the two presets that `supports` accepts, each exercising one branch.
+EXTRA_CONFIGS = {
+    "no_velocities": {"use_velocities": False},
+    "programs_per_track": {"use_programs": True, "one_token_stream_for_programs": False},
+    "no_time_signatures": {"use_time_signatures": False, "use_tempos": True},
+    "remove_duplicated_notes": {"remove_duplicated_notes": True, "use_tempos": True},
+    "durations_for_some_programs": {"use_programs": True, "use_note_duration_programs": list(range(64))},
+    "coarse_beat_res": {
+        "beat_res": {(0, 2): 4, (2, 8): 2},
+        "use_tempos": True,
+        "delete_equal_successive_tempo_changes": True,
+    },
+    "wide_time_signature_range": {
+        "time_signature_range": {2: [1, 2, 3], 4: (1, 7), 8: [3, 5, 6, 7, 9, 12], 16: [7, 9]},
+        "use_programs": True,
+    },
+    "no_pitchdrum_some_programs": {
+        "use_pitchdrum_tokens": False,
+        "use_programs": True,
+        "programs": [-1, *range(40)],
+    },
+}
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_identical_ids_on_synthetic_scores(scheme):
+    _assert_identical(fastpath.make_tokenizer(scheme), SYNTHETIC)
+
+
+@pytest.mark.parametrize("config_name", sorted(EXTRA_CONFIGS))
+@pytest.mark.parametrize("tokenizer_class", ["REMI", "TSD"])
+def test_identical_ids_for_other_supported_configs(tokenizer_class, config_name, real_scores):
+    tokenizer = getattr(miditok, tokenizer_class)(miditok.TokenizerConfig(**EXTRA_CONFIGS[config_name]))
+    assert fastpath.supports(tokenizer)
+    # A slice of the real files keeps the default run short; the presets cover all.
+    _assert_identical(tokenizer, SYNTHETIC[:60] + real_scores[::8])
+
+
+def test_output_layout_matches_tokenizer_streams(real_scores):
+    name, score = next((n, s) for n, s in real_scores if len(s.tracks) > 1)
+    per_track = fastpath.FastTokenizer(fastpath.make_tokenizer("remi")).encode_ids(score)
+    assert isinstance(per_track, list) and all(isinstance(seq, list) for seq in per_track), name
+    one_stream = fastpath.FastTokenizer(fastpath.make_tokenizer("remi_multitrack")).encode_ids(score)
+    assert isinstance(one_stream, list) and all(isinstance(i, int) for i in one_stream), name
+
+
+def test_encode_ids_accepts_a_path(real_scores):
+    name, score = real_scores[0]
+    tokenizer = fastpath.make_tokenizer("tsd")
+    assert fastpath.FastTokenizer(tokenizer).encode_ids(DATA / name) == fastpath.miditok_ids(tokenizer.encode(score))
+
+
+def test_fallback_returns_miditok_ids(monkeypatch, real_scores):
+    tokenizer = fastpath.make_tokenizer("remi")
+    fast = fastpath.FastTokenizer(tokenizer)
+
+    def refuse(_score):
+        raise fastpath._Fallback
+
+    monkeypatch.setattr(fast, "_encode_preprocessed", refuse)
+    name, score = real_scores[0]
+    assert fast.encode_ids(score) == fastpath.miditok_ids(tokenizer.encode(score)), name
+    assert fast.fallbacks == 1
+
+
+class _CustomREMI(miditok.REMI):
+    """A subclass may override what the fast path replicates."""
+
+
+def _trained_remi():
+    tokenizer = miditok.REMI()
+    files = sorted((DATA / "midi").rglob("*.mid"))[:3]
+    if not files:
+        pytest.skip(f"no MIDI file under {DATA / 'midi'} to train BPE on")
+    tokenizer.train(vocab_size=len(tokenizer.vocab) + 10, files_paths=files)
+    return tokenizer
+
+
+UNSUPPORTED = {
+    "chords": lambda: miditok.REMI(miditok.TokenizerConfig(use_chords=True)),
+    "rests": lambda: miditok.TSD(miditok.TokenizerConfig(use_rests=True)),
+    "pitch_bends": lambda: miditok.TSD(miditok.TokenizerConfig(use_pitch_bends=True)),
+    "sustain_pedals": lambda: miditok.REMI(miditok.TokenizerConfig(use_sustain_pedals=True)),
+    "key_signatures": lambda: miditok.REMI(miditok.TokenizerConfig(use_key_signatures=True)),
+    "program_changes": lambda: miditok.REMI(miditok.TokenizerConfig(use_programs=True, program_changes=True)),
+    "bar_end_tokens": lambda: miditok.REMI(miditok.TokenizerConfig(use_bar_end_tokens=True)),
+    "max_bar_embedding": lambda: miditok.REMI(miditok.TokenizerConfig(max_bar_embedding=300)),
+    "trailing_bars": lambda: miditok.REMI(miditok.TokenizerConfig(add_trailing_bars=True)),
+    "bpe_trained": _trained_remi,
+    "midilike": lambda: miditok.MIDILike(),
+    "remi_subclass": lambda: _CustomREMI(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSUPPORTED))
+def test_unsupported_configs_are_refused(case):
+    tokenizer = UNSUPPORTED[case]()
+    assert not fastpath.supports(tokenizer)
+    with pytest.raises(ValueError, match="does not support"):
+        fastpath.FastTokenizer(tokenizer)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_presets_are_supported(scheme):
+    assert fastpath.supports(fastpath.make_tokenizer(scheme))
+
+
+def test_unknown_scheme_names_the_accepted_ones():
+    with pytest.raises(ValueError, match="'remy'.*remi, tsd"):
+        fastpath.make_tokenizer("remy")
+
+
+def _corrupt_files() -> tuple[list[tuple[str, object]], list[Path]]:
+    """Files of ``corrupt/`` split into (parseable name, Score) and unparseable paths."""
+    parsed, unparseable = [], []
+    for path in sorted((DATA / "corrupt").glob("*")):
+        try:
+            parsed.append((path.name, symusic.Score(str(path))))
+        except (RuntimeError, ValueError, OSError, EOFError):
+            unparseable.append(path)
+    return parsed, unparseable
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_malformed_but_parseable_files_behave_like_miditok(scheme, real_scores):
+    """Same ids, or the same exception type (e.g. a zero ticks/quarter division)."""
+    tokenizer = fastpath.make_tokenizer(scheme)
+    fast = fastpath.FastTokenizer(tokenizer)
+    parsed, _ = _corrupt_files()
+    for name, score in parsed:
+        try:
+            expected = fastpath.miditok_ids(tokenizer.encode(score))
+        except Exception as err:  # noqa: BLE001 - the fast path must raise the same
+            with pytest.raises(type(err)):
+                fast.encode_ids(score)
+            continue
+        assert fast.encode_ids(score) == expected, name
+
+
+def test_bench_reports_identical_ids(real_scores):
+    _, unparseable = _corrupt_files()
+    paths = [DATA / name for name, _ in real_scores[:3]] + unparseable[:1]
+    result = fastpath.bench(paths, "remi")
+    assert result["files"] == 3
+    assert result["unparseable"] == len(unparseable[:1])
+    assert result["identical_fraction"] == 1.0
+    assert result["miditok_ms_per_file"] > 0 and result["fast_ms_per_file"] > 0
