@@ -58,7 +58,7 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def format_table(names: list[str], rows: list[tuple[Any, ...]], max_width: int = 60) -> str:
+def format_table(names: list[str], rows: list[tuple[Any, ...]], max_width: int = 72) -> str:
     cells = [[_cell(v) for v in row] for row in rows]
     cells = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in row] for row in cells]
     widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
@@ -174,6 +174,46 @@ def ingest_music21(ctx: Ctx, limit: int | None) -> Any:
     return _run_ingest(ctx, lambda e: Music21Source(e, limit=limit, skip=skip), "music21")
 
 
+def cmd_curate(ctx: Ctx) -> int:
+    run_curate(ctx)
+    return 0
+
+
+def run_curate(ctx: Ctx) -> Any:
+    from corpus.curate import curate
+
+    with ctx.lake.lock("curate"), ctx.engine() as engine:
+        s = curate(ctx.lake, engine)
+        ctx.lake.write_catalog()
+    print(f"curate: {s.line()} in {s.seconds:.1f} s")
+    return s
+
+
+def cmd_similar(ctx: Ctx) -> int:
+    from corpus.curation.dedup import NearDupIndex, similar
+
+    a = ctx.args
+    if a.k < 1:
+        raise UserError(f"--k must be >= 1, got {a.k}")
+    path = ctx.lake.root / "index" / "neardup"
+    if not path.exists():
+        raise UserError(f"no near-duplicate index in {str(ctx.lake.root)!r}; run 'midicorpus curate' first")
+    index = NearDupIndex.load(path)
+    matches = [pid for pid in index.piece_ids if pid.startswith(a.piece_id)] if len(a.piece_id) < 64 else [a.piece_id]
+    if len(matches) != 1:
+        what = "no curated piece" if not matches else f"{len(matches)} curated pieces"
+        raise UserError(f"{what} with id {a.piece_id!r}; give more of the sha256")
+    hits = similar(index, matches[0], a.k)
+    con = ctx.lake.connect()
+    try:
+        names = dict(con.execute("SELECT piece_id, any_value(source_uri) FROM pieces GROUP BY piece_id").fetchall())
+    finally:
+        con.close()
+    print(f"nearest to {matches[0]} ({names.get(matches[0], '?')}):")
+    print(format_table(["score", "piece_id", "source_uri"], [(round(sc, 4), pid, names.get(pid)) for pid, sc in hits]))
+    return 0
+
+
 def cmd_sql(ctx: Ctx) -> int:
     import duckdb
 
@@ -202,6 +242,7 @@ def cmd_run(ctx: Ctx) -> int:
     t0 = time.perf_counter()
     print(f"midicorpus run: lake {ctx.lake.root}")
     ingest_music21(ctx, ctx.args.limit)
+    run_curate(ctx)
     print(f"\nsummary ({time.perf_counter() - t0:.1f} s):")
     for title, q in RUN_QUERIES:
         print(f"\n-- {title}\n{q}")
@@ -221,9 +262,10 @@ RUN_QUERIES = [
         "FROM pieces GROUP BY ALL ORDER BY ALL;",
     ),
     (
-        "polyphonic pieces with more than 500 notes, by texture and time signature",
-        "SELECT f.texture, f.time_signature, count(*) AS pieces, round(sum(f.duration_s) / 3600, 2) AS hours\n"
-        "FROM features f WHERE f.n_notes > 500 GROUP BY ALL ORDER BY pieces DESC LIMIT 8;",
+        "pieces with more than 500 notes, by texture and key mode (distinct songs: one per dedup cluster)",
+        "SELECT texture, key_mode, count(*) AS pieces, count(DISTINCT dedup_cluster) AS songs,\n"
+        "       round(sum(duration_s) / 3600, 2) AS hours\n"
+        "FROM features WHERE n_notes > 500 GROUP BY ALL ORDER BY pieces DESC;",
     ),
 ]
 
@@ -308,6 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--limit", type=int, default=300, help="number of corpus works (default 300)")
     m.add_argument("--strict", action="store_true", help=strict_help)
     m.set_defaults(func=cmd_ingest_music21)
+
+    c = sub.add_parser("curate", help="texture, key and duplicate clusters for pieces not yet curated")
+    c.set_defaults(func=cmd_curate)
+
+    sim = sub.add_parser("similar", help="nearest pieces by the near-duplicate index")
+    sim.add_argument("piece_id", help="a piece's sha256 (a unique prefix is enough)")
+    sim.add_argument("--k", type=int, default=10)
+    sim.set_defaults(func=cmd_similar)
 
     s = sub.add_parser("sql", help="run SQL over the lake's DuckDB views")
     s.add_argument("query")

@@ -342,6 +342,7 @@ _DUCK_TYPES = {
     pa.int64(): "BIGINT",
     pa.int32(): "INTEGER",
     pa.float64(): "DOUBLE",
+    pa.float32(): "FLOAT",
     pa.bool_(): "BOOLEAN",
 }
 
@@ -357,14 +358,18 @@ def _duck_type(t: pa.DataType) -> str:
 
 
 def _table_sql(table: str, files: list[str] | None) -> str:
+    """SQL for one table: its committed files, with every declared column present even when
+    no file has it yet (an empty typed SELECT joined BY NAME)."""
     keys = PARTITIONS[table]
-    if files:
-        flist = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-        hive = ", hive_partitioning = true, hive_types_autocast = false" if keys else ", hive_partitioning = false"
-        return f"read_parquet([{flist}], union_by_name = true{hive})"
-    cols = [f"CAST(NULL AS {_duck_type(f.type)}) AS {f.name}" for f in TABLES[table]]
+    fields = list(TABLES[table]) + ([pa.field(k, t) for k, t in PIECE_EXTRAS.items()] if table == "pieces" else [])
+    cols = [f"CAST(NULL AS {_duck_type(f.type)}) AS {f.name}" for f in fields]
     cols += [f"CAST(NULL AS VARCHAR) AS {k}" for k in keys]
-    return f"(SELECT {', '.join(cols)} WHERE false)"
+    empty = f"SELECT {', '.join(cols)} WHERE false"
+    if not files:
+        return f"({empty})"
+    flist = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    hive = ", hive_partitioning = true, hive_types_autocast = false" if keys else ", hive_partitioning = false"
+    return f"(SELECT * FROM read_parquet([{flist}], union_by_name = true{hive}) UNION ALL BY NAME {empty})"
 
 
 def _create_views(con: Any, files: Mapping[str, list[str]]) -> None:

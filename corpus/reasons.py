@@ -50,6 +50,8 @@ REASONS: Final[dict[str, str]] = {
     "no_notes": "parses, but holds no note",
     "implausible_length": "duration or note count beyond the plausibility limits",
     "spec_violation": "strict mode: the file violates the MIDI spec although it parses",
+    # curate stage
+    "curate_error": "texture, key or dedup analysis failed on a piece that parsed",
 }
 
 # warnings: kept pieces that violate the spec in ways that do not touch the notes

@@ -36,7 +36,6 @@ TABLES: dict[str, pa.Schema] = {
     "rejects": pa.schema(
         [
             ("piece_id", pa.string()),
-            ("stage", pa.string()),
             ("reason", pa.string()),
             ("detail", pa.string()),
             ("source_uri", pa.string()),
@@ -84,6 +83,103 @@ TABLES: dict[str, pa.Schema] = {
             ("parser", pa.string()),  # e.g. symusic 0.6.0
         ]
     ),
+    # curate: one row per analysed piece
+    "piece_analysis": pa.schema(
+        [
+            ("piece_id", pa.string()),
+            ("texture", pa.string()),  # monophonic / polyphonic / empty / drums_only
+            ("texture_rule", pa.string()),
+            ("max_polyphony", pa.int32()),
+            ("max_polyphony_legato", pa.int32()),
+            ("max_onset_polyphony", pa.int32()),
+            ("share_poly", pa.float64()),
+            ("n_monophonic_tracks", pa.int32()),
+            ("key_tonic", pa.string()),
+            ("key_tonic_pc", pa.int32()),
+            ("key_mode", pa.string()),
+            ("key_correlation", pa.float64()),
+            ("key_confidence", pa.float64()),  # correlation margin to the runner-up key
+            ("key_profile", pa.string()),
+            ("key_krumhansl", pa.string()),  # the Krumhansl-Schmuckler estimate, for comparison
+            ("key_declared", pa.string()),  # the first key signature meta event
+            ("key_windows", pa.list_(pa.string())),  # key per 8 bars
+            ("key_n_windows_differing", pa.int32()),
+            ("content_hash", pa.string()),
+            ("content_hash_transposed", pa.string()),
+            ("dedup_vector", pa.list_(pa.float32())),
+            ("curate_version", pa.string()),
+        ]
+    ),
+    "track_texture": pa.schema(
+        [
+            ("piece_id", pa.string()),
+            ("track_index", pa.int32()),
+            ("texture", pa.string()),
+            ("max_polyphony_legato", pa.int32()),
+            ("max_onset_polyphony", pa.int32()),
+            ("share_poly", pa.float64()),
+            ("is_monophonic_v1", pa.bool_()),
+        ]
+    ),
+    # every curate run writes the complete cluster assignment; views read the latest run
+    "dedup": pa.schema(
+        [
+            ("piece_id", pa.string()),
+            ("dedup_cluster", pa.string()),  # the representative's piece_id
+            ("is_representative", pa.bool_()),
+            ("dedup_run", pa.string()),
+            ("threshold", pa.float64()),
+        ]
+    ),
+    # tokenize: one row per (piece, scheme, tokenizer, transposition); partitioned by scheme and hash
+    "tokens": pa.schema(
+        [
+            ("piece_id", pa.string()),
+            ("transpose", pa.int32()),  # semitones applied to the pitched notes (0 = as ingested)
+            ("n_tokens", pa.int64()),  # tokens over all sequences (a multi-vocabulary token counts once)
+            ("n_sequences", pa.int32()),
+            ("seq_lengths", pa.list_(pa.int32())),  # one per sequence (per track when the config has no single stream)
+            ("ids", pa.list_(pa.int32())),  # single-vocabulary schemes: all sequences concatenated
+            ("ids_multi", pa.list_(pa.list_(pa.int32()))),  # multi-vocabulary schemes: one list per token
+            ("run_id", pa.string()),
+        ]
+    ),
+    # one row per registered tokenizer; its miditok tokenizer.json is at tokenizers/<hash>/
+    "tokenizers": pa.schema(
+        [
+            ("scheme", pa.string()),  # the preset or name it was registered under
+            ("tokenizer_hash", pa.string()),
+            ("tokenization", pa.string()),  # miditok class (REMI, TSD, ...)
+            ("config_json", pa.string()),
+            ("miditok_version", pa.string()),
+            ("vocab_size", pa.int64()),
+            ("is_multi_vocab", pa.bool_()),
+            ("created_at", TS),
+        ]
+    ),
+    "snapshots": pa.schema(
+        [
+            ("name", pa.string()),
+            ("version", pa.string()),
+            ("created_at", TS),
+            ("n_pieces", pa.int64()),
+            ("n_tokens", pa.int64()),
+            ("manifest_sha256", pa.string()),
+            ("scheme", pa.string()),
+            ("tokenizer_hash", pa.string()),
+            ("path", pa.string()),  # relative to the lake root
+        ]
+    ),
+    "snapshot_pieces": pa.schema(
+        [
+            ("name", pa.string()),
+            ("version", pa.string()),
+            ("piece_id", pa.string()),
+            ("split", pa.string()),  # train / valid / test
+            ("transpose", pa.int32()),
+            ("n_tokens", pa.int64()),
+        ]
+    ),
 }
 
 # typed provenance columns sources add to ``pieces`` (other keys get an inferred type)
@@ -110,6 +206,13 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
     "rejects": ("stage",),
     "tracks": (),
     "piece_facts": (),
+    "piece_analysis": (),
+    "track_texture": (),
+    "dedup": (),
+    "tokens": ("scheme", "tokenizer_hash"),
+    "tokenizers": (),
+    "snapshots": (),
+    "snapshot_pieces": (),
 }
 
 VIEWS_SQL = Path(__file__).with_name("views.sql")

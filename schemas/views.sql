@@ -1,27 +1,45 @@
 -- The views users query (contract: names and listed columns; columns may be added).
 -- {table} placeholders are replaced with a read_parquet(...) of that table's committed files.
+-- <table>_t views are the stored tables as they are (internal; the pipeline reads them).
 
-CREATE OR REPLACE VIEW pieces AS
-SELECT * FROM {pieces};
+CREATE OR REPLACE VIEW pieces_t AS SELECT * FROM {pieces};
+CREATE OR REPLACE VIEW rejects_t AS SELECT * FROM {rejects};
+CREATE OR REPLACE VIEW tracks_t AS SELECT * FROM {tracks};
+CREATE OR REPLACE VIEW piece_facts_t AS SELECT * FROM {piece_facts};
+CREATE OR REPLACE VIEW piece_analysis_t AS SELECT * FROM {piece_analysis};
+CREATE OR REPLACE VIEW track_texture_t AS SELECT * FROM {track_texture};
+CREATE OR REPLACE VIEW dedup_latest AS
+SELECT * FROM {dedup} WHERE dedup_run = (SELECT max(dedup_run) FROM {dedup});
 
-CREATE OR REPLACE VIEW rejects AS
-SELECT * FROM {rejects};
+CREATE OR REPLACE VIEW pieces AS SELECT * FROM pieces_t;
+
+CREATE OR REPLACE VIEW rejects AS SELECT * FROM rejects_t;
 
 CREATE OR REPLACE VIEW tracks AS
-SELECT * FROM {tracks};
+SELECT
+    t.* EXCLUDE (is_monophonic),
+    coalesce(tt.is_monophonic_v1, t.is_monophonic) AS is_monophonic,
+    tt.texture,
+    tt.max_polyphony_legato,
+    tt.max_onset_polyphony,
+    tt.share_poly
+FROM tracks_t t
+LEFT JOIN track_texture_t tt USING (piece_id, track_index);
 
 CREATE OR REPLACE VIEW features AS
 SELECT
     f.*,
-    CASE
-        WHEN f.n_pitched_tracks = 0 THEN 'drums_only'
-        WHEN (SELECT bool_and(t.is_monophonic) FROM {tracks} t
-              WHERE t.piece_id = f.piece_id AND NOT t.is_drum) AND f.n_pitched_tracks = 1
-            THEN 'monophonic'
-        ELSE 'polyphonic'
-    END AS texture,
-    CAST(NULL AS VARCHAR) AS key_tonic,
-    CAST(NULL AS VARCHAR) AS key_mode,
-    CAST(NULL AS DOUBLE) AS key_confidence,
-    f.piece_id AS dedup_cluster
-FROM {piece_facts} f;
+    a.* EXCLUDE (piece_id, dedup_vector),
+    coalesce(d.dedup_cluster, f.piece_id) AS dedup_cluster,
+    coalesce(d.is_representative, true) AS is_dedup_representative
+FROM piece_facts_t f
+LEFT JOIN piece_analysis_t a USING (piece_id)
+LEFT JOIN dedup_latest d USING (piece_id);
+
+CREATE OR REPLACE VIEW tokens AS SELECT * FROM {tokens};
+
+CREATE OR REPLACE VIEW tokenizers AS SELECT * FROM {tokenizers};
+
+CREATE OR REPLACE VIEW snapshots AS SELECT * FROM {snapshots};
+
+CREATE OR REPLACE VIEW snapshot_pieces AS SELECT * FROM {snapshot_pieces};

@@ -1,0 +1,254 @@
+"""The curate stage: texture, key and duplicate clusters for pieces not yet curated.
+
+Per piece (in the engine's workers): texture measures per track and per piece
+(:mod:`corpus.curation.texture`), the key from a duration-weighted pitch-class histogram
+(:mod:`corpus.curation.key`), windowed keys, the declared key signature, and the dedup
+signature (content hashes and the near-duplicate vector, :mod:`corpus.curation.dedup`).
+These rows are appended once per piece (``piece_analysis``, ``track_texture``).
+
+Then, over the whole lake (in the driver): pieces join duplicate clusters by content hash,
+transposition-invariant hash, near-duplicate vectors above the threshold (faiss), and the
+same Lakh md5 (an LPD piece and the MIDI it came from). Every curate run writes the complete
+assignment as a new version of ``dedup``; the ``features`` view shows the latest. The
+faiss index is saved under ``index/neardup`` for ``midicorpus similar``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from corpus.engine import Engine
+from corpus.lake import Lake, new_txid, now_utc
+
+KEY_PROFILE = "aarden"
+WINDOW_BARS = 8
+DEDUP_THRESHOLD = 0.7
+CURATE_VERSION = "curate-v1"
+
+
+@dataclass
+class CurateSummary:
+    analysed: int = 0
+    failed: int = 0
+    pieces: int = 0
+    clusters: int = 0
+    duplicate_pairs: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        return (
+            f"{self.analysed} pieces analysed ({self.failed} failed); "
+            f"{self.pieces} pieces in {self.clusters} dedup clusters ({self.duplicate_pairs} duplicate pairs)"
+        )
+
+
+def analyse_piece(piece_id: str, data: bytes) -> dict[str, Any]:
+    """Everything curate measures on one piece (a pure function of its bytes)."""
+    import symusic
+
+    from corpus.curation import dedup, key, texture
+    from corpus.parse import check_structure
+
+    smf, _ = check_structure(data)
+    score = symusic.Score.from_midi(smf)
+    piece_tex, track_tex = texture.piece_texture(score)
+    est = key.estimate_key(score, KEY_PROFILE)
+    alt = key.estimate_key(score, "krumhansl") if est is not None else None
+    declared = key.declared_key(score)
+    windows = key.windowed_keys(score, WINDOW_BARS, KEY_PROFILE) if est is not None else []
+    sig = dedup.signature(score)
+    row = {
+        "piece_id": piece_id,
+        "texture": piece_tex["texture"],
+        "texture_rule": texture.TEXTURE_RULE,
+        "max_polyphony": piece_tex.get("max_polyphony"),
+        "max_polyphony_legato": piece_tex.get("max_polyphony_legato"),
+        "max_onset_polyphony": piece_tex.get("max_onset_polyphony"),
+        "share_poly": piece_tex.get("share_poly"),
+        "n_monophonic_tracks": sum(1 for t in track_tex if t.get("texture") == "monophonic"),
+        "key_tonic": est.tonic if est else None,
+        "key_tonic_pc": est.tonic_pc if est else None,
+        "key_mode": est.mode if est else None,
+        "key_correlation": est.correlation if est else None,
+        "key_confidence": est.confidence if est else None,
+        "key_profile": KEY_PROFILE if est else None,
+        "key_krumhansl": alt.name if alt else None,
+        "key_declared": f"{declared.tonic} {declared.mode}" if declared else None,
+        "key_windows": [w.key.name if w.key else None for w in windows],
+        "key_n_windows_differing": sum(1 for w in windows if w.key and est and w.key.name != est.name),
+        "content_hash": sig.content_hash,
+        "content_hash_transposed": sig.content_hash_transposed,
+        "dedup_vector": sig.vector.astype(np.float32).tolist(),
+        "curate_version": CURATE_VERSION,
+    }
+    tracks = [
+        {
+            "piece_id": piece_id,
+            "track_index": t["index"],
+            "texture": t.get("texture"),
+            "max_polyphony_legato": t.get("max_polyphony_legato"),
+            "max_onset_polyphony": t.get("max_onset_polyphony"),
+            "share_poly": t.get("share_poly"),
+            "is_monophonic_v1": bool(t.get("is_monophonic", False)),
+        }
+        for t in track_tex
+    ]
+    return {"row": row, "tracks": tracks}
+
+
+def analyse_batch(batch: list[tuple[str, bytes]]) -> list[tuple[str, Any]]:
+    """Dask task: analyse each piece; a failure is that piece's, with its message."""
+    out: list[tuple[str, Any]] = []
+    for pid, data in batch:
+        try:
+            out.append((pid, ("ok", analyse_piece(pid, data))))
+        except Exception as exc:  # noqa: BLE001 - recorded as a curate reject with the text
+            out.append((pid, ("reject", "curate_error", f"{type(exc).__name__}: {exc}")))
+    return out
+
+
+def curate(
+    lake: Lake,
+    engine: Engine,
+    progress: Callable[[CurateSummary], None] | None = None,
+    batch_size: int = 16,
+    commit_every: int = 1000,
+    threshold: float = DEDUP_THRESHOLD,
+) -> CurateSummary:
+    """Analyse the pieces not yet analysed, then recompute duplicate clusters (lake locked)."""
+    t0 = time.perf_counter()
+    s = CurateSummary()
+    run_id = new_txid()
+    con = lake.connect()
+    try:
+        todo = [
+            r[0]
+            for r in con.execute(
+                "SELECT f.piece_id FROM piece_facts_t f ANTI JOIN piece_analysis_t a USING (piece_id) "
+                "ANTI JOIN (SELECT piece_id FROM rejects WHERE stage = 'curate') r USING (piece_id) ORDER BY 1"
+            ).fetchall()
+        ]
+    finally:
+        con.close()
+
+    rows: list[dict[str, Any]] = []
+    tracks: list[dict[str, Any]] = []
+    rejects: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if not (rows or rejects):
+            return
+        with lake.transaction({"command": "curate", "run_id": run_id}) as tx:
+            tx.write("piece_analysis", rows)
+            tx.write("track_texture", tracks)
+            if rejects:
+                tx.write("rejects", rejects, {"stage": "curate"})
+        rows.clear()
+        tracks.clear()
+        rejects.clear()
+
+    batches = ([(pid, lake.get_raw(pid)) for pid in todo[i : i + batch_size]] for i in range(0, len(todo), batch_size))
+    for _, results in engine.map_unordered(analyse_batch, batches):
+        for pid, out in results:
+            if out[0] == "ok":
+                rows.append(out[1]["row"])
+                tracks.extend(out[1]["tracks"])
+                s.analysed += 1
+            else:
+                rejects.append({"piece_id": pid, "reason": out[1], "detail": out[2], "source_uri": None,
+                                "created_at": now_utc(), "run_id": run_id})
+                s.failed += 1
+                s.by_reason[out[1]] = s.by_reason.get(out[1], 0) + 1
+        if len(rows) + len(rejects) >= commit_every:
+            flush()
+        if progress:
+            progress(s)
+    flush()
+    _recluster(lake, run_id, threshold, s)
+    s.seconds = time.perf_counter() - t0
+    return s
+
+
+def _recluster(lake: Lake, run_id: str, threshold: float, s: CurateSummary) -> None:
+    from corpus.curation import dedup
+
+    con = lake.connect()
+    try:
+        tbl = con.execute(
+            "SELECT a.piece_id, a.content_hash, a.content_hash_transposed, a.dedup_vector, f.n_notes, f.duration_quarters "
+            "FROM piece_analysis_t a JOIN piece_facts_t f USING (piece_id) ORDER BY a.piece_id"
+        ).fetchnumpy()
+        lmd = con.execute(
+            "SELECT DISTINCT piece_id, lmd_md5 FROM pieces WHERE lmd_md5 IS NOT NULL AND piece_id IS NOT NULL AND status = 'ok'"
+        ).fetchall()
+        latest = con.execute("SELECT piece_id, dedup_cluster FROM dedup_latest ORDER BY 1").fetchall()
+    finally:
+        con.close()
+    ids = [str(x) for x in tbl["piece_id"]]
+    s.pieces = len(ids)
+    if not ids:
+        return
+    vectors = np.stack([np.asarray(v, dtype=np.float32) for v in tbl["dedup_vector"]])
+    index = dedup.NearDupIndex.build(ids, vectors)
+    result = dedup.cluster(
+        ids,
+        vectors,
+        [str(h) for h in tbl["content_hash"]],
+        transposed_hashes=[str(h) for h in tbl["content_hash_transposed"]],
+        threshold=threshold,
+        n_notes=[int(n) for n in tbl["n_notes"]],
+        lengths=[float(x) for x in tbl["duration_quarters"]],
+        index=index,
+    )
+    cluster_of = dict(result.cluster_of)
+    # an LPD piece and the Lakh MIDI it came from are the same song: join their clusters
+    by_md5: dict[str, list[str]] = {}
+    for pid, md5 in lmd:
+        if pid in cluster_of:
+            by_md5.setdefault(md5, []).append(pid)
+    reps = _merge_groups(ids, cluster_of, by_md5.values(), [int(n) for n in tbl["n_notes"]])
+    s.clusters = len(set(reps.values()))
+    s.duplicate_pairs = len(result.pairs)
+    new = sorted(reps.items())
+    if new != [tuple(r) for r in latest]:
+        with lake.transaction({"command": "curate dedup", "run_id": run_id}) as tx:
+            tx.write(
+                "dedup",
+                [{"piece_id": pid, "dedup_cluster": c, "is_representative": pid == c, "dedup_run": run_id,
+                  "threshold": threshold} for pid, c in new],
+            )
+    # the index for `similar`, swapped in atomically
+    target = lake.root / "index" / "neardup"
+    tmp = lake.root / "index" / f".neardup-{uuid.uuid4().hex[:8]}"
+    index.save(tmp)
+    old = lake.root / "index" / f".old-{uuid.uuid4().hex[:8]}"
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _merge_groups(ids: list[str], cluster_of: dict[str, str], groups: Any, n_notes: list[int]) -> dict[str, str]:
+    """Union the given groups into the clusters; the representative stays the documented rule's pick."""
+    parent = {c: c for c in set(cluster_of.values())}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    notes = dict(zip(ids, n_notes))
+    for group in groups:
+        roots = sorted({find(cluster_of[p]) for p in group}, key=lambda r: (-notes[r], r))
+        for r in roots[1:]:
+            parent[r] = roots[0]
+    return {pid: find(c) for pid, c in cluster_of.items()}

@@ -1,0 +1,95 @@
+"""The curate stage over a lake of real files: texture, key, clusters, idempotence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corpus.curate import curate
+from corpus.engine import Engine
+from corpus.ingest import IngestConfig, ingest
+from corpus.lake import Lake
+from corpus.sources.folder import DirSource
+from corpus.sources.lakh import LakhSource
+from corpus.sources.lpd import LpdSource
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Lake:
+    lake = Lake(tmp_path_factory.mktemp("c") / "lake")
+    with lake.lock("test"), Engine(workers=2) as e:
+        for src in (
+            LakhSource(data_dir / "lakh" / "lmd_full"),
+            LpdSource(data_dir / "lpd"),
+            DirSource(data_dir / "mutopia", name="mutopia"),
+            DirSource(data_dir / "lakh_derived", name="meloform"),
+            DirSource(data_dir / "midi", name="midi"),
+        ):
+            ingest(lake, src, e, IngestConfig())
+        s = curate(lake, e)
+    assert s.failed == 0 and s.analysed > 250
+    return lake
+
+
+def q(lake: Lake, sql: str) -> list[tuple]:
+    con = lake.connect()
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_every_ok_piece_is_curated(curated: Lake) -> None:
+    (missing,) = q(curated, "SELECT count(*) FROM features WHERE texture IS NULL")[0]
+    assert missing == 0
+    (no_key,) = q(curated, "SELECT count(*) FROM features WHERE key_mode IS NULL AND texture NOT IN ('drums_only', 'empty')")[0]
+    assert no_key == 0
+
+
+def test_melodies_are_monophonic_and_chorales_polyphonic(curated: Lake) -> None:
+    # MeloForm's extracted melodies: most are strictly one line; five keep chords from their source
+    # (PROVENANCE.tsv: symusic max polyphony 3-4 per track), and those must not pass as monophonic
+    rows = dict(q(curated, "SELECT f.texture, count(*) FROM pieces p JOIN features f USING (piece_id) WHERE p.source = 'meloform' GROUP BY 1"))
+    assert rows == {"monophonic": 32, "polyphonic": 5}
+    rows = q(curated, "SELECT DISTINCT f.texture FROM pieces p JOIN features f USING (piece_id) WHERE p.source = 'mutopia'")
+    assert rows == [("polyphonic",)]
+    # the monophonic corpus is selectable per track too
+    (mono_tracks,) = q(curated, "SELECT count(*) FROM tracks WHERE is_monophonic AND NOT is_drum")[0]
+    assert mono_tracks > 37
+
+
+def test_goldberg_variations_stay_apart(curated: Lake) -> None:
+    (n,) = q(
+        curated,
+        "SELECT count(DISTINCT f.dedup_cluster) FROM pieces p JOIN features f USING (piece_id) "
+        "WHERE p.source = 'mutopia' AND p.name LIKE 'bwv-988-v%'",
+    )[0]
+    assert n == 30
+
+
+def test_lpd_piece_joins_its_lakh_midi(curated: Lake) -> None:
+    rows = q(
+        curated,
+        "SELECT p.source, f.dedup_cluster FROM pieces p JOIN features f USING (piece_id) "
+        "WHERE p.lmd_md5 = 'd6caebd1964d9e4a3c5ea59525230e2a' ORDER BY p.source",
+    )
+    assert [r[0] for r in rows] == ["lakh", "lpd"]
+    assert rows[0][1] == rows[1][1]
+
+
+def test_rerun_adds_nothing(curated: Lake) -> None:
+    before = len(curated.commits())
+    with curated.lock("again"), Engine(workers=1) as e:
+        s = curate(curated, e)
+    assert s.analysed == 0 and len(curated.commits()) == before
+
+
+def test_similar_from_the_saved_index(curated: Lake) -> None:
+    from corpus.curation.dedup import NearDupIndex, similar
+
+    index = NearDupIndex.load(curated.root / "index" / "neardup")
+    (pid,) = q(curated, "SELECT piece_id FROM pieces WHERE name = 'fur_elise.mid'")[0]
+    (other,) = q(curated, "SELECT piece_id FROM pieces WHERE name = 'fur_elise_2.mid'")[0]
+    hits = similar(index, pid, 3)
+    assert hits[0][0] == other and hits[0][1] > 0.8
