@@ -214,6 +214,46 @@ def cmd_similar(ctx: Ctx) -> int:
     return 0
 
 
+def cmd_tokenize(ctx: Ctx) -> int:
+    a = ctx.args
+    schemes = [x.strip() for x in a.scheme.split(",") if x.strip()]
+    if a.config:
+        _check_file(a.config)
+        if len(schemes) != 1:
+            raise UserError("--config registers one tokenizer: give one --scheme NAME for it")
+    run_tokenize(ctx, schemes, a.transpose, a.config, a.min_key_confidence)
+    return 0
+
+
+def run_tokenize(ctx: Ctx, schemes: list[str], transpose: str = "none", config: str | None = None, min_conf: float | None = None) -> Any:
+    from corpus.tokenize import presets
+    from corpus.tokenize.stage import DEFAULT_MIN_KEY_CONFIDENCE, TokenizeError, parse_transpose, tokenize
+
+    try:
+        parse_transpose(transpose)
+        if not config:
+            for sch in schemes:
+                presets.build(sch) if sch not in presets.PRESETS else None
+    except (TokenizeError, presets.PresetError) as exc:
+        raise UserError(str(exc)) from None
+    with ctx.lake.lock("tokenize"), ctx.engine() as engine:
+        try:
+            s = tokenize(ctx.lake, engine, schemes, transpose, config,
+                         DEFAULT_MIN_KEY_CONFIDENCE if min_conf is None else min_conf)
+        except (TokenizeError, presets.PresetError) as exc:
+            raise UserError(str(exc)) from None
+        ctx.lake.write_catalog()
+    for line in s.lines():
+        print(f"tokenize {line}")
+    print(f"tokenize: {s.seconds:.1f} s")
+    return s
+
+
+def _check_file(path: str) -> None:
+    if not Path(path).is_file():
+        raise UserError(f"no such file: {path!r}")
+
+
 def cmd_sql(ctx: Ctx) -> int:
     import duckdb
 
@@ -243,6 +283,7 @@ def cmd_run(ctx: Ctx) -> int:
     print(f"midicorpus run: lake {ctx.lake.root}")
     ingest_music21(ctx, ctx.args.limit)
     run_curate(ctx)
+    run_tokenize(ctx, ["remi"])
     print(f"\nsummary ({time.perf_counter() - t0:.1f} s):")
     for title, q in RUN_QUERIES:
         print(f"\n-- {title}\n{q}")
@@ -358,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("piece_id", help="a piece's sha256 (a unique prefix is enough)")
     sim.add_argument("--k", type=int, default=10)
     sim.set_defaults(func=cmd_similar)
+
+    t = sub.add_parser("tokenize", help="tokenize curated pieces under one or more schemes")
+    t.add_argument("--scheme", required=True, help="comma-separated presets (remi,tsd,midilike,structured,cpword,octuple,mumidi,mmm,pertok,remi_multitrack,tsd_multitrack,performance,note_duration)")
+    t.add_argument("--transpose", default="none", help="none | normalize (to C major / A minor) | augment:K (the +-1..K semitone copies too)")
+    t.add_argument("--config", default=None, help="a miditok tokenizer.json to register under --scheme NAME")
+    t.add_argument("--min-key-confidence", type=float, default=None, help="normalize only pieces whose key confidence is at least this (default 0.02; 0 = all)")
+    t.set_defaults(func=cmd_tokenize)
 
     s = sub.add_parser("sql", help="run SQL over the lake's DuckDB views")
     s.add_argument("query")

@@ -52,6 +52,13 @@ REASONS: Final[dict[str, str]] = {
     "spec_violation": "strict mode: the file violates the MIDI spec although it parses",
     # curate stage
     "curate_error": "texture, key or dedup analysis failed on a piece that parsed",
+    # tokenize stage (per scheme, tokenizer and transposition)
+    "transpose_out_of_range": "the shift would move a pitched note outside the allowed range",
+    "low_key_confidence": "normalization asked for, but the key estimate is not confident enough",
+    "no_key": "normalization asked for, but the piece has no key estimate (no pitched notes)",
+    "too_many_bars": "more bars than the scheme can embed (Octuple/MuMIDI); never cut silently",
+    "tokenize_error": "the tokenizer raised on this piece",
+    "no_tokens": "the scheme produced no token for this piece (e.g. only drums it does not encode)",
 }
 
 # warnings: kept pieces that violate the spec in ways that do not touch the notes

@@ -41,6 +41,10 @@ TABLES: dict[str, pa.Schema] = {
             ("source_uri", pa.string()),
             ("created_at", TS),
             ("run_id", pa.string()),
+            # tokenize-stage rejects are per (scheme, tokenizer, transposition)
+            ("scheme", pa.string()),
+            ("tokenizer_hash", pa.string()),
+            ("transpose", pa.int32()),
         ]
     ),
     "tracks": pa.schema(
@@ -100,6 +104,7 @@ TABLES: dict[str, pa.Schema] = {
             ("key_correlation", pa.float64()),
             ("key_confidence", pa.float64()),  # correlation margin to the runner-up key
             ("key_profile", pa.string()),
+            ("key_backend", pa.string()),  # ours / music21
             ("key_krumhansl", pa.string()),  # the Krumhansl-Schmuckler estimate, for comparison
             ("key_declared", pa.string()),  # the first key signature meta event
             ("key_windows", pa.list_(pa.string())),  # key per 8 bars
@@ -198,6 +203,9 @@ PIECE_EXTRAS: dict[str, pa.DataType] = {
     "npz_uri": pa.string(),
     # music21
     "music21_collection": pa.string(),
+    # melodies extracted from multitrack pieces (lineage)
+    "parent_piece_id": pa.string(),
+    "parent_track": pa.int32(),
 }
 
 # the partition keys of each table (hive directories)

@@ -1,0 +1,195 @@
+"""Named tokenizer presets, each a full miditok configuration, in one place.
+
+A preset is data: the miditok class, the ``TokenizerConfig`` arguments that differ from
+miditok's defaults (each with its reason; miditok keeps unknown keyword arguments in
+``config.additional_params``), and an optional score transform applied before
+encoding. ``build(name)`` makes the tokenizer; ``from_json`` loads any saved miditok
+tokenizer (``--config FILE``). The tokenizer hash covers the saved miditok JSON (its whole
+config, the miditok/symusic versions) and the transform, so changing anything makes a
+new hash and a new partition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Octuple and MuMIDI embed the bar index; miditok's default limit of 60 bars silently cuts
+# longer pieces. 1024 bars covers 99.9 % of Lakh; a longer piece is rejected, never cut.
+MAX_BAR_EMBEDDING = 1024
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    tokenization: str  # miditok class name
+    config: dict[str, Any] = field(default_factory=dict)
+    transform: dict[str, Any] | None = None  # see apply_transform
+    doc: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset("remi", "REMI", doc="miditok defaults (one sequence per track)"),
+        Preset("tsd", "TSD", doc="miditok defaults (one sequence per track)"),
+        Preset("midilike", "MIDILike", doc="miditok defaults"),
+        Preset("structured", "Structured", doc="miditok defaults"),
+        Preset("cpword", "CPWord", doc="miditok defaults (multi-vocabulary)"),
+        Preset(
+            "octuple", "Octuple",
+            {"max_bar_embedding": MAX_BAR_EMBEDDING},
+            doc="defaults, bar limit raised from 60 (longer pieces were cut silently)",
+        ),
+        Preset(
+            "mumidi", "MuMIDI",
+            {"max_bar_embedding": MAX_BAR_EMBEDDING},
+            doc="defaults, bar limit raised from 60",
+        ),
+        Preset(
+            "mmm", "MMM", {"base_tokenizer": "REMI"},
+            doc="MMM needs a base tokenizer: REMI",
+        ),
+        Preset(
+            "pertok", "PerTok",
+            {
+                "use_programs": True,
+                "use_time_signatures": False,  # PerTok fails on some time signatures in miditok 3.1
+                "beat_res": {(0, 4): 4, (4, 8): 2},
+                "ticks_per_quarter": 480,
+                "use_microtiming": True,
+                "max_microtiming_shift": 0.125,
+                "num_microtiming_bins": 30,
+            },
+            doc="PerTok needs ticks_per_quarter and its microtiming settings",
+        ),
+        Preset(
+            "remi_multitrack", "REMI",
+            {"use_programs": True, "one_token_stream_for_programs": True, "use_tempos": True, "use_time_signatures": True},
+            doc="one stream for all tracks, Program tokens, tempos and time signatures",
+        ),
+        Preset(
+            "tsd_multitrack", "TSD",
+            {"use_programs": True, "one_token_stream_for_programs": True, "use_tempos": True, "use_time_signatures": True},
+            doc="one stream for all tracks, Program tokens, tempos and time signatures",
+        ),
+        Preset(
+            "performance", "MIDILike",
+            {
+                # Oore et al. 2018, "This Time with Feeling": 128 note-on, 128 note-off,
+                # 100 time shifts of 10 ms, 32 velocity bins, sustain pedal events.
+                "beat_res": {(0, 2): 50},  # at the fixed 120 bpm / 50 tpq below: 100 shifts of 10 ms
+                "num_velocities": 32,
+                "use_sustain_pedals": True,
+                "use_time_signatures": False,
+                "pitch_range": (0, 127),
+            },
+            transform={"fixed_tempo_bpm": 120.0, "tpq": 50},
+            doc="performance encoding: note-on/off, 10 ms shifts (absolute time), 32 velocities, pedal",
+        ),
+        Preset(
+            "note_duration", "TSD",
+            {"use_velocities": False, "beat_res": {(0, 4): 4, (4, 12): 1}, "use_time_signatures": False},
+            doc="note/duration pairs on a 16th grid, like MusicAutobot's encoding",
+        ),
+    ]
+}
+
+DEFAULT_SCHEMES = ("remi",)
+
+
+class PresetError(ValueError):
+    pass
+
+
+def names() -> list[str]:
+    return list(PRESETS)
+
+
+def _config(preset: Preset) -> Any:
+    from miditok import TokenizerConfig
+
+    return TokenizerConfig(**preset.config)
+
+
+def build(name: str) -> tuple[Any, dict[str, Any] | None]:
+    """(tokenizer, transform) for a preset name."""
+    import miditok
+
+    if name not in PRESETS:
+        raise PresetError(f"unknown scheme {name!r}; known: {', '.join(PRESETS)}")
+    p = PRESETS[name]
+    return getattr(miditok, p.tokenization)(_config(p)), p.transform
+
+
+def from_json(path: str | os.PathLike[str]) -> Any:
+    """Any tokenizer saved by miditok (``tokenizer.json``)."""
+    import miditok
+
+    try:
+        doc = json.loads(Path(path).read_text())
+        cls = getattr(miditok, doc["tokenization"])
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        raise PresetError(f"{str(path)!r} is not a miditok tokenizer.json: {exc}") from None
+    return cls(params=Path(path))
+
+
+def tokenizer_json(tokenizer: Any, transform: dict[str, Any] | None) -> str:
+    """The tokenizer in miditok's own file format, plus our transform, as canonical text."""
+    with tempfile.TemporaryDirectory() as d:
+        tokenizer.save(d)
+        doc = json.loads((Path(d) / "tokenizer.json").read_text())
+    doc["midicorpus_transform"] = transform
+    return json.dumps(doc)  # key order kept: miditok builds the vocabulary in dict order
+
+
+def tokenizer_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_from_text(text: str) -> tuple[Any, dict[str, Any] | None]:
+    """A tokenizer back from :func:`tokenizer_json` text (used in the workers)."""
+    import miditok
+
+    doc = json.loads(text)
+    transform = doc.pop("midicorpus_transform", None)
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "tokenizer.json"
+        p.write_text(json.dumps(doc))
+        tok = getattr(miditok, doc["tokenization"])(params=p)
+    return tok, transform
+
+
+def apply_transform(score: Any, transform: dict[str, Any] | None) -> Any:
+    """Score transforms a preset needs before encoding.
+
+    ``fixed_tempo_bpm`` + ``tpq``: re-time the score in absolute time, so that one tick is
+    a fixed duration (50 tpq at 120 bpm: 10 ms) whatever the file's tempo map.
+    """
+    if not transform:
+        return score
+    if "fixed_tempo_bpm" in transform:
+        import symusic
+
+        bpm, tpq = float(transform["fixed_tempo_bpm"]), int(transform["tpq"])
+        per_s = bpm / 60.0 * tpq  # ticks per second
+        sec = score.to("second")
+        out = symusic.Score(tpq)
+        out.tempos.append(symusic.Tempo(0, bpm))
+        for tr in sec.tracks:
+            t = symusic.Track(tr.name, tr.program, tr.is_drum)
+            for n in tr.notes:
+                start = round(n.time * per_s)
+                end = max(start + 1, round((n.time + n.duration) * per_s))
+                t.notes.append(symusic.Note(start, end - start, n.pitch, n.velocity))
+            for pd in tr.pedals:
+                start = round(pd.time * per_s)
+                t.pedals.append(symusic.Pedal(start, max(1, round(pd.duration * per_s)), ))
+            out.tracks.append(t)
+        return out
+    raise ValueError(f"unknown transform {transform!r}")

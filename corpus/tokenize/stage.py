@@ -1,0 +1,338 @@
+"""The tokenize stage: curated pieces to token ids under several schemes, in the engine.
+
+For each scheme the tokenizer is registered once (``tokenizers`` table and
+``tokenizers/<hash>/tokenizer.json`` in miditok's format); its hash covers the whole
+config, the library versions and our transform, so a changed parameter writes a new
+partition ``tokens/scheme=<s>/tokenizer_hash=<h>/`` and never touches an old one.
+
+Only the (piece, scheme, hash, transposition) combinations that have neither tokens nor a
+reject are done, so a second run does nothing. A piece a scheme cannot represent whole is a
+``rejects`` row (stage ``tokenize``) with the scheme, hash and transposition; nothing is cut
+or dropped silently (miditok's "cannot tokenize entirely" warning is a reject).
+
+Workers get the tokenizer as text and rebuild it once per process; REMI and TSD with a
+supported config go through :mod:`corpus.tokenize.fastpath` (same ids, ~10x faster).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from corpus.engine import Engine
+from corpus.lake import Lake, atomic_write_bytes, new_txid, now_utc
+from corpus.tokenize import presets
+
+TransposeMode = str  # "none" | "normalize" | "augment:K"
+DEFAULT_MIN_KEY_CONFIDENCE = 0.02
+
+
+class TokenizeError(ValueError):
+    """Bad user input (unknown scheme, malformed --transpose)."""
+
+
+@dataclass
+class SchemeSummary:
+    scheme: str
+    tokenizer_hash: str
+    pieces: int = 0
+    tokens: int = 0
+    rejected: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    skipped_existing: int = 0
+
+
+@dataclass
+class TokenizeSummary:
+    schemes: list[SchemeSummary] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def done(self) -> int:
+        return sum(s.pieces + s.rejected for s in self.schemes)
+
+    def lines(self) -> list[str]:
+        out = []
+        for s in self.schemes:
+            line = f"{s.scheme} [{s.tokenizer_hash}]: {s.pieces} tokenized ({s.tokens:,} tokens), {s.rejected} rejected"
+            if s.reasons:
+                line += " (" + ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items())) + ")"
+            line += f", {s.skipped_existing} already there"
+            out.append(line)
+        if self.done == 0:
+            out.append("nothing to do: every combination is already tokenized")
+        return out
+
+
+def parse_transpose(mode: str) -> tuple[str, int]:
+    if mode in ("none", "normalize"):
+        return mode, 0
+    if mode.startswith("augment:"):
+        try:
+            k = int(mode.split(":", 1)[1])
+        except ValueError:
+            k = -1
+        if 1 <= k <= 12:
+            return "augment", k
+    raise TokenizeError(f"--transpose must be none, normalize or augment:K with K in 1..12, got {mode!r}")
+
+
+@dataclass(frozen=True)
+class Registered:
+    scheme: str
+    text: str  # tokenizer_json
+    hash: str
+    tokenizer: Any
+    transform: dict[str, Any] | None
+
+
+def register(lake: Lake, scheme: str, config_file: str | None = None) -> Registered:
+    """Build the scheme's tokenizer, store it in the lake once (lake locked by the caller)."""
+    from importlib.metadata import version
+
+    if config_file:
+        tok, transform = presets.from_json(config_file), None
+    else:
+        tok, transform = presets.build(scheme)
+    text = presets.tokenizer_json(tok, transform)
+    h = presets.tokenizer_hash(text)
+    path = lake.root / "tokenizers" / h / "tokenizer.json"
+    con = lake.connect()
+    try:
+        known = con.execute("SELECT 1 FROM tokenizers WHERE tokenizer_hash = ? AND scheme = ?", [h, scheme]).fetchone()
+    finally:
+        con.close()
+    if not path.exists():
+        atomic_write_bytes(path, text.encode())
+    if not known:
+        with lake.transaction({"command": "tokenizer register", "scheme": scheme}) as tx:
+            tx.write(
+                "tokenizers",
+                [{
+                    "scheme": scheme, "tokenizer_hash": h, "tokenization": type(tok).__name__,
+                    "config_json": text, "miditok_version": version("miditok"), "vocab_size": _vocab_size(tok),
+                    "is_multi_vocab": bool(tok.is_multi_voc), "created_at": now_utc(),
+                }],
+            )
+    return Registered(scheme, text, h, tok, transform)
+
+
+def _vocab_size(tok: Any) -> int:
+    v = tok.vocab
+    return int(sum(len(x) for x in v)) if isinstance(v, list) else int(len(v))
+
+
+def registered_tokenizer(lake: Lake, scheme: str) -> tuple[str, Path]:
+    """The hash and tokenizer.json path of the latest tokenizer registered under ``scheme``."""
+    con = lake.connect()
+    try:
+        row = con.execute(
+            "SELECT tokenizer_hash FROM tokenizers WHERE scheme = ? ORDER BY created_at DESC LIMIT 1", [scheme]
+        ).fetchone()
+    finally:
+        con.close()
+    if row is None:
+        raise TokenizeError(f"no tokenizer registered under scheme {scheme!r}; run 'midicorpus tokenize --scheme {scheme}' first")
+    return row[0], lake.root / "tokenizers" / row[0] / "tokenizer.json"
+
+
+# ---------------------------------------------------------------------------------- worker side
+_CACHE: dict[str, Any] = {}
+
+
+def _worker_tokenizer(text: str, h: str) -> tuple[Any, Any, dict[str, Any] | None]:
+    if h not in _CACHE:
+        from corpus.tokenize import fastpath
+
+        tok, transform = presets.load_from_text(text)
+        fast = fastpath.FastTokenizer(tok) if fastpath.supports(tok) else None
+        _CACHE.clear()  # one tokenizer per worker at a time keeps memory flat
+        _CACHE[h] = (tok, fast, transform)
+    return _CACHE[h]  # type: ignore[no-any-return]
+
+
+def encode_piece(tok: Any, fast: Any, score: Any) -> tuple[list[int], list[list[int]] | None, list[int]]:
+    """(ids, ids_multi, seq_lengths) for one score; raises on tokenizer failure."""
+    if fast is not None:
+        out = fast.encode_ids(score)
+        seqs = [out] if tok.one_token_stream else out
+    else:
+        res = tok.encode(score)
+        seqs = [res.ids] if not isinstance(res, list) else [r.ids for r in res]
+    lengths = [len(s) for s in seqs]
+    if tok.is_multi_voc:
+        multi = [list(map(int, t)) for s in seqs for t in s]
+        return [], multi, lengths
+    return [int(i) for s in seqs for i in s], None, lengths
+
+
+def tokenize_batch(batch: list[tuple[str, bytes, list[int]]], text: str, h: str, low: int, high: int) -> list[tuple[str, int, tuple[Any, ...]]]:
+    """Dask task: every (piece, shift) of the batch -> ("ok", ids, multi, lengths) or ("reject", reason, detail)."""
+    import symusic
+
+    from corpus.curation.transpose import transpose_score
+    from corpus.parse import check_structure
+
+    tok, fast, transform = _worker_tokenizer(text, h)
+    out: list[tuple[str, int, tuple[Any, ...]]] = []
+    for pid, data, shifts in batch:
+        try:
+            base = symusic.Score.from_midi(check_structure(data)[0])
+        except Exception as exc:  # noqa: BLE001 - parsed at ingest; a failure here is this piece's
+            for sh in shifts:
+                out.append((pid, sh, ("reject", "tokenize_error", f"{type(exc).__name__}: {exc}")))
+            continue
+        for sh in shifts:
+            score = base
+            if sh:
+                moved = transpose_score(base, sh, low=low, high=high)
+                if not moved:
+                    out.append((pid, sh, ("reject", "transpose_out_of_range", moved.detail)))
+                    continue
+                score = moved
+            try:
+                score = presets.apply_transform(score, transform)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    ids, multi, lengths = encode_piece(tok, fast, score)
+                cut = [str(w.message) for w in caught if "cannot tokenize entirely" in str(w.message)]
+                if cut:
+                    out.append((pid, sh, ("reject", "too_many_bars", cut[0])))
+                elif sum(lengths) == 0:
+                    out.append((pid, sh, ("reject", "no_tokens", f"{type(tok).__name__} produced no token")))
+                else:
+                    out.append((pid, sh, ("ok", ids, multi, lengths)))
+            except Exception as exc:  # noqa: BLE001 - the tokenizer's failure is this combination's reject
+                out.append((pid, sh, ("reject", "tokenize_error", f"{type(exc).__name__}: {exc}")))
+    return out
+
+
+# ---------------------------------------------------------------------------------- driver side
+def _wanted(lake: Lake, reg: Registered, mode: str, k: int, min_conf: float, where: str | None) -> tuple[dict[str, list[int]], list[dict[str, Any]], int]:
+    """Shifts still to do per piece, rejects decided in the driver, and how many exist already."""
+    from corpus.curation.transpose import augment_shifts, normalize_shift
+
+    con = lake.connect()
+    try:
+        cond = f"AND ({where})" if where else ""
+        rows = con.execute(
+            "SELECT piece_id, key_tonic_pc, key_mode, key_confidence FROM features "
+            f"WHERE texture IS NOT NULL {cond} ORDER BY piece_id"
+        ).fetchall()
+        done = set(
+            con.execute(
+                "SELECT piece_id, transpose FROM tokens WHERE scheme = ? AND tokenizer_hash = ? "
+                "UNION ALL SELECT piece_id, transpose FROM rejects WHERE stage = 'tokenize' AND scheme = ? AND tokenizer_hash = ?",
+                [reg.scheme, reg.hash, reg.scheme, reg.hash],
+            ).fetchall()
+        )
+        done_pieces = {pid for pid, t in done if t is None}
+    finally:
+        con.close()
+    todo: dict[str, list[int]] = {}
+    rejects: list[dict[str, Any]] = []
+    existing = 0
+    for pid, pc, kmode, conf in rows:
+        if mode == "none":
+            shifts = [0]
+        elif mode == "augment":
+            shifts = [0, *augment_shifts(k)]
+        else:
+            if pc is None or kmode is None:
+                if pid not in done_pieces:
+                    rejects.append(_reject(pid, reg, None, "no_key", "no key estimate"))
+                continue
+            if conf is None or conf < min_conf:
+                if pid not in done_pieces:
+                    rejects.append(_reject(pid, reg, None, "low_key_confidence", f"confidence {conf:.4f} < {min_conf}"))
+                continue
+            shifts = [normalize_shift(int(pc), kmode)]
+        left = [sh for sh in shifts if (pid, sh) not in done]
+        existing += len(shifts) - len(left)
+        if left:
+            todo[pid] = left
+    return todo, rejects, existing
+
+
+def _reject(pid: str, reg: Registered, shift: int | None, reason: str, detail: str) -> dict[str, Any]:
+    return {
+        "piece_id": pid, "reason": reason, "detail": detail, "source_uri": None, "created_at": now_utc(),
+        "run_id": None, "scheme": reg.scheme, "tokenizer_hash": reg.hash, "transpose": shift,
+    }
+
+
+def tokenize(
+    lake: Lake,
+    engine: Engine,
+    schemes: Sequence[str],
+    transpose: TransposeMode = "none",
+    config_file: str | None = None,
+    min_key_confidence: float = DEFAULT_MIN_KEY_CONFIDENCE,
+    pitch_range: tuple[int, int] = (0, 127),
+    where: str | None = None,
+    batch_size: int = 8,
+    commit_every: int = 2000,
+    progress: Callable[[TokenizeSummary], None] | None = None,
+) -> TokenizeSummary:
+    """Tokenize every curated piece under each scheme (lake locked by the caller)."""
+    mode, k = parse_transpose(transpose)
+    for sch in schemes:
+        if not config_file and sch not in presets.PRESETS:
+            raise TokenizeError(f"unknown scheme {sch!r}; known: {', '.join(presets.PRESETS)} (or --config FILE)")
+    t0 = time.perf_counter()
+    summary = TokenizeSummary()
+    run_id = new_txid()
+    for sch in schemes:
+        reg = register(lake, sch, config_file)
+        ss = SchemeSummary(sch, reg.hash)
+        summary.schemes.append(ss)
+        todo, pre_rejects, ss.skipped_existing = _wanted(lake, reg, mode, k, min_key_confidence, where)
+        rows: list[dict[str, Any]] = []
+        rejects: list[dict[str, Any]] = list(pre_rejects)
+        for r in pre_rejects:
+            ss.rejected += 1
+            ss.reasons[r["reason"]] = ss.reasons.get(r["reason"], 0) + 1
+
+        def flush() -> None:
+            if not rows and not rejects:
+                return
+            with lake.transaction({"command": "tokenize", "run_id": run_id, "scheme": reg.scheme, "tokenizer_hash": reg.hash}) as tx:
+                rows.sort(key=lambda r: (r["piece_id"], r["transpose"]))
+                tx.write("tokens", rows, {"scheme": reg.scheme, "tokenizer_hash": reg.hash})
+                for r in rejects:
+                    r["run_id"] = run_id
+                tx.write("rejects", rejects, {"stage": "tokenize"})
+            rows.clear()
+            rejects.clear()
+
+        pids = sorted(todo)
+        batches = (
+            [(pid, lake.get_raw(pid), todo[pid]) for pid in pids[i : i + batch_size]]
+            for i in range(0, len(pids), batch_size)
+        )
+        for _, results in engine.map_unordered(tokenize_batch, batches, reg.text, reg.hash, pitch_range[0], pitch_range[1]):
+            for pid, sh, res in results:
+                if res[0] == "ok":
+                    _, ids, multi, lengths = res
+                    n = sum(lengths)
+                    rows.append({
+                        "piece_id": pid, "transpose": sh, "n_tokens": n, "n_sequences": len(lengths),
+                        "seq_lengths": lengths, "ids": ids if multi is None else None, "ids_multi": multi, "run_id": run_id,
+                    })
+                    ss.pieces += 1
+                    ss.tokens += n
+                else:
+                    rejects.append(_reject(pid, reg, sh, res[1], res[2]))
+                    ss.rejected += 1
+                    ss.reasons[res[1]] = ss.reasons.get(res[1], 0) + 1
+            if len(rows) + len(rejects) >= commit_every:
+                flush()
+            if progress:
+                progress(summary)
+        flush()
+    summary.seconds = time.perf_counter() - t0
+    return summary
