@@ -191,6 +191,8 @@ def _scan_track(d: bytes, i: int, end: int, index: int, warnings: list[str]) -> 
             i, length = _vlq(d, i + 2, end, index)
             if i + length > end:
                 raise Reject("bad_meta_event", f"track {index}: meta 0x{mtype:02x} of {length} bytes runs past the track")
+            if mtype == 0x51 and (length != 3 or not any(d[i : i + 3])):
+                raise Reject("bad_meta_event", f"track {index}: set tempo of {length} bytes, value {d[i : i + length].hex() or 'none'} at {i}")
             i += length
             after_meta = bool(running)
             if mtype == 0x2F:

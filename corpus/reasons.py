@@ -23,6 +23,9 @@ REASONS: Final[dict[str, str]] = {
     "archive_corrupt": "archive that cannot be read to the end",
     "file_too_large": "input larger than the per-file size limit",
     "unreadable": "input that cannot be read (permissions, I/O error)",
+    "http_not_found": "the server answered 404 or 410 for the file",
+    "http_error": "the file could not be fetched: HTTP error status or network failure after retries",
+    "robots_disallowed": "robots.txt disallows fetching the file for our User-Agent",
     "convert_error": "a non-MIDI input (music21 corpus file, piano roll) that could not be converted",
     # source stage: Lakh Pianoroll Dataset .npz files
     "npz_corrupt": "not a readable .npz (bad or truncated zip, unreadable .npy member)",
@@ -58,6 +61,7 @@ REASONS: Final[dict[str, str]] = {
     "no_key": "normalization asked for, but the piece has no key estimate (no pitched notes)",
     "too_many_bars": "more bars than the scheme can embed (Octuple/MuMIDI); never cut silently",
     "tokenize_error": "the tokenizer raised on this piece",
+    "lossy_encoding": "the tokens do not decode back to the piece's notes (verified schemes, or --verify)",
     "no_tokens": "the scheme produced no token for this piece (e.g. only drums it does not encode)",
 }
 
