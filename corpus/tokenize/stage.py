@@ -25,7 +25,7 @@ from typing import Any
 
 from corpus.engine import Engine
 from corpus.lake import Lake, atomic_write_bytes, new_txid, now_utc
-from corpus.tokenize import presets
+from corpus.tokenize import presets, roundtrip
 
 TransposeMode = str  # "none" | "normalize" | "augment:K"
 DEFAULT_MIN_KEY_CONFIDENCE = 0.02
@@ -96,8 +96,11 @@ def register(lake: Lake, scheme: str, config_file: str | None = None) -> Registe
 
     if config_file:
         tok, transform = presets.from_json(config_file), None
-    else:
+    elif scheme in presets.PRESETS:
         tok, transform = presets.build(scheme)
+    else:  # a tokenizer registered earlier under this name (e.g. one trained with BPE)
+        _, path = registered_tokenizer(lake, scheme)
+        tok, transform = presets.load_from_text(path.read_text())
     text = presets.tokenizer_json(tok, transform)
     h = presets.tokenizer_hash(text)
     path = lake.root / "tokenizers" / h / "tokenizer.json"
@@ -140,6 +143,64 @@ def registered_tokenizer(lake: Lake, scheme: str) -> tuple[str, Path]:
     return row[0], lake.root / "tokenizers" / row[0] / "tokenizer.json"
 
 
+def _is_registered(lake: Lake, scheme: str) -> bool:
+    con = lake.connect()
+    try:
+        return con.execute("SELECT 1 FROM tokenizers WHERE scheme = ? LIMIT 1", [scheme]).fetchone() is not None
+    finally:
+        con.close()
+
+
+def train_tokenizer(lake: Lake, scheme: str, vocab_size: int, model: str = "bpe", where: str | None = None) -> Registered:
+    """Train a subword vocabulary (miditok's training) on the corpus and register it.
+
+    Trains on the curated pieces' raw files (optionally a ``where`` selection over
+    ``features``) and registers the result as scheme ``<scheme>-<model><vocab_size>`` with
+    its own hash; tokenizing with it then works like any other scheme (miditok applies the
+    learned merges, no fast path). Lake locked by the caller.
+    """
+    models = {"bpe": "BPE", "unigram": "Unigram", "wordpiece": "WordPiece"}
+    if model not in models:
+        raise TokenizeError(f"--model must be one of {', '.join(models)}, got {model!r}")
+    if scheme not in presets.PRESETS:
+        raise TokenizeError(f"unknown scheme {scheme!r}; known: {', '.join(presets.PRESETS)}")
+    tok, transform = presets.build(scheme)
+    if transform:
+        raise TokenizeError(f"scheme {scheme!r} re-times scores before encoding; train on a scheme without a transform")
+    if tok.is_multi_voc:
+        raise TokenizeError(f"scheme {scheme!r} has several vocabularies; miditok trains single-vocabulary schemes only")
+    base = len(tok.vocab)
+    if vocab_size <= base:
+        raise TokenizeError(f"--vocab-size must exceed the base vocabulary of {scheme} ({base}), got {vocab_size}")
+    con = lake.connect()
+    try:
+        cond = f"AND ({where})" if where else ""
+        pids = [r[0] for r in con.execute(f"SELECT piece_id FROM features WHERE texture IS NOT NULL {cond} ORDER BY 1").fetchall()]
+    finally:
+        con.close()
+    if not pids:
+        raise TokenizeError("no curated piece to train on; run 'midicorpus curate' first")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok.train(vocab_size=vocab_size, model=models[model], files_paths=[lake.raw_path(p) for p in pids])
+    name = f"{scheme}-{model}{vocab_size}"
+    text = presets.tokenizer_json(tok, None)
+    h = presets.tokenizer_hash(text)
+    path = lake.root / "tokenizers" / h / "tokenizer.json"
+    if not path.exists():
+        atomic_write_bytes(path, text.encode())
+    from importlib.metadata import version
+
+    if not _is_registered(lake, name) or registered_tokenizer(lake, name)[0] != h:
+        with lake.transaction({"command": "tokenizer train", "scheme": name}) as tx:
+            tx.write("tokenizers", [{
+                "scheme": name, "tokenizer_hash": h, "tokenization": type(tok).__name__, "config_json": text,
+                "miditok_version": version("miditok"), "vocab_size": _vocab_size(tok), "is_multi_vocab": False,
+                "created_at": now_utc(),
+            }])
+    return Registered(name, text, h, tok, None)
+
+
 # ---------------------------------------------------------------------------------- worker side
 _CACHE: dict[str, Any] = {}
 
@@ -170,7 +231,7 @@ def encode_piece(tok: Any, fast: Any, score: Any) -> tuple[list[int], list[list[
     return [int(i) for s in seqs for i in s], None, lengths
 
 
-def tokenize_batch(batch: list[tuple[str, bytes, list[int]]], text: str, h: str, low: int, high: int) -> list[tuple[str, int, tuple[Any, ...]]]:
+def tokenize_batch(batch: list[tuple[str, bytes, list[int]]], text: str, h: str, low: int, high: int, verify: bool = False) -> list[tuple[str, int, tuple[Any, ...]]]:
     """Dask task: every (piece, shift) of the batch -> ("ok", ids, multi, lengths) or ("reject", reason, detail)."""
     import symusic
 
@@ -204,6 +265,8 @@ def tokenize_batch(batch: list[tuple[str, bytes, list[int]]], text: str, h: str,
                     out.append((pid, sh, ("reject", "too_many_bars", cut[0])))
                 elif sum(lengths) == 0:
                     out.append((pid, sh, ("reject", "no_tokens", f"{type(tok).__name__} produced no token")))
+                elif verify and (rate := roundtrip.check(tok, score, ids, multi, lengths)) < 1.0:
+                    out.append((pid, sh, ("reject", "lossy_encoding", f"{rate:.1%} of the notes decode back ({type(tok).__name__})")))
                 else:
                     out.append((pid, sh, ("ok", ids, multi, lengths)))
             except Exception as exc:  # noqa: BLE001 - the tokenizer's failure is this combination's reject
@@ -276,18 +339,20 @@ def tokenize(
     where: str | None = None,
     batch_size: int = 8,
     commit_every: int = 2000,
+    verify: bool | None = None,
     progress: Callable[[TokenizeSummary], None] | None = None,
 ) -> TokenizeSummary:
     """Tokenize every curated piece under each scheme (lake locked by the caller)."""
     mode, k = parse_transpose(transpose)
     for sch in schemes:
-        if not config_file and sch not in presets.PRESETS:
-            raise TokenizeError(f"unknown scheme {sch!r}; known: {', '.join(presets.PRESETS)} (or --config FILE)")
+        if not config_file and sch not in presets.PRESETS and not _is_registered(lake, sch):
+            raise TokenizeError(f"unknown scheme {sch!r}; known: {', '.join(presets.PRESETS)}, tokenizers trained in this lake, or --config FILE")
     t0 = time.perf_counter()
     summary = TokenizeSummary()
     run_id = new_txid()
     for sch in schemes:
         reg = register(lake, sch, config_file)
+        check = verify if verify is not None else (sch in presets.PRESETS and presets.PRESETS[sch].verify and not config_file)
         ss = SchemeSummary(sch, reg.hash)
         summary.schemes.append(ss)
         todo, pre_rejects, ss.skipped_existing = _wanted(lake, reg, mode, k, min_key_confidence, where)
@@ -314,7 +379,7 @@ def tokenize(
             [(pid, lake.get_raw(pid), todo[pid]) for pid in pids[i : i + batch_size]]
             for i in range(0, len(pids), batch_size)
         )
-        for _, results in engine.map_unordered(tokenize_batch, batches, reg.text, reg.hash, pitch_range[0], pitch_range[1]):
+        for _, results in engine.map_unordered(tokenize_batch, batches, reg.text, reg.hash, pitch_range[0], pitch_range[1], check):
             for pid, sh, res in results:
                 if res[0] == "ok":
                     _, ids, multi, lengths = res

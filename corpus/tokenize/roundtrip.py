@@ -1,0 +1,64 @@
+"""Round-trip check: do a piece's tokens decode back to its notes?
+
+The reference is the score after the tokenizer's own preprocessing (resampling and
+quantization to the scheme's resolution), so a lossless scheme matches it exactly. Notes
+are compared by pitch, onset and duration in quarters, within ``tol`` quarters (for schemes
+whose resolution is finer than their preprocessing, e.g. PerTok's microtiming bins).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+DEFAULT_TOL_Q = 1 / 32
+
+
+def _notes(score: Any) -> np.ndarray:
+    rows = []
+    for t in score.tracks:
+        a = t.notes.numpy()
+        if a["pitch"].size:
+            rows.append(np.stack([a["pitch"].astype(np.float64), a["time"] / score.tpq, a["duration"] / score.tpq], 1))
+    if not rows:
+        return np.zeros((0, 3))
+    arr = np.concatenate(rows)
+    return arr[np.lexsort((arr[:, 2], arr[:, 1], arr[:, 0]))]
+
+
+def match_rate(ref: Any, dec: Any, tol: float = DEFAULT_TOL_Q) -> float:
+    """Share of notes matched one-to-one (pitch equal, onset and duration within ``tol``)."""
+    a, b = _notes(ref), _notes(dec)
+    if len(a) == 0 and len(b) == 0:
+        return 1.0
+    matched = 0
+    for pitch in np.intersect1d(np.unique(a[:, 0]), np.unique(b[:, 0])):
+        x, y = a[a[:, 0] == pitch], b[b[:, 0] == pitch]
+        i = j = 0
+        while i < len(x) and j < len(y):
+            d = x[i, 1] - y[j, 1]
+            if abs(d) <= tol + 1e-9:
+                if abs(x[i, 2] - y[j, 2]) <= tol + 1e-9:
+                    matched += 1
+                i += 1
+                j += 1
+            elif d < 0:
+                i += 1
+            else:
+                j += 1
+    return matched / max(len(a), len(b))
+
+
+def decode_ids(tok: Any, ids: list[int], multi: list[list[int]] | None, lengths: list[int]) -> Any:
+    flat: list[Any] = multi if multi is not None else ids
+    seqs, i = [], 0
+    for n in lengths:
+        seqs.append(flat[i : i + n])
+        i += n
+    return tok.decode(seqs[0] if tok.one_token_stream else seqs)
+
+
+def check(tok: Any, score: Any, ids: list[int], multi: list[list[int]] | None, lengths: list[int], tol: float = DEFAULT_TOL_Q) -> float:
+    ref = tok.preprocess_score(score.copy())
+    return match_rate(ref, decode_ids(tok, ids, multi, lengths), tol)
