@@ -11,6 +11,21 @@ transposition-invariant hash, near-duplicate vectors above the threshold (faiss)
 same Lakh md5 (an LPD piece and the MIDI it came from). Every curate run writes the complete
 assignment as a new version of ``dedup``; the ``features`` view shows the latest. The
 faiss index is saved under ``index/neardup`` for ``midicorpus similar``.
+
+Key backend (``key_backend``): ``"ours"`` (default) is :func:`corpus.curation.key.estimate_key`,
+the fast emulation of music21; ``"music21"`` runs music21's own ``analyze('key')``
+(:func:`corpus.curation.key.estimate_key_music21`, about 2.5 s per file) for the whole-piece key
+(``key_tonic``, ``key_tonic_pc``, ``key_mode``, ``key_correlation``, ``key_confidence``). The
+windowed keys and ``key_krumhansl`` always come from ours. The backend that produced the key is
+the row's ``key_backend`` (NULL when the piece has no key); when music21 raises on a piece, ours
+is used for it and recorded as such (counted in ``CurateSummary.key_fallbacks``). The backend
+applies to the pieces analysed in that run: already curated pieces are not analysed again.
+
+Melody extraction (``extract_melodies=True``, :mod:`corpus.curation.melody`): after the pending
+pieces are analysed, every monophonic pitched track (>= ``min_melody_notes`` notes) of a
+curated polyphonic piece is ingested as a derived piece (source ``melody``, lineage in
+``pieces.parent_piece_id`` / ``parent_track``); the new pieces are then analysed in the same
+run, before the duplicate clusters are recomputed over everything.
 """
 
 from __future__ import annotations
@@ -31,6 +46,7 @@ KEY_PROFILE = "aarden"
 WINDOW_BARS = 8
 DEDUP_THRESHOLD = 0.7
 CURATE_VERSION = "curate-v1"
+KEY_BACKENDS = ("ours", "music21")
 
 
 @dataclass
@@ -42,25 +58,53 @@ class CurateSummary:
     duplicate_pairs: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    key_backend: str = "ours"
+    key_fallbacks: int = 0  # pieces where music21 raised and our key was used
+    melodies: int | None = None  # new derived melody pieces (None: extraction not asked for)
+    melody_counts: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
-        return (
+        s = (
             f"{self.analysed} pieces analysed ({self.failed} failed); "
             f"{self.pieces} pieces in {self.clusters} dedup clusters ({self.duplicate_pairs} duplicate pairs)"
         )
+        if self.melodies is not None:
+            s += f"; {self.melodies} melodies extracted from {self.melody_counts.get('parents', 0)} pieces"
+        if self.key_fallbacks:
+            s += f"; music21 key failed on {self.key_fallbacks} pieces (ours used)"
+        return s
 
 
-def analyse_piece(piece_id: str, data: bytes) -> dict[str, Any]:
-    """Everything curate measures on one piece (a pure function of its bytes)."""
+def _check_key_backend(key_backend: str) -> str:
+    if key_backend not in KEY_BACKENDS:
+        raise ValueError(f"key_backend must be one of {KEY_BACKENDS}, got {key_backend!r}")
+    return key_backend
+
+
+def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict[str, Any]:
+    """Everything curate measures on one piece (a pure function of its bytes and the key backend).
+
+    Returns ``{"row": piece_analysis row, "tracks": track_texture rows}``, plus
+    ``"key_fallback": message`` when the music21 backend raised and our key was used instead.
+    """
     import symusic
 
     from corpus.curation import dedup, key, texture
     from corpus.parse import check_structure
 
+    _check_key_backend(key_backend)
     smf, _ = check_structure(data)
     score = symusic.Score.from_midi(smf)
     piece_tex, track_tex = texture.piece_texture(score)
     est = key.estimate_key(score, KEY_PROFILE)
+    backend = "ours" if est is not None else None
+    fallback = None
+    if est is not None and key_backend == "music21":
+        try:
+            est = key.estimate_key_music21(smf, KEY_PROFILE)
+            backend = "music21"
+        except Exception as exc:  # noqa: BLE001 - music21 refuses some files symusic reads; ours is kept
+            fallback = f"{type(exc).__name__}: {exc}"
     alt = key.estimate_key(score, "krumhansl") if est is not None else None
     declared = key.declared_key(score)
     windows = key.windowed_keys(score, WINDOW_BARS, KEY_PROFILE) if est is not None else []
@@ -80,6 +124,7 @@ def analyse_piece(piece_id: str, data: bytes) -> dict[str, Any]:
         "key_correlation": est.correlation if est else None,
         "key_confidence": est.confidence if est else None,
         "key_profile": KEY_PROFILE if est else None,
+        "key_backend": backend,
         "key_krumhansl": alt.name if alt else None,
         "key_declared": f"{declared.tonic} {declared.mode}" if declared else None,
         "key_windows": [w.key.name if w.key else None for w in windows],
@@ -101,15 +146,18 @@ def analyse_piece(piece_id: str, data: bytes) -> dict[str, Any]:
         }
         for t in track_tex
     ]
-    return {"row": row, "tracks": tracks}
+    out: dict[str, Any] = {"row": row, "tracks": tracks}
+    if fallback is not None:
+        out["key_fallback"] = fallback
+    return out
 
 
-def analyse_batch(batch: list[tuple[str, bytes]]) -> list[tuple[str, Any]]:
+def analyse_batch(batch: list[tuple[str, bytes]], key_backend: str = "ours") -> list[tuple[str, Any]]:
     """Dask task: analyse each piece; a failure is that piece's, with its message."""
     out: list[tuple[str, Any]] = []
     for pid, data in batch:
         try:
-            out.append((pid, ("ok", analyse_piece(pid, data))))
+            out.append((pid, ("ok", analyse_piece(pid, data, key_backend))))
         except Exception as exc:  # noqa: BLE001 - recorded as a curate reject with the text
             out.append((pid, ("reject", "curate_error", f"{type(exc).__name__}: {exc}")))
     return out
@@ -122,11 +170,49 @@ def curate(
     batch_size: int = 16,
     commit_every: int = 1000,
     threshold: float = DEDUP_THRESHOLD,
+    key_backend: str = "ours",
+    extract_melodies: bool = False,
+    min_melody_notes: int | None = None,
 ) -> CurateSummary:
-    """Analyse the pieces not yet analysed, then recompute duplicate clusters (lake locked)."""
+    """Analyse the pieces not yet analysed, then recompute duplicate clusters (lake locked).
+
+    ``key_backend``: ``"ours"`` or ``"music21"`` (see the module docstring). With
+    ``extract_melodies``, the melodies of polyphonic pieces are extracted and ingested after the
+    analysis, and analysed in the same run (:mod:`corpus.curation.melody`; ``min_melody_notes``
+    defaults to ``melody.MIN_MELODY_NOTES``).
+    """
+    from corpus.curation import melody
+
+    _check_key_backend(key_backend)
+    min_notes = melody.MIN_MELODY_NOTES if min_melody_notes is None else min_melody_notes
+    if isinstance(min_notes, bool) or not isinstance(min_notes, int) or min_notes < 1:
+        raise ValueError(f"min_melody_notes must be a positive integer, got {min_notes!r}")
     t0 = time.perf_counter()
-    s = CurateSummary()
+    s = CurateSummary(key_backend=key_backend)
     run_id = new_txid()
+    _analyse_pending(lake, engine, run_id, s, progress, batch_size, commit_every, key_backend)
+    if extract_melodies:
+        ing, counts = melody.extract_melodies(lake, engine, min_notes=min_notes)
+        s.melodies = ing.ok
+        s.melody_counts = {**counts, "ingested": ing.inputs, "duplicate": ing.duplicate, "rejected": ing.rejected,
+                           "unchanged": ing.unchanged}
+        _analyse_pending(lake, engine, run_id, s, progress, batch_size, commit_every, key_backend)
+    _recluster(lake, run_id, threshold, s)
+    s.seconds = time.perf_counter() - t0
+    return s
+
+
+def _analyse_pending(
+    lake: Lake,
+    engine: Engine,
+    run_id: str,
+    s: CurateSummary,
+    progress: Callable[[CurateSummary], None] | None,
+    batch_size: int,
+    commit_every: int,
+    key_backend: str,
+) -> None:
+    """Analyse every parsed piece without a ``piece_analysis`` row or a curate reject."""
     con = lake.connect()
     try:
         todo = [
@@ -156,12 +242,14 @@ def curate(
         rejects.clear()
 
     batches = ([(pid, lake.get_raw(pid)) for pid in todo[i : i + batch_size]] for i in range(0, len(todo), batch_size))
-    for _, results in engine.map_unordered(analyse_batch, batches):
+    for _, results in engine.map_unordered(analyse_batch, batches, key_backend):
         for pid, out in results:
             if out[0] == "ok":
                 rows.append(out[1]["row"])
                 tracks.extend(out[1]["tracks"])
                 s.analysed += 1
+                if "key_fallback" in out[1]:
+                    s.key_fallbacks += 1
             else:
                 rejects.append({"piece_id": pid, "reason": out[1], "detail": out[2], "source_uri": None,
                                 "created_at": now_utc(), "run_id": run_id})
@@ -172,9 +260,6 @@ def curate(
         if progress:
             progress(s)
     flush()
-    _recluster(lake, run_id, threshold, s)
-    s.seconds = time.perf_counter() - t0
-    return s
 
 
 def _recluster(lake: Lake, run_id: str, threshold: float, s: CurateSummary) -> None:
