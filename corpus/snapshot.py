@@ -1,0 +1,792 @@
+"""Immutable, versioned dataset snapshots: token shards per split, a manifest, a card.
+
+``snapshots/<name>/<version>/`` (see DESIGN.md, "Snapshots") holds:
+
+- ``manifest.json``: what was read (table versions = the lake commit that last wrote each
+  table), the SQL selection, scheme, tokenizer hash and config, split policy and seed,
+  library versions, and the sha256, size and counts of every data file.
+- ``tokenizer.json``: the tokenizer in miditok's own format (``miditok.<Class>(params=path)``).
+- ``README.md``: the card (counts, sources, licences and the attribution they require,
+  how it was made). ``ATTRIBUTION.tsv``: one row per piece with its source and licence.
+- ``<split>/tokens.npy``, ``<split>/index.npy``, ``<split>/sequences.parquet`` per split
+  (``train``, ``valid``, ``test``); the format is in :data:`SHARD_FORMAT` and in the manifest.
+
+Versions come from content: the version is a hash of the data files and of the recipe
+(selection, scheme, tokenizer, splits, seed), never of the time or of unrelated lake commits,
+so the same selection from the same lake gives the same version and byte-identical shards.
+A build is written in ``snapshots/.build-<random>/`` and renamed into place (atomic on one
+file system); a killed build leaves only that temp directory, removed by the next build.
+
+Splits are assigned per song group before augmentation: pieces in one dedup cluster, or
+sharing a Million Song Dataset id or a Mutopia id, form one group (union-find); the group's
+split is a stable hash of its key and the seed, so no cluster spans two splits, transposed
+copies stay with their original, and a piece keeps its split across versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from corpus.lake import Lake, _fsync_dir, now_utc
+
+FORMAT = "midicorpus-snapshot/1"
+SPLITS = ("train", "valid", "test")
+DEFAULT_SPLIT = (0.9, 0.05, 0.05)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# the tables a snapshot reads; their versions go into the manifest
+SOURCE_TABLES = ("pieces", "piece_facts", "piece_analysis", "dedup", "tokens", "tokenizers")
+
+SHARD_FORMAT = {
+    "layout": "<split>/tokens.npy, <split>/index.npy, <split>/sequences.parquet for split in train, valid, test",
+    "tokens.npy": (
+        "NumPy .npy (np.load(path, mmap_mode='r')). Single-vocabulary schemes: 1-D array of all token ids of "
+        "the split, sequences concatenated. Multi-vocabulary schemes: 2-D array (n_tokens, n_vocabularies), "
+        "one column per vocabulary. dtype uint16 when every id fits, else int32."
+    ),
+    "index.npy": "int64 array of n_sequences + 1 offsets: sequence i is tokens[index[i]:index[i+1]]",
+    "sequences.parquet": (
+        "one row per sequence, in index order: seq, piece_id, transpose (semitones), track (sequence number "
+        "within the piece's token row: one per track when the tokenizer has no single stream), chunk (part "
+        "number when max_seq_len cut the sequence), start, length"
+    ),
+    "order": "sequences sorted by piece_id, transpose, track, chunk; no BOS/EOS stored (see tokenizer.special_ids)",
+}
+
+
+class SnapshotError(ValueError):
+    """A problem a user can act on (bad name, bad option, unknown snapshot, no tokens)."""
+
+
+@dataclass(frozen=True)
+class SnapshotSpec:
+    """What to build. ``transpose``: ``none`` (the untransposed rows), ``normalize`` (each piece
+    at its key-normalizing shift), ``augment:K`` (untransposed + shifts -K..K that exist)."""
+
+    name: str
+    scheme: str
+    where: str | None = None
+    transpose: str = "none"
+    split: tuple[float, float, float] = DEFAULT_SPLIT
+    seed: int = 0
+    max_seq_len: int | None = None
+    tokenizer_hash: str | None = None  # default: the latest tokenizer registered under ``scheme``
+
+    def validate(self) -> None:
+        if not NAME_RE.match(self.name):
+            raise SnapshotError(f"snapshot name {self.name!r} must be letters, digits, '.', '_' or '-' (not starting with '.' or '-')")
+        if len(self.split) != 3 or any(not isinstance(x, int | float) or x < 0 for x in self.split):
+            raise SnapshotError(f"--split must be three non-negative fractions train,valid,test, got {self.split!r}")
+        if abs(sum(self.split) - 1.0) > 1e-6 or self.split[0] <= 0:
+            raise SnapshotError(f"--split fractions must sum to 1 with train > 0, got {','.join(map(str, self.split))}")
+        if self.max_seq_len is not None and self.max_seq_len < 2:
+            raise SnapshotError(f"--max-seq-len must be at least 2, got {self.max_seq_len}")
+        if self.where is not None and ";" in self.where:
+            raise SnapshotError(f"--where must be one SQL condition without ';', got {self.where!r}")
+        transpose_shifts(self.transpose)
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    """``"0.9,0.05,0.05"`` to a tuple; one clear error otherwise."""
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise SnapshotError(f"--split must be three fractions train,valid,test like 0.9,0.05,0.05, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def transpose_shifts(mode: str) -> tuple[str, int]:
+    if mode in ("none", "normalize"):
+        return mode, 0
+    if mode.startswith("augment:"):
+        with contextlib.suppress(ValueError):
+            k = int(mode.split(":", 1)[1])
+            if 1 <= k <= 12:
+                return "augment", k
+    raise SnapshotError(f"--transpose must be none, normalize or augment:K with K in 1..12, got {mode!r}")
+
+
+@dataclass
+class SnapshotResult:
+    name: str
+    version: str
+    path: Path
+    created: bool  # False when this version existed already
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        c = self.manifest.get("counts", {})
+        what = "created" if self.created else "already there (same content)"
+        per = ", ".join(f"{s} {c.get(s, {}).get('tokens', 0):,}" for s in SPLITS)
+        return (
+            f"snapshot {self.name}@{self.version} {what}: {c.get('pieces', 0)} pieces, {c.get('sequences', 0)} sequences, "
+            f"{c.get('tokens', 0):,} tokens ({per}) at {self.path}"
+        )
+
+
+# ----------------------------------------------------------------------------- helpers
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def split_of(group_key: str, seed: int, fractions: Sequence[float]) -> str:
+    """The split of a group: a stable hash of (seed, key) mapped to [0, 1), cut at the fractions."""
+    digest = hashlib.sha256(f"{seed}\x00{group_key}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
+    acc = 0.0
+    for name, frac in zip(SPLITS, fractions, strict=True):
+        acc += frac
+        if u < acc:
+            return name
+    return next(s for s, f in zip(reversed(SPLITS), reversed(fractions), strict=True) if f > 0)
+
+
+_KIND_ORDER = {"msd": 0, "mutopia": 1, "cluster": 2}
+
+
+def song_groups(pieces: Mapping[str, Iterable[str]]) -> dict[str, str]:
+    """Union-find over pieces sharing any key; each piece's group key.
+
+    ``pieces`` maps a piece to its keys (``cluster:<rep>``, ``msd:<id>``, ``mutopia:<id>``).
+    The group key is the smallest key of the group by (kind, value), MSD ids first: they
+    are external and stable, while a dedup representative can change when a bigger
+    duplicate arrives.
+    """
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def rank(k: str) -> tuple[int, str]:
+        kind = k.split(":", 1)[0]
+        return (_KIND_ORDER.get(kind, 9), k)
+
+    for keys in pieces.values():
+        ks = sorted(set(keys), key=rank)
+        for k in ks:
+            parent.setdefault(k, k)
+        for k in ks[1:]:
+            a, b = find(ks[0]), find(k)
+            if a != b:
+                lo, hi = sorted((a, b), key=rank)
+                parent[hi] = lo
+    return {pid: find(sorted(set(keys), key=rank)[0]) for pid, keys in pieces.items()}
+
+
+def license_terms(lic: str | None) -> str:
+    """What a licence asks of a user of the data, in a few words."""
+    if not lic:
+        return "unknown licence: check the source before use"
+    u = lic.upper().replace(" ", "-")
+    if u in {"PD", "CC0", "CC0-1.0", "PUBLIC-DOMAIN", "UNLICENSE"}:
+        return "none (public domain / no conditions)"
+    if u.startswith("CC-BY") or u.startswith("CC BY"):
+        terms = ["attribution required"]
+        if "-NC" in u:
+            terms.append("non-commercial use only")
+        if "-ND" in u:
+            terms.append("no derivatives")
+        if "-SA" in u:
+            terms.append("share-alike: derivatives under the same licence")
+        return "; ".join(terms)
+    if u.startswith("MIT") or u.startswith("BSD") or u.startswith("ISC"):
+        return "keep the copyright and licence notice"
+    if u.startswith("APACHE"):
+        return "keep the copyright, licence and NOTICE"
+    if "GPL" in u:
+        return "copyleft: keep the notice; derivatives under the same licence"
+    return "see the licence text"
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("midicorpus", "miditok", "symusic", "numpy", "pyarrow", "duckdb"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _table_versions(lake: Lake) -> tuple[dict[str, str | None], str | None]:
+    versions: dict[str, str | None] = {t: None for t in SOURCE_TABLES}
+    last = None
+    for rec in lake.commits():
+        last = rec["txid"]
+        for t in rec["files"]:
+            if t in versions:
+                versions[t] = rec["txid"]
+    return versions, last
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+# ----------------------------------------------------------------------------- selection
+def _selection_sql(where: str | None, has_mutopia: bool) -> str:
+    mut = "list_distinct(list(mutopia_id) FILTER (WHERE mutopia_id IS NOT NULL))" if has_mutopia else "[]::VARCHAR[]"
+    cond = f"({where})" if where else "true"
+    return (
+        "SELECT piece_id, any_value(dedup_cluster) AS dedup_cluster, "
+        "list_sort(list_distinct(list(source))) AS sources, "
+        "list_sort(list_distinct(list(coalesce(license, 'unknown')))) AS licenses, "
+        "min(source_uri) AS source_uri, "
+        "list_sort(list_distinct(flatten(list(coalesce(msd_ids, []::VARCHAR[]))))) AS msd_ids, "
+        f"{mut} AS mutopia_ids, any_value(key_tonic_pc) AS key_tonic_pc, any_value(key_mode) AS key_mode "
+        "FROM (SELECT * FROM features JOIN (SELECT * FROM pieces WHERE status = 'ok' AND piece_id IS NOT NULL) USING (piece_id)) "
+        f"WHERE {cond} GROUP BY piece_id ORDER BY piece_id"
+    )
+
+
+def _resolve_tokenizer(con: Any, scheme: str, tokenizer_hash: str | None) -> dict[str, Any]:
+    if tokenizer_hash:
+        row = con.execute(
+            "SELECT tokenizer_hash, tokenization, config_json, vocab_size, is_multi_vocab FROM tokenizers "
+            "WHERE scheme = ? AND tokenizer_hash = ? LIMIT 1",
+            [scheme, tokenizer_hash],
+        ).fetchone()
+    else:
+        row = con.execute(
+            "SELECT tokenizer_hash, tokenization, config_json, vocab_size, is_multi_vocab FROM tokenizers "
+            "WHERE scheme = ? ORDER BY created_at DESC, tokenizer_hash LIMIT 1",
+            [scheme],
+        ).fetchone()
+    if row is None:
+        known = sorted({r[0] for r in con.execute("SELECT scheme FROM tokenizers").fetchall()})
+        what = f"tokenizer {tokenizer_hash!r} of scheme {scheme!r}" if tokenizer_hash else f"scheme {scheme!r}"
+        raise SnapshotError(
+            f"no tokens for {what}; tokenized schemes: {', '.join(known) or 'none'} (run 'midicorpus tokenize --scheme {scheme}')"
+        )
+    return {"hash": row[0], "tokenization": row[1], "config_json": row[2], "vocab_size": int(row[3]), "is_multi_vocab": bool(row[4])}
+
+
+def _tokenizer_facts(config_json: str) -> tuple[str, dict[str, Any], list[int], dict[str, Any] | None]:
+    """(miditok tokenizer.json text, special ids, vocab sizes, our transform)."""
+    from corpus.tokenize import presets
+
+    doc = json.loads(config_json)
+    transform = doc.pop("midicorpus_transform", None)
+    text = json.dumps(doc, indent=2)  # key order kept: miditok builds the vocabulary in dict order
+    tok, _ = presets.load_from_text(config_json)
+    specials: dict[str, Any] = {}
+    if tok.is_multi_voc:
+        sizes = [len(v) for v in tok.vocab]
+        for name in ("PAD", "BOS", "EOS", "MASK"):
+            ids = [v.get(f"{name}_None") for v in tok.vocab]
+            if all(i is not None for i in ids):
+                specials[name] = [int(i) for i in ids]
+    else:
+        sizes = [len(tok.vocab)]
+        for name in ("PAD", "BOS", "EOS", "MASK"):
+            i = tok.vocab.get(f"{name}_None")
+            if i is not None:
+                specials[name] = int(i)
+    return text, specials, sizes, transform
+
+
+# ----------------------------------------------------------------------------- build
+def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
+    """Write the snapshot's files into ``out_dir`` (must not exist); return the manifest.
+
+    A pure function of the lake's committed tables and ``spec``: the same inputs give the
+    same bytes in every file but ``manifest.json`` (which records ``created_at``).
+    """
+    spec.validate()
+    mode, k = transpose_shifts(spec.transpose)
+    out_dir.mkdir(parents=True)
+    con = lake.connect()
+    try:
+        tokinfo = _resolve_tokenizer(con, spec.scheme, spec.tokenizer_hash)
+        cols = {r[0] for r in con.execute("DESCRIBE pieces").fetchall()}
+        sel_sql = _selection_sql(spec.where, "mutopia_id" in cols)
+        try:
+            sel = con.sql(sel_sql).to_arrow_table()
+        except Exception as exc:  # noqa: BLE001 - duckdb raises many types; a bad --where is user input
+            msg = str(exc).strip().splitlines()[0]
+            raise SnapshotError(f"--where {spec.where!r} is not a valid condition on features and pieces columns: {msg}") from None
+        sel_rows = sel.to_pylist()
+
+        # song groups and splits (before augmentation: per piece, copies follow)
+        keys = {
+            r["piece_id"]: [f"cluster:{r['dedup_cluster']}"]
+            + [f"msd:{m}" for m in r["msd_ids"] or []]
+            + [f"mutopia:{m}" for m in r["mutopia_ids"] or []]
+            for r in sel_rows
+        }
+        group = song_groups(keys)
+        split = {pid: split_of(g, spec.seed, spec.split) for pid, g in group.items()}
+
+        # which token rows: per piece, the wanted shifts
+        wanted: list[tuple[str, int, str]] = []
+        if mode == "normalize":
+            from corpus.curation.transpose import normalize_shift
+
+            for r in sel_rows:
+                if r["key_tonic_pc"] is not None and r["key_mode"] in ("major", "minor"):
+                    wanted.append((r["piece_id"], normalize_shift(int(r["key_tonic_pc"]), r["key_mode"]), split[r["piece_id"]]))
+        else:
+            shifts = [0] if mode == "none" else list(range(-k, k + 1))
+            wanted = [(r["piece_id"], s, split[r["piece_id"]]) for r in sel_rows for s in shifts]
+        want_tbl = pa.table(
+            {
+                "piece_id": pa.array([w[0] for w in wanted], pa.string()),
+                "transpose": pa.array([w[1] for w in wanted], pa.int32()),
+                "split": pa.array([w[2] for w in wanted], pa.string()),
+            }
+        )
+        con.register("snapshot_wanted", want_tbl)
+        tok_filter = "t.scheme = ? AND t.tokenizer_hash = ?"
+        params = [spec.scheme, tokinfo["hash"]]
+        rows_tbl = con.sql(
+            "SELECT w.split, t.piece_id, t.transpose, t.seq_lengths, t.n_tokens FROM tokens t "
+            f"JOIN snapshot_wanted w USING (piece_id, transpose) WHERE {tok_filter} "
+            "QUALIFY row_number() OVER (PARTITION BY t.piece_id, t.transpose ORDER BY t.run_id) = 1 "
+            "ORDER BY t.piece_id, t.transpose",
+            params=params,
+        ).to_arrow_table()
+        tok_text, specials, vocab_sizes, transform = _tokenizer_facts(tokinfo["config_json"])
+        multi = tokinfo["is_multi_vocab"]
+        dtype = np.dtype(np.uint16) if max(vocab_sizes) <= 65535 else np.dtype(np.int32)
+
+        files: dict[str, dict[str, Any]] = {}
+        split_counts: dict[str, dict[str, int]] = {}
+        present = set()
+        snap_pieces: list[dict[str, Any]] = []
+        all_rows = rows_tbl.to_pylist()
+        for r in all_rows:
+            present.add((r["piece_id"], r["transpose"]))
+        for sp in SPLITS:
+            rows = [r for r in all_rows if r["split"] == sp]
+            ids_col = "ids_multi" if multi else "ids"
+            data = con.sql(
+                f"SELECT t.{ids_col} AS ids FROM tokens t JOIN snapshot_wanted w USING (piece_id, transpose) "
+                f"WHERE {tok_filter} AND w.split = ? "
+                "QUALIFY row_number() OVER (PARTITION BY t.piece_id, t.transpose ORDER BY t.run_id) = 1 "
+                "ORDER BY t.piece_id, t.transpose",
+                params=[*params, sp],
+            ).to_arrow_table()
+            col = data.column("ids").combine_chunks() if data.num_rows else pa.array([], pa.list_(pa.int32()))
+            flat = col.flatten()
+            if multi:
+                n_voc = len(vocab_sizes)
+                arr = np.asarray(flat.flatten().to_numpy(zero_copy_only=False)).reshape(-1, n_voc)
+            else:
+                arr = np.asarray(flat.to_numpy(zero_copy_only=False))
+            if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(dtype).max):
+                raise RuntimeError(f"token ids of {spec.scheme} out of range for {dtype}")
+            # sequences: per row by seq_lengths, cut at max_seq_len
+            seq_rows: dict[str, list[Any]] = {k2: [] for k2 in ("seq", "piece_id", "transpose", "track", "chunk", "start", "length")}
+            offsets = [0]
+            pos = 0
+            n_pieces = set()
+            for r in rows:
+                n_pieces.add(r["piece_id"])
+                snap_pieces.append({"piece_id": r["piece_id"], "split": sp, "transpose": r["transpose"], "n_tokens": int(r["n_tokens"])})
+                for track, length in enumerate(r["seq_lengths"] or []):
+                    step = spec.max_seq_len or max(length, 1)
+                    for chunk, s0 in enumerate(range(0, length, step)):
+                        ln = min(step, length - s0)
+                        seq_rows["seq"].append(len(offsets) - 1)
+                        seq_rows["piece_id"].append(r["piece_id"])
+                        seq_rows["transpose"].append(r["transpose"])
+                        seq_rows["track"].append(track)
+                        seq_rows["chunk"].append(chunk)
+                        seq_rows["start"].append(pos + s0)
+                        seq_rows["length"].append(ln)
+                        offsets.append(pos + s0 + ln)
+                    pos += length
+            if pos != len(arr):
+                raise RuntimeError(f"seq_lengths of the {sp} rows sum to {pos}, ids hold {len(arr)}")
+            tokens_b = _npy_bytes(arr.astype(dtype))
+            index_b = _npy_bytes(np.asarray(offsets, dtype=np.int64))
+            seq_tbl = pa.table(
+                {
+                    "seq": pa.array(seq_rows["seq"], pa.int64()),
+                    "piece_id": pa.array(seq_rows["piece_id"], pa.string()),
+                    "transpose": pa.array(seq_rows["transpose"], pa.int32()),
+                    "track": pa.array(seq_rows["track"], pa.int32()),
+                    "chunk": pa.array(seq_rows["chunk"], pa.int32()),
+                    "start": pa.array(seq_rows["start"], pa.int64()),
+                    "length": pa.array(seq_rows["length"], pa.int64()),
+                }
+            )
+            buf = io.BytesIO()
+            pq.write_table(seq_tbl, buf, compression="zstd")
+            for rel, blob in ((f"{sp}/tokens.npy", tokens_b), (f"{sp}/index.npy", index_b), (f"{sp}/sequences.parquet", buf.getvalue())):
+                _write(out_dir / rel, blob)
+                files[rel] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+            split_counts[sp] = {"pieces": len(n_pieces), "rows": len(rows), "sequences": len(offsets) - 1, "tokens": int(len(arr))}
+    finally:
+        con.close()
+
+    # tokenizer, attribution
+    _write(out_dir / "tokenizer.json", tok_text.encode())
+    files["tokenizer.json"] = {"sha256": hashlib.sha256(tok_text.encode()).hexdigest(), "bytes": len(tok_text.encode())}
+    in_snapshot = {p for p, _ in present}
+    attr_lines = ["piece_id\tsplit\tsources\tlicenses\tsource_uri\tterms"]
+    lic_counts: dict[str, dict[str, Any]] = {}
+    src_counts: dict[str, int] = {}
+    for r in sel_rows:
+        if r["piece_id"] not in in_snapshot:
+            continue
+        lics = r["licenses"]
+        attr_lines.append(
+            "\t".join([r["piece_id"], split[r["piece_id"]], ",".join(r["sources"]), ",".join(lics), r["source_uri"] or "",
+                       " | ".join(license_terms(x) for x in lics)])
+        )
+        for lic in lics:
+            e = lic_counts.setdefault(lic, {"pieces": 0, "terms": license_terms(None if lic == "unknown" else lic), "sources": set()})
+            e["pieces"] += 1
+            e["sources"].update(r["sources"])
+        for s in r["sources"]:
+            src_counts[s] = src_counts.get(s, 0) + 1
+    attr = ("\n".join(attr_lines) + "\n").encode()
+    _write(out_dir / "ATTRIBUTION.tsv", attr)
+    files["ATTRIBUTION.tsv"] = {"sha256": hashlib.sha256(attr).hexdigest(), "bytes": len(attr)}
+    licenses = {k2: {"pieces": v["pieces"], "terms": v["terms"], "sources": sorted(v["sources"])} for k2, v in sorted(lic_counts.items())}
+
+    missing = sorted({(w[0], w[1]) for w in wanted} - present)
+    recipe = {
+        "format": FORMAT,
+        "selection": {"where": spec.where, "sql": sel_sql, "transpose": spec.transpose, "max_seq_len": spec.max_seq_len},
+        "scheme": spec.scheme,
+        "tokenizer_hash": tokinfo["hash"],
+        "split": {"fractions": dict(zip(SPLITS, spec.split, strict=True)), "seed": spec.seed},
+        "files": {k2: v["sha256"] for k2, v in sorted(files.items())},
+    }
+    version = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    table_versions, lake_commit = _table_versions(lake)
+    counts: dict[str, Any] = {
+        "pieces": len(in_snapshot),
+        "rows": sum(c["rows"] for c in split_counts.values()),
+        "sequences": sum(c["sequences"] for c in split_counts.values()),
+        "tokens": sum(c["tokens"] for c in split_counts.values()),
+        "selected_pieces": len(sel_rows),
+        "missing_token_rows": len(missing),
+        **split_counts,
+    }
+    manifest = {
+        "format": FORMAT,
+        "name": spec.name,
+        "version": version,
+        "created_at": now_utc().isoformat(),
+        "source_tables": table_versions,
+        "lake_commit": lake_commit,
+        "selection": recipe["selection"],
+        "scheme": spec.scheme,
+        "tokenizer": {
+            "file": "tokenizer.json",
+            "hash": tokinfo["hash"],
+            "tokenization": tokinfo["tokenization"],
+            "is_multi_vocab": multi,
+            "vocab_size": tokinfo["vocab_size"],
+            "vocab_sizes": vocab_sizes,
+            "special_ids": specials,
+            "transform": transform,
+            "config": json.loads(tok_text).get("config"),
+        },
+        "split": {
+            "policy": "per song group (dedup cluster, MSD id, Mutopia id; union-find), assigned before augmentation: "
+            "u = int(sha256(f'{seed}\\0{group_key}')[:8]) / 2**64; train if u < f_train, valid if u < f_train + f_valid, else test",
+            "fractions": recipe["split"]["fractions"],
+            "seed": spec.seed,
+        },
+        "library_versions": _library_versions(),
+        "shard_format": {**SHARD_FORMAT, "dtype": dtype.name, "n_vocabularies": len(vocab_sizes) if multi else 1},
+        "files": dict(sorted(files.items())),
+        "counts": counts,
+        "sources": dict(sorted(src_counts.items())),
+        "licenses": licenses,
+        "missing_token_rows": [f"{p}@{t}" for p, t in missing[:100]],
+    }
+    card = render_card(manifest).encode()
+    _write(out_dir / "README.md", card)
+    _write(out_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
+    (out_dir / ".pieces.json").write_text(json.dumps(snap_pieces))  # for registration; removed before rename
+    return manifest
+
+
+def render_card(m: Mapping[str, Any]) -> str:
+    """The README-style card of a snapshot (deterministic: no timestamps)."""
+    c = m["counts"]
+    t = m["tokenizer"]
+    sel = m["selection"]
+    lines = [
+        f"# Snapshot {m['name']}@{m['version']}",
+        "",
+        f"{c['pieces']} pieces, {c['sequences']} sequences, {c['tokens']:,} tokens of scheme `{m['scheme']}` "
+        f"(miditok {t['tokenization']}, tokenizer {t['hash']}, vocabulary {t['vocab_size']}"
+        f"{', multi-vocabulary ' + str(t['vocab_sizes']) if t['is_multi_vocab'] else ''}).",
+        "",
+        "| split | pieces | rows (piece x transposition) | sequences | tokens |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for s in SPLITS:
+        x = c.get(s, {})
+        lines.append(f"| {s} | {x.get('pieces', 0)} | {x.get('rows', 0)} | {x.get('sequences', 0)} | {x.get('tokens', 0):,} |")
+    lines += ["", "## Sources", "", "| source | pieces |", "|---|---:|"]
+    lines += [f"| {s} | {n} |" for s, n in m["sources"].items()]
+    lines += ["", "## Licences and what they require", "", "| licence | pieces | sources | terms |", "|---|---:|---|---|"]
+    lines += [f"| {lic} | {v['pieces']} | {', '.join(v['sources'])} | {v['terms']} |" for lic, v in m["licenses"].items()]
+    lines += [
+        "",
+        "Attribution: `ATTRIBUTION.tsv` lists every piece with its sources, licences and source URI; credit them as "
+        "their licences require (for the Lakh MIDI Dataset: Colin Raffel, \"Learning-Based Methods for Comparing "
+        "Sequences, with Applications to Audio-to-MIDI Alignment and Matching\", 2016; for Mutopia pieces: the "
+        "typesetter and the Mutopia Project).",
+        "",
+        "## How it was made",
+        "",
+        f"- selection: `{sel['where'] or 'all curated pieces'}` over `features JOIN pieces` (status ok); "
+        f"{c['selected_pieces']} pieces selected, {c['missing_token_rows']} wanted token rows missing (not tokenized or rejected)",
+        f"- transposition: `{sel['transpose']}`; max_seq_len: {sel['max_seq_len'] or 'none (whole sequences)'}",
+        f"- splits: {', '.join(f'{k} {v}' for k, v in m['split']['fractions'].items())}, seed {m['split']['seed']}; {m['split']['policy']}",
+        f"- library versions: {', '.join(f'{k} {v}' for k, v in m['library_versions'].items())}",
+        "- shards: " + m["shard_format"]["layout"] + f"; dtype {m['shard_format']['dtype']}; see manifest.json `shard_format`",
+        "",
+        "Read without midicorpus:",
+        "",
+        "```python",
+        "import numpy as np, pyarrow.parquet as pq",
+        "tok = np.load('train/tokens.npy', mmap_mode='r'); idx = np.load('train/index.npy')",
+        "seq0 = tok[idx[0]:idx[1]]; meta = pq.read_table('train/sequences.parquet')",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- create / read
+def snapshots_dir(lake: Lake) -> Path:
+    return lake.root / "snapshots"
+
+
+def create(lake: Lake, spec: SnapshotSpec) -> SnapshotResult:
+    """Build the snapshot, rename it into place, register it (lake locked by the caller)."""
+    spec.validate()
+    base = snapshots_dir(lake)
+    base.mkdir(parents=True, exist_ok=True)
+    for stale in base.glob(".build-*"):  # a killed build; we hold the lock, so nobody else is building
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = base / f".build-{uuid.uuid4().hex[:12]}"
+    try:
+        manifest = build(lake, spec, tmp)
+        version = manifest["version"]
+        pieces = json.loads((tmp / ".pieces.json").read_text())
+        (tmp / ".pieces.json").unlink()
+        target = base / spec.name / version
+        created = False
+        if not (target / "manifest.json").exists():
+            for p in tmp.rglob("*"):
+                if p.is_dir():
+                    _fsync_dir(p)
+            _fsync_dir(tmp)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(tmp, target)
+            _fsync_dir(target.parent)
+            created = True
+        else:
+            manifest = json.loads((target / "manifest.json").read_text())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _register(lake, manifest, pieces)
+    return SnapshotResult(spec.name, version, target, created, manifest)
+
+
+def _register(lake: Lake, manifest: Mapping[str, Any], pieces: list[dict[str, Any]]) -> None:
+    name, version = manifest["name"], manifest["version"]
+    con = lake.connect()
+    try:
+        known = con.execute("SELECT 1 FROM snapshots WHERE name = ? AND version = ?", [name, version]).fetchone()
+    finally:
+        con.close()
+    if known:
+        return
+    msha = _sha256_file(snapshots_dir(lake) / name / version / "manifest.json")
+    with lake.transaction({"command": "snapshot create", "name": name, "version": version}) as tx:
+        tx.write(
+            "snapshots",
+            [{
+                "name": name, "version": version, "created_at": now_utc(), "n_pieces": manifest["counts"]["pieces"],
+                "n_tokens": manifest["counts"]["tokens"], "manifest_sha256": msha, "scheme": manifest["scheme"],
+                "tokenizer_hash": manifest["tokenizer"]["hash"], "path": f"snapshots/{name}/{version}",
+            }],
+        )
+        tx.write("snapshot_pieces", [{"name": name, "version": version, **p} for p in pieces])
+
+
+def list_snapshots(lake: Lake) -> list[dict[str, Any]]:
+    """Every snapshot version on disk, oldest first per name: name, version, created_at, counts."""
+    out = []
+    base = snapshots_dir(lake)
+    if not base.is_dir():
+        return out
+    for mf in base.glob("*/*/manifest.json"):
+        if mf.parent.parent.name.startswith("."):
+            continue
+        m = json.loads(mf.read_text())
+        out.append({
+            "name": m["name"], "version": m["version"], "created_at": m["created_at"], "scheme": m["scheme"],
+            "pieces": m["counts"]["pieces"], "tokens": m["counts"]["tokens"], "path": str(mf.parent),
+        })
+    out.sort(key=lambda r: (r["name"], r["created_at"], r["version"]))
+    return out
+
+
+def resolve(lake: Lake, ref: str) -> Path:
+    """``NAME`` (latest version) or ``NAME@VERSION`` (a unique prefix is enough) to its directory."""
+    name, _, version = ref.partition("@")
+    if not NAME_RE.match(name):
+        raise SnapshotError(f"snapshot {ref!r}: expected NAME or NAME@VERSION")
+    versions = [r for r in list_snapshots(lake) if r["name"] == name]
+    if not versions:
+        known = sorted({r["name"] for r in list_snapshots(lake)})
+        raise SnapshotError(f"no snapshot named {name!r}; known: {', '.join(known) or 'none'}")
+    if not version:
+        return Path(versions[-1]["path"])
+    hits = [r for r in versions if r["version"].startswith(version)]
+    if len(hits) != 1:
+        raise SnapshotError(
+            f"snapshot {ref!r}: {'no' if not hits else 'more than one'} version matches; versions: {', '.join(r['version'] for r in versions)}"
+        )
+    return Path(hits[0]["path"])
+
+
+def load_manifest(path: Path) -> dict[str, Any]:
+    return json.loads((Path(path) / "manifest.json").read_text())  # type: ignore[no-any-return]
+
+
+def show(lake: Lake, ref: str) -> str:
+    """The card of ``NAME[@VERSION]``."""
+    return (resolve(lake, ref) / "README.md").read_text()
+
+
+@dataclass
+class VerifyResult:
+    ref: str
+    files: int
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def line(self) -> str:
+        if self.ok:
+            return f"{self.ref}: {self.files} files verified, all sha256 match the manifest"
+        return f"{self.ref}: {len(self.problems)} problem(s): " + "; ".join(self.problems)
+
+
+def verify_dir(path: Path) -> VerifyResult:
+    """Re-hash every file the manifest lists; report missing, resized and altered files."""
+    path = Path(path)
+    m = load_manifest(path)
+    problems = []
+    for rel, meta in sorted(m["files"].items()):
+        p = path / rel
+        if not p.is_file():
+            problems.append(f"{rel} is missing")
+            continue
+        size = p.stat().st_size
+        if size != meta["bytes"]:
+            problems.append(f"{rel} has {size} bytes, manifest says {meta['bytes']}")
+            continue
+        if _sha256_file(p) != meta["sha256"]:
+            problems.append(f"{rel} sha256 differs from the manifest")
+    return VerifyResult(f"{m['name']}@{m['version']}", len(m["files"]), problems)
+
+
+def verify(lake: Lake, ref: str) -> VerifyResult:
+    return verify_dir(resolve(lake, ref))
+
+
+def _rows(path: Path) -> dict[tuple[str, int], tuple[str, int]]:
+    """(piece_id, transpose) -> (split, tokens) from a snapshot's sequences files."""
+    out: dict[tuple[str, int], tuple[str, int]] = {}
+    for sp in SPLITS:
+        f = path / sp / "sequences.parquet"
+        if not f.exists():
+            continue
+        t = pq.read_table(f, columns=["piece_id", "transpose", "length"]).to_pydict()
+        for pid, tr, ln in zip(t["piece_id"], t["transpose"], t["length"], strict=True):
+            _, n = out.get((pid, tr), (sp, 0))
+            out[(pid, tr)] = (sp, n + ln)
+    return out
+
+
+def diff(lake: Lake, a: str, b: str) -> dict[str, Any]:
+    """What changed from snapshot ``a`` to ``b``: pieces and tokens added and removed, split moves."""
+    pa_, pb = resolve(lake, a), resolve(lake, b)
+    ra, rb = _rows(pa_), _rows(pb)
+    added = sorted(set(rb) - set(ra))
+    removed = sorted(set(ra) - set(rb))
+    moved = sorted(k for k in set(ra) & set(rb) if ra[k][0] != rb[k][0])
+    changed = sorted(k for k in set(ra) & set(rb) if ra[k][1] != rb[k][1])
+    pieces_a = {p for p, _ in ra}
+    pieces_b = {p for p, _ in rb}
+    ma, mb = load_manifest(pa_), load_manifest(pb)
+    return {
+        "a": f"{ma['name']}@{ma['version']}",
+        "b": f"{mb['name']}@{mb['version']}",
+        "pieces_added": sorted(pieces_b - pieces_a),
+        "pieces_removed": sorted(pieces_a - pieces_b),
+        "rows_added": [f"{p}@{t}" for p, t in added],
+        "rows_removed": [f"{p}@{t}" for p, t in removed],
+        "tokens_added": sum(rb[k][1] for k in added),
+        "tokens_removed": sum(ra[k][1] for k in removed),
+        "rows_changed_tokens": [f"{p}@{t}" for p, t in changed],
+        "rows_moved_split": [f"{p}@{t}: {ra[(p, t)][0]} -> {rb[(p, t)][0]}" for p, t in moved],
+        "tokenizer_changed": ma["tokenizer"]["hash"] != mb["tokenizer"]["hash"],
+        "tokens": {"a": ma["counts"]["tokens"], "b": mb["counts"]["tokens"]},
+    }
+
+
+def diff_text(d: Mapping[str, Any]) -> str:
+    lines = [
+        f"{d['a']} -> {d['b']}: {len(d['pieces_added'])} pieces added, {len(d['pieces_removed'])} removed; "
+        f"{d['tokens_added']:,} tokens added, {d['tokens_removed']:,} removed ({d['tokens']['a']:,} -> {d['tokens']['b']:,})"
+        + ("; tokenizer changed" if d["tokenizer_changed"] else "")
+    ]
+    for key in ("pieces_added", "pieces_removed", "rows_changed_tokens", "rows_moved_split"):
+        for x in d[key][:20]:
+            lines.append(f"  {key.replace('_', ' ')}: {x}")
+        if len(d[key]) > 20:
+            lines.append(f"  ... {len(d[key]) - 20} more {key.replace('_', ' ')}")
+    return "\n".join(lines)

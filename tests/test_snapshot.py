@@ -1,0 +1,154 @@
+"""Snapshots: content versions, byte-identical rebuilds, splits per song group, verify, plain readers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from corpus import snapshot as S
+from tests.train import DATA, build_test_lake
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory):
+    if not DATA.is_dir():
+        pytest.skip(f"real test data not found at {DATA} (shared/ must sit beside the repository)")
+    return build_test_lake(tmp_path_factory.mktemp("snap") / "lake", ("remi_multitrack", "cpword"), augment=1)
+
+
+def _create(lake, spec):
+    with lake.lock():
+        return S.create(lake, spec)
+
+
+def test_same_selection_same_version_and_bytes(lake, tmp_path: Path) -> None:
+    spec = S.SnapshotSpec("mt", "remi_multitrack", split=(0.6, 0.2, 0.2), seed=3)
+    a = _create(lake, spec)
+    b = _create(lake, spec)
+    assert a.created and not b.created and a.version == b.version
+    other = tmp_path / "again"
+    m = S.build(lake, spec, other)  # a second build from scratch
+    assert m["version"] == a.version
+    for rel in a.manifest["files"]:
+        assert (other / rel).read_bytes() == (a.path / rel).read_bytes(), rel
+    assert (other / "README.md").read_bytes() == (a.path / "README.md").read_bytes()
+    # a change anywhere gives a new version; the old one stays readable
+    c = _create(lake, S.SnapshotSpec("mt", "remi_multitrack", split=(0.6, 0.2, 0.2), seed=4))
+    assert c.version != a.version
+    assert S.verify(lake, f"mt@{a.version}").ok
+    assert S.resolve(lake, "mt") == c.path
+    assert {r["version"] for r in S.list_snapshots(lake) if r["name"] == "mt"} == {a.version, c.version}
+    rows = lake.query("SELECT version, n_pieces, n_tokens FROM snapshots WHERE name = 'mt' ORDER BY version").to_pylist()
+    assert {r["version"] for r in rows} == {a.version, c.version}
+    assert not list((lake.root / "snapshots").glob(".build-*"))
+
+
+def test_splits_follow_clusters_and_copies_stay_with_original(lake) -> None:
+    r = _create(lake, S.SnapshotSpec("aug", "remi_multitrack", transpose="augment:1", split=(0.5, 0.25, 0.25)))
+    con = lake.connect()
+    try:
+        per_cluster = con.execute(
+            "SELECT f.dedup_cluster, count(DISTINCT sp.split) FROM snapshot_pieces sp JOIN features f USING (piece_id) "
+            "WHERE sp.name = 'aug' AND sp.version = ? GROUP BY 1",
+            [r.version],
+        ).fetchall()
+        per_piece = con.execute(
+            "SELECT piece_id, count(DISTINCT split), count(DISTINCT transpose) FROM snapshot_pieces "
+            "WHERE name = 'aug' AND version = ? GROUP BY 1",
+            [r.version],
+        ).fetchall()
+        multi = con.execute("SELECT count(*) FROM features WHERE dedup_cluster <> piece_id").fetchone()[0]
+    finally:
+        con.close()
+    assert multi > 0, "the test lake should hold at least one multi-piece dedup cluster"
+    assert all(n == 1 for _, n in per_cluster)
+    assert all(ns == 1 for _, ns, _ in per_piece)
+    assert max(nt for _, _, nt in per_piece) == 3  # -1, 0, +1 together
+    assert {s for s in S.SPLITS if r.manifest["counts"][s]["rows"]} == set(S.SPLITS)
+    # a piece keeps its split in another version (different selection, same seed and fractions)
+    r2 = _create(lake, S.SnapshotSpec("aug", "remi_multitrack", transpose="none", split=(0.5, 0.25, 0.25), where="n_notes > 50"))
+    d = S.diff(lake, f"aug@{r.version}", f"aug@{r2.version}")
+    assert d["rows_moved_split"] == [] and d["tokens_removed"] > 0 and d["rows_added"] == []
+    assert S.split_of("cluster:x", 0, (0.9, 0.05, 0.05)) == S.split_of("cluster:x", 0, (0.9, 0.05, 0.05))
+
+
+def test_song_groups_union_msd_and_clusters() -> None:
+    g = S.song_groups({"a": ["cluster:a", "msd:TR1"], "b": ["cluster:b", "msd:TR1"], "c": ["cluster:a"], "d": ["cluster:d"]})
+    assert g["a"] == g["b"] == g["c"] == "msd:TR1" and g["d"] == "cluster:d"
+
+
+def test_shards_readable_with_numpy_and_pyarrow_only(lake) -> None:
+    r = _create(lake, S.SnapshotSpec("plain", "remi_multitrack", split=(0.6, 0.2, 0.2), max_seq_len=500))
+    tok = np.load(r.path / "train" / "tokens.npy", mmap_mode="r")
+    idx = np.load(r.path / "train" / "index.npy")
+    meta = pq.read_table(r.path / "train" / "sequences.parquet").to_pydict()
+    assert tok.ndim == 1 and idx[0] == 0 and idx[-1] == len(tok) and len(meta["seq"]) == len(idx) - 1
+    assert int(np.diff(idx).max()) <= 500
+    pid = meta["piece_id"][0]
+    whole = np.concatenate([tok[idx[i] : idx[i + 1]] for i, p in enumerate(meta["piece_id"]) if p == pid])
+    ids = lake.query(
+        "SELECT ids FROM tokens WHERE scheme = 'remi_multitrack' AND piece_id = ? AND transpose = 0", [pid]
+    ).to_pylist()[0]["ids"]
+    assert whole.tolist() == ids
+    manifest = json.loads((r.path / "manifest.json").read_text())
+    assert manifest["counts"]["train"]["tokens"] == len(tok)
+    assert manifest["source_tables"]["tokens"] and manifest["tokenizer"]["hash"] and manifest["library_versions"]["miditok"]
+    import miditok
+
+    doc = json.loads((r.path / "tokenizer.json").read_text())
+    assert len(getattr(miditok, doc["tokenization"])(params=r.path / "tokenizer.json")) == manifest["tokenizer"]["vocab_size"]
+    card = S.show(lake, f"plain@{r.version}")
+    assert "Apache-2.0" in card and "MIT" in card and "attribution" in card.lower()
+
+
+def test_multi_vocab_shards_are_2d(lake) -> None:
+    r = _create(lake, S.SnapshotSpec("cp", "cpword", split=(0.6, 0.2, 0.2)))
+    tok = np.load(r.path / "train" / "tokens.npy", mmap_mode="r")
+    assert tok.ndim == 2 and tok.shape[1] == len(r.manifest["tokenizer"]["vocab_sizes"])
+    assert (np.asarray(tok).max(axis=0) < np.asarray(r.manifest["tokenizer"]["vocab_sizes"])).all()
+
+
+def test_verify_detects_tampering(lake) -> None:
+    r = _create(lake, S.SnapshotSpec("tamper", "remi_multitrack", split=(0.6, 0.2, 0.2), where="source = 'magenta'"))
+    assert S.verify(lake, "tamper").ok
+    f = r.path / "train" / "tokens.npy"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 1
+    os.chmod(f, 0o644)
+    f.write_bytes(bytes(data))
+    v = S.verify(lake, "tamper")
+    assert not v.ok and v.problems == ["train/tokens.npy sha256 differs from the manifest"]
+    (r.path / "valid" / "index.npy").unlink()
+    assert "valid/index.npy is missing" in S.verify(lake, "tamper").problems
+
+
+def test_killed_build_leaves_nothing_visible(lake) -> None:
+    stale = lake.root / "snapshots" / ".build-deadbeef"
+    (stale / "train").mkdir(parents=True)
+    (stale / "manifest.json").write_text("{}")
+    assert all(not r["path"].startswith(str(stale)) for r in S.list_snapshots(lake))
+    _create(lake, S.SnapshotSpec("after", "remi_multitrack", where="source = 'magenta'"))
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (S.SnapshotSpec("bad/name", "remi_multitrack"), "snapshot name"),
+        (S.SnapshotSpec("x", "remi_multitrack", split=(0.5, 0.5, 0.5)), "sum to 1"),
+        (S.SnapshotSpec("x", "remi_multitrack", transpose="augment:40"), "--transpose"),
+        (S.SnapshotSpec("x", "no_such_scheme"), "no tokens for scheme 'no_such_scheme'"),
+        (S.SnapshotSpec("x", "remi_multitrack", where="no_such_column = 1"), "--where"),
+    ],
+    ids=["name", "split", "transpose", "scheme", "where"],
+)
+def test_bad_input_is_one_clear_error(lake, spec, message) -> None:
+    with pytest.raises(S.SnapshotError, match=message):
+        _create(lake, spec)
+    with pytest.raises(S.SnapshotError, match="no snapshot named"):
+        S.resolve(lake, "nope")
