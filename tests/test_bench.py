@@ -1,0 +1,67 @@
+"""The benchmark runs end to end on a small real folder and reports every key (not timed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+RATIOS = (
+    "parse_overhead_vs_symusic",
+    "key_speedup_vs_music21",
+    "key_agreement_music21",
+    "tokenize_overhead_vs_miditok",
+    "tokenize_scaling_2_workers",
+    "fastpath_speedup_vs_miditok",
+    "loader_tokens_per_s",
+    "peak_rss_mb_per_worker",
+    "lakh_projection_hours",
+)
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not DATA.is_dir():
+        pytest.skip(f"real test data not found at {DATA} (shared/ must sit beside the repository)")
+    root = tmp_path_factory.mktemp("bench-files")
+    for sub in ("midi/magenta", "lakh"):
+        shutil.copytree(DATA / sub, root / sub)
+    return root
+
+
+@pytest.mark.timeout(600)
+def test_run_bench_reports_every_key(small_folder: Path, tmp_path: Path) -> None:
+    from corpus.bench import run_bench
+
+    lines: list[str] = []
+    out = tmp_path / "bench.json"
+    r = run_bench(small_folder, out, workers=2, key_files=4, repeat=1, fastpath_schemes=("remi",), echo=lines.append)
+    on_disk = json.loads(out.read_text())
+    assert on_disk.keys() == r.keys()
+    for key in (*RATIOS, "fastpath_identical_ids", "missing"):
+        assert key in on_disk, key
+    missing = on_disk["missing"]
+    for key in RATIOS:
+        v = on_disk[key]
+        if v is None:  # only for a stage whose module is not there yet, and then it says so
+            assert missing, key
+            continue
+        assert isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0, (key, v)
+    assert isinstance(on_disk["fastpath_identical_ids"], bool)
+    assert 0 <= on_disk["key_agreement_music21"] <= 1
+    assert on_disk["files"] == 22 and on_disk["stages"]["pipeline"]["ingest"]["inputs"] == 22
+    table = "\n".join(lines)
+    assert "parse+validate+facts" in table and "Lakh" in table
+
+
+def test_bad_input(tmp_path: Path) -> None:
+    from corpus.bench import run_bench, run_scale
+
+    with pytest.raises(ValueError, match="no .mid"):
+        run_bench(tmp_path, None)
+    with pytest.raises(ValueError, match="n_list"):
+        run_scale(n_list=(0,), src_dir=tmp_path)
