@@ -182,8 +182,17 @@ def cmd_curate(ctx: Ctx) -> int:
 def run_curate(ctx: Ctx) -> Any:
     from corpus.curate import curate
 
+    a = ctx.args
+    if getattr(a, "min_melody_notes", 16) < 1:
+        raise UserError(f"--min-melody-notes must be >= 1, got {a.min_melody_notes}")
     with ctx.lake.lock("curate"), ctx.engine() as engine:
-        s = curate(ctx.lake, engine)
+        s = curate(
+            ctx.lake,
+            engine,
+            key_backend=getattr(a, "key_backend", "ours"),
+            extract_melodies=getattr(a, "extract_melodies", False),
+            min_melody_notes=getattr(a, "min_melody_notes", None),
+        )
         ctx.lake.write_catalog()
     print(f"curate: {s.line()} in {s.seconds:.1f} s")
     return s
@@ -231,9 +240,6 @@ def run_tokenize(ctx: Ctx, schemes: list[str], transpose: str = "none", config: 
 
     try:
         parse_transpose(transpose)
-        if not config:
-            for sch in schemes:
-                presets.build(sch) if sch not in presets.PRESETS else None
     except (TokenizeError, presets.PresetError) as exc:
         raise UserError(str(exc)) from None
     with ctx.lake.lock("tokenize"), ctx.engine() as engine:
@@ -249,9 +255,160 @@ def run_tokenize(ctx: Ctx, schemes: list[str], transpose: str = "none", config: 
     return s
 
 
+def cmd_tokenizer_train(ctx: Ctx) -> int:
+    from corpus.tokenize.stage import TokenizeError, train_tokenizer
+
+    a = ctx.args
+    t0 = time.perf_counter()
+    with ctx.lake.lock("tokenizer train"):
+        try:
+            reg = train_tokenizer(ctx.lake, a.scheme, a.vocab_size, a.model, a.where)
+        except TokenizeError as exc:
+            raise UserError(str(exc)) from None
+        ctx.lake.write_catalog()
+    print(f"tokenizer train: registered {reg.scheme} [{reg.hash}] in {time.perf_counter() - t0:.1f} s; "
+          f"use it with: midicorpus tokenize --scheme {reg.scheme}")
+    return 0
+
+
 def _check_file(path: str) -> None:
     if not Path(path).is_file():
         raise UserError(f"no such file: {path!r}")
+
+
+def cmd_crawl_mutopia(ctx: Ctx) -> int:
+    from corpus.sources import mutopia
+
+    a = ctx.args
+    opts: dict[str, Any] = {
+        "base_url": a.base_url or mutopia.DEFAULT_BASE_URL,
+        "max_pieces": a.max_pieces,
+        "delay": mutopia.DEFAULT_DELAY if a.delay is None else a.delay,
+        "user_agent": a.user_agent or mutopia.DEFAULT_USER_AGENT,
+    }
+    if a.max_bytes is not None:
+        opts["max_bytes"] = a.max_bytes
+    if a.new:
+        opts["mode"] = "new"
+    with ctx.lake.lock("crawl mutopia"), ctx.engine() as engine:
+        prog = Progress("crawl mutopia")
+        try:
+            summary, stats = mutopia.crawl(ctx.lake, engine, config=ctx.ingest_config(), progress=prog, **opts)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        prog.done()
+        ctx.lake.write_catalog()
+    _print_ingest(summary, "crawl mutopia")
+    print(f"crawl mutopia: {stats.line()}")
+    return 0
+
+
+def _snap_errors() -> tuple[type[Exception], ...]:
+    from corpus.snapshot import SnapshotError
+
+    return (SnapshotError,)
+
+
+def cmd_snapshot_create(ctx: Ctx) -> int:
+    from corpus import snapshot
+
+    a = ctx.args
+    try:
+        spec = snapshot.SnapshotSpec(
+            name=a.name, scheme=a.scheme, where=a.where, transpose=a.transpose, split=snapshot.parse_split(a.split),
+            seed=a.seed, max_seq_len=a.max_seq_len, tokenizer_hash=a.tokenizer,
+        )
+        spec.validate()
+        with ctx.lake.lock("snapshot create"):
+            res = snapshot.create(ctx.lake, spec)
+            ctx.lake.write_catalog()
+    except snapshot.SnapshotError as exc:
+        raise UserError(str(exc)) from None
+    print(res.line())
+    return 0
+
+
+def cmd_snapshot_list(ctx: Ctx) -> int:
+    from corpus import snapshot
+
+    rows = snapshot.list_snapshots(ctx.lake)
+    if not rows:
+        print("no snapshots")
+        return 0
+    names = list(rows[0])
+    print(format_table(names, [tuple(r[n] for n in names) for r in rows]))
+    return 0
+
+
+def cmd_snapshot_show(ctx: Ctx) -> int:
+    from corpus import snapshot
+
+    try:
+        print(snapshot.show(ctx.lake, ctx.args.ref))
+    except snapshot.SnapshotError as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
+def cmd_snapshot_diff(ctx: Ctx) -> int:
+    from corpus import snapshot
+
+    try:
+        print(snapshot.diff_text(snapshot.diff(ctx.lake, ctx.args.a, ctx.args.b)))
+    except snapshot.SnapshotError as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
+def cmd_snapshot_verify(ctx: Ctx) -> int:
+    from corpus import snapshot
+
+    try:
+        res = snapshot.verify(ctx.lake, ctx.args.ref)
+    except snapshot.SnapshotError as exc:
+        raise UserError(str(exc)) from None
+    print(res.line())
+    return 0 if res.ok else 1
+
+
+def cmd_train(ctx: Ctx) -> int:
+    from corpus import snapshot
+
+    a = ctx.args
+    if a.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {a.steps}")
+    try:
+        path = snapshot.resolve(ctx.lake, a.snapshot)
+    except snapshot.SnapshotError as exc:
+        raise UserError(str(exc)) from None
+    from train.loop import TrainConfig, TrainError, train
+
+    out = Path(a.out) if a.out else Path("runs") / f"{path.parent.name}-{path.name}"
+    cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, num_workers=a.loader_workers,
+                      compile=not a.no_compile)
+    try:
+        m = train(path, out, cfg, device=a.device)
+    except TrainError as exc:
+        raise UserError(str(exc)) from None
+    keys = ("device", "steps", "train_loss_first", "train_loss_last", "valid_loss", "tokens_per_s", "data_wait_share")
+    print("train: " + ", ".join(f"{k} {m.get(k)}" for k in keys))
+    print(f"train: run in {out} (metrics.json, checkpoint, generated MIDI)")
+    return 0
+
+
+def cmd_bench(ctx: Ctx) -> int:
+    from corpus import bench
+
+    a = ctx.args
+    files = Path(a.files) if a.files else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not files.is_dir():
+        raise UserError(f"no such folder: {str(files)!r} (give --files DIR)")
+    workers = ctx.args.workers or 2
+    bench.run_bench(files, Path(a.out) if a.out else None, workers, key_files=a.key_files)
+    if a.scale:
+        out = Path(a.out).with_name(Path(a.out).stem + "-scale.json") if a.out else None
+        bench.run_scale(src_dir=files, workers=workers, out=out)
+    return 0
 
 
 def cmd_sql(ctx: Ctx) -> int:
@@ -284,6 +441,7 @@ def cmd_run(ctx: Ctx) -> int:
     ingest_music21(ctx, ctx.args.limit)
     run_curate(ctx)
     run_tokenize(ctx, ["remi"])
+    run_snapshot_and_train(ctx)
     print(f"\nsummary ({time.perf_counter() - t0:.1f} s):")
     for title, q in RUN_QUERIES:
         print(f"\n-- {title}\n{q}")
@@ -294,6 +452,25 @@ def cmd_run(ctx: Ctx) -> int:
         finally:
             con.close()
     return 0
+
+
+def run_snapshot_and_train(ctx: Ctx) -> None:
+    """The default snapshot of the run, and a short training run on it (CPU or GPU)."""
+    from corpus import snapshot
+    from train.loop import TrainConfig, train
+
+    spec = snapshot.SnapshotSpec(name="default", scheme="remi")
+    with ctx.lake.lock("snapshot create"):
+        res = snapshot.create(ctx.lake, spec)
+        ctx.lake.write_catalog()
+    print(res.line())
+    out = ctx.lake.root / "runs" / f"default-{res.version}"
+    m = train(res.path, out, TrainConfig(steps=ctx.args.train_steps, batch_size=8, seq_len=256), device="auto")
+    print(
+        f"train: {m['device']}, {m['steps']} steps, loss {m['train_loss_first']:.3f} -> {m['train_loss_last']:.3f}, "
+        f"valid {m['valid_loss'] if m['valid_loss'] is None else round(m['valid_loss'], 3)}, "
+        f"{m['tokens_per_s']:,.0f} tokens/s ({out})"
+    )
 
 
 RUN_QUERIES = [
@@ -393,7 +570,70 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_ingest_music21)
 
     c = sub.add_parser("curate", help="texture, key and duplicate clusters for pieces not yet curated")
+    c.add_argument("--extract-melodies", action="store_true",
+                   help="ingest each monophonic pitched track of a polyphonic piece as a derived piece (source 'melody'), then curate it")
+    c.add_argument("--min-melody-notes", type=int, default=16, help="fewest notes a track needs to be extracted (default 16)")
+    c.add_argument("--key-backend", choices=["ours", "music21"], default="ours",
+                   help="whole-piece key: ours (fast, agrees with music21) or music21's own analyze('key') (~2.5 s/file); "
+                   "applies to pieces not yet curated")
     c.set_defaults(func=cmd_curate)
+
+    cr = sub.add_parser("crawl", help="crawl a website source")
+    crsub = cr.add_subparsers(dest="site", metavar="SITE", parser_class=_Parser)
+    crsub.required = True
+    mu = crsub.add_parser("mutopia", help="the Mutopia Project (robots.txt obeyed, one request at a time, conditional re-crawl)")
+    mu.add_argument("--base-url", default=None, help="site root (default the real Mutopia Project)")
+    mu.add_argument("--max-pieces", type=int, default=None, help="stop after this many pieces in this run")
+    mu.add_argument("--max-bytes", type=int, default=None, help="stop after fetching this many bytes in this run")
+    mu.add_argument("--delay", type=float, default=None, help="seconds between requests (default 1; robots.txt Crawl-delay can raise it)")
+    mu.add_argument("--user-agent", default=None, help="User-Agent with a contact (default names midicorpus)")
+    mu.add_argument("--new", action="store_true", help="only pieces newer than the last crawl's highest id (from latestadditions.rss)")
+    mu.add_argument("--strict", action="store_true", help="reject files that violate the MIDI spec even when they parse")
+    mu.set_defaults(func=cmd_crawl_mutopia)
+
+    sn = sub.add_parser("snapshot", help="immutable, versioned dataset snapshots")
+    snsub = sn.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    snsub.required = True
+    sc = snsub.add_parser("create", help="build a snapshot (same lake + selection + seed = same version and bytes)")
+    sc.add_argument("name")
+    sc.add_argument("--scheme", required=True)
+    sc.add_argument("--where", default=None, help="SQL condition over features/pieces columns, e.g. \"texture = 'polyphonic'\"")
+    sc.add_argument("--transpose", default="none", help="none | normalize | augment:K (rows must have been tokenized)")
+    sc.add_argument("--split", default="0.9,0.05,0.05", help="train,valid,test fractions")
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--max-seq-len", type=int, default=None)
+    sc.add_argument("--tokenizer", default=None, help="tokenizer hash (default: the latest registered under --scheme)")
+    sc.set_defaults(func=cmd_snapshot_create)
+    sl = snsub.add_parser("list", help="every snapshot version")
+    sl.set_defaults(func=cmd_snapshot_list)
+    ss = snsub.add_parser("show", help="a snapshot's card")
+    ss.add_argument("ref", metavar="NAME[@VERSION]")
+    ss.set_defaults(func=cmd_snapshot_show)
+    sd = snsub.add_parser("diff", help="pieces and tokens added / removed between two versions")
+    sd.add_argument("a", metavar="NAME@VERSION")
+    sd.add_argument("b", metavar="NAME@VERSION")
+    sd.set_defaults(func=cmd_snapshot_diff)
+    sv = snsub.add_parser("verify", help="re-hash every shard against the manifest")
+    sv.add_argument("ref", metavar="NAME[@VERSION]")
+    sv.set_defaults(func=cmd_snapshot_verify)
+
+    tr = sub.add_parser("train", help="train a small decoder-only transformer on a snapshot")
+    tr.add_argument("--snapshot", required=True, metavar="NAME[@VERSION]")
+    tr.add_argument("--steps", type=int, default=200)
+    tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    tr.add_argument("--out", default=None, help="run folder (default runs/<name>-<version>)")
+    tr.add_argument("--batch-size", type=int, default=8)
+    tr.add_argument("--seq-len", type=int, default=256)
+    tr.add_argument("--loader-workers", type=int, default=0)
+    tr.add_argument("--no-compile", action="store_true", help="skip torch.compile on CUDA")
+    tr.set_defaults(func=cmd_train)
+
+    b = sub.add_parser("bench", help="the performance benchmark: prints a table, writes JSON")
+    b.add_argument("--files", default=None, help="folder of MIDI files (default ../shared/data)")
+    b.add_argument("--out", default=None, help="JSON output file")
+    b.add_argument("--key-files", type=int, default=40, help="files for the music21 comparison (slow: ~2.5 s each)")
+    b.add_argument("--scale", action="store_true", help="also the synthetic 2k/5k/20k scale run (long)")
+    b.set_defaults(func=cmd_bench)
 
     sim = sub.add_parser("similar", help="nearest pieces by the near-duplicate index")
     sim.add_argument("piece_id", help="a piece's sha256 (a unique prefix is enough)")
@@ -407,6 +647,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--min-key-confidence", type=float, default=None, help="normalize only pieces whose key confidence is at least this (default 0.02; 0 = all)")
     t.set_defaults(func=cmd_tokenize)
 
+    tk = sub.add_parser("tokenizer", help="train and register tokenizers")
+    tksub = tk.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    tksub.required = True
+    tt = tksub.add_parser("train", help="train a subword vocabulary (BPE/Unigram) on the corpus; registers '<scheme>-<model><N>'")
+    tt.add_argument("--scheme", required=True)
+    tt.add_argument("--vocab-size", type=int, required=True)
+    tt.add_argument("--model", choices=["bpe", "unigram", "wordpiece"], default="bpe")
+    tt.add_argument("--where", default=None, help="SQL condition over features selecting the training pieces")
+    tt.set_defaults(func=cmd_tokenizer_train)
+
     s = sub.add_parser("sql", help="run SQL over the lake's DuckDB views")
     s.add_argument("query")
     s.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -414,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="the whole pipeline on the embedded default (music21 corpus)")
     r.add_argument("--limit", type=int, default=300, help="music21 works to ingest (default 300)")
+    r.add_argument("--train-steps", type=int, default=60, help="steps of the short training run (default 60)")
     r.set_defaults(func=cmd_run)
     return p
 

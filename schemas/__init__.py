@@ -203,6 +203,14 @@ PIECE_EXTRAS: dict[str, pa.DataType] = {
     "npz_uri": pa.string(),
     # music21
     "music21_collection": pa.string(),
+    # mutopia (all text; movement and zip_url NULL for single .mid files)
+    **{
+        k: pa.string()
+        for k in (
+            "mutopia_id", "title", "composer", "composer_name", "opus", "instrument", "style", "date",
+            "license_text", "source_page", "file_url", "movement", "zip_url",
+        )
+    },
     # melodies extracted from multitrack pieces (lineage)
     "parent_piece_id": pa.string(),
     "parent_track": pa.int32(),
