@@ -411,6 +411,17 @@ def cmd_bench(ctx: Ctx) -> int:
     return 0
 
 
+def cmd_report(ctx: Ctx) -> int:
+    from reports import ReportError, write_report
+
+    try:
+        index = write_report(ctx.lake, ctx.args.out)
+    except ReportError as exc:
+        raise UserError(str(exc)) from None
+    print(f"report: {index}")
+    return 0
+
+
 def cmd_sql(ctx: Ctx) -> int:
     import duckdb
 
@@ -442,6 +453,9 @@ def cmd_run(ctx: Ctx) -> int:
     run_curate(ctx)
     run_tokenize(ctx, ["remi"])
     run_snapshot_and_train(ctx)
+    from reports import write_report
+
+    print(f"report: {write_report(ctx.lake, ctx.lake.root / 'report')}")
     print(f"\nsummary ({time.perf_counter() - t0:.1f} s):")
     for title, q in RUN_QUERIES:
         print(f"\n-- {title}\n{q}")
@@ -661,6 +675,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("query")
     s.add_argument("--format", choices=["table", "csv", "json"], default="table")
     s.set_defaults(func=cmd_sql)
+
+    rp = sub.add_parser("report", help="static HTML corpus report with plots (every figure with its SQL)")
+    rp.add_argument("--out", default="report", help="folder for index.html (default ./report)")
+    rp.set_defaults(func=cmd_report)
 
     r = sub.add_parser("run", help="the whole pipeline on the embedded default (music21 corpus)")
     r.add_argument("--limit", type=int, default=300, help="music21 works to ingest (default 300)")
