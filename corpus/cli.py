@@ -90,7 +90,7 @@ class Ctx:
         from corpus.lake import Lake
 
         self.args = args
-        self.lake = Lake(args.lake)
+        self.lake = Lake(args.lake or os.environ.get("MIDICORPUS_LAKE") or "./lake")
 
     def engine(self) -> Any:
         from corpus.engine import Engine
@@ -422,6 +422,18 @@ def cmd_report(ctx: Ctx) -> int:
     return 0
 
 
+def cmd_serve(ctx: Ctx) -> int:
+    from flows.config import ConfigError
+    from flows.serve import serve
+
+    a = ctx.args
+    lake = a.lake or os.environ.get("MIDICORPUS_LAKE")  # None: the config file's lake
+    try:
+        return int(serve(a.config, lake=lake, scheduler=a.scheduler, workers=a.workers, run_once=a.once, check=a.check))
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
 def cmd_sql(ctx: Ctx) -> int:
     import duckdb
 
@@ -553,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="midicorpus", description="Build, curate, tokenize and snapshot MIDI corpora.")
     p.add_argument("--version", action="version", version=f"midicorpus {__version__}")
-    p.add_argument("--lake", default=os.environ.get("MIDICORPUS_LAKE", "./lake"), help="lake root (env MIDICORPUS_LAKE, default ./lake)")
+    p.add_argument("--lake", default=None, help="lake root (env MIDICORPUS_LAKE, default ./lake; serve: the config file's)")
     p.add_argument("--scheduler", default=os.environ.get("MIDICORPUS_SCHEDULER"), help="Dask scheduler address tcp://HOST:PORT (env MIDICORPUS_SCHEDULER); default a LocalCluster")
     p.add_argument("--workers", type=_workers, default=None, help="LocalCluster worker processes (default: one per core; 0 = in this process)")
     p.add_argument("--timeout", type=_positive_float, default=20.0, help="per-file parse time limit in seconds (default 20)")
@@ -679,6 +691,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="static HTML corpus report with plots (every figure with its SQL)")
     rp.add_argument("--out", default="report", help="folder for index.html (default ./report)")
     rp.set_defaults(func=cmd_report)
+
+    sv = sub.add_parser("serve", help="register the Prefect deployments (nightly crawl, inbox watch, weekly snapshot) and serve them")
+    sv.add_argument("--config", default=None, help="midicorpus.toml or a pyproject.toml with [tool.midicorpus] "
+                    "(default: $MIDICORPUS_CONFIG, ./midicorpus.toml, ./pyproject.toml)")
+    sv.add_argument("--once", action="store_true", help="start the runs that are due now, wait for them, exit")
+    sv.add_argument("--check", action="store_true", help="validate the config, print the deployments and schedules, exit")
+    sv.set_defaults(func=cmd_serve)
 
     r = sub.add_parser("run", help="the whole pipeline on the embedded default (music21 corpus)")
     r.add_argument("--limit", type=int, default=300, help="music21 works to ingest (default 300)")
