@@ -153,7 +153,7 @@ def cmd_ingest_lpd(ctx: Ctx) -> int:
     from corpus.sources.lpd import LpdSource
 
     _check_path(ctx.args.path, lambda n: n.lower().endswith(".npz"))
-    _run_ingest(ctx, lambda _e: LpdSource(ctx.args.path), "lpd")
+    _run_ingest(ctx, lambda e: LpdSource(ctx.args.path, engine=e), "lpd")
     return 0
 
 

@@ -365,11 +365,13 @@ class LpdSource:
 
     name = "lpd"
 
-    def __init__(self, path: str | os.PathLike[str], limits: Limits = Limits()) -> None:
+    def __init__(self, path: str | os.PathLike[str], limits: Limits = Limits(), engine: Any = None, batch: int = 16) -> None:
         self.path = path
         self.limits = limits
+        self.engine = engine  # with an engine, the conversion runs in its workers
+        self.batch = batch
 
-    def __iter__(self) -> Iterator[SourceItem]:
+    def _entries(self) -> Iterator[tuple[dict[str, Any], dict[str, Any], bytes | None, tuple[str, str] | None]]:
         for entry in walk(self.path, want=lambda n: n.lower().endswith(".npz"), limits=self.limits):
             where = parse_lpd_path(entry.relpath)
             meta: dict[str, Any] = {
@@ -377,19 +379,62 @@ class LpdSource:
                 "msd_ids": [where["msd_id"]] if where["msd_id"] else [],
                 "lpd_variant": where["lpd_variant"],
                 "lpd_subset": where["lpd_subset"],
-                "npz_sha256": None,
+                "npz_sha256": hashlib.sha256(entry.data).hexdigest() if entry.data is not None else None,
                 "npz_uri": entry.relpath,
             }
             common = {"source": self.name, "uri": entry.relpath, "name": entry.name, "license": LICENSE}
-            if entry.data is None:
-                yield SourceItem(data=None, meta=meta, reject=entry.reject, **common)
-                continue
-            meta["npz_sha256"] = hashlib.sha256(entry.data).hexdigest()
-            try:
-                score, info_name = _convert(entry.data)
-            except LpdError as err:
-                yield SourceItem(data=None, meta=meta, reject=(err.reason, err.detail), **common)
-                continue
-            if meta["lmd_md5"] is None and info_name and _MD5.match(info_name):
-                meta["lmd_md5"] = info_name.lower()
-            yield SourceItem(data=bytes(score.dumps_midi()), meta=meta, **common)
+            yield common, meta, entry.data, entry.reject
+
+    def __iter__(self) -> Iterator[SourceItem]:
+        if self.engine is None:
+            for common, meta, data, reject in self._entries():
+                if data is None:
+                    yield SourceItem(data=None, meta=meta, reject=reject, **common)
+                    continue
+                yield _item(common, meta, convert_one(data))
+            return
+        # the engine converts batches in its workers while this process reads the next entries
+        pending: list[tuple[dict[str, Any], dict[str, Any], bytes]] = []
+
+        def batches() -> Iterator[list[tuple[dict[str, Any], dict[str, Any], bytes]]]:
+            for common, meta, data, reject in self._entries():
+                if data is None:
+                    pending_rejects.append(SourceItem(data=None, meta=meta, reject=reject, **common))
+                    continue
+                pending.append((common, meta, data))
+                if len(pending) >= self.batch:
+                    yield pending[:]
+                    pending.clear()
+            if pending:
+                yield pending[:]
+
+        pending_rejects: list[SourceItem] = []
+        for batch, results in self.engine.map_unordered(convert_batch, batches()):
+            yield from pending_rejects
+            pending_rejects.clear()
+            for (common, meta, _), out in zip(batch, results):
+                yield _item(common, meta, out)
+        yield from pending_rejects
+
+
+def convert_one(data: bytes) -> tuple[Any, ...]:
+    """("ok", midi_bytes, info_name) or ("reject", reason, detail) for one .npz."""
+    try:
+        score, info_name = _convert(data)
+    except LpdError as err:
+        return ("reject", err.reason, err.detail)
+    return ("ok", bytes(score.dumps_midi()), info_name)
+
+
+def convert_batch(batch: list[tuple[dict[str, Any], dict[str, Any], bytes]]) -> list[tuple[Any, ...]]:
+    """Dask task: convert each .npz of the batch (decoded track by track, never a dense roll)."""
+    return [convert_one(data) for _, _, data in batch]
+
+
+def _item(common: dict[str, Any], meta: dict[str, Any], out: tuple[Any, ...]) -> SourceItem:
+    if out[0] == "reject":
+        return SourceItem(data=None, meta=meta, reject=(out[1], out[2]), **common)
+    _, midi, info_name = out
+    if meta["lmd_md5"] is None and info_name and _MD5.match(info_name):
+        meta["lmd_md5"] = info_name.lower()
+    return SourceItem(data=midi, meta=meta, **common)
