@@ -26,9 +26,9 @@ def main() -> None:
     target, memory_mb = sys.argv[1], int(sys.argv[2])
     module, _, name = target.partition(":")
     func = getattr(importlib.import_module(module), name)
-    from corpus.parse import Reject
-
     import symusic  # noqa: F401 - loaded before the limit so the limit measures the file's cost
+
+    from corpus.parse import Reject
 
     if memory_mb > 0:
         limit = memory_mb * 1024 * 1024

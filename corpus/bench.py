@@ -332,8 +332,10 @@ def _items(paths: Sequence[Path], root: Path, source: str) -> Iterator[Any]:
         yield SourceItem(source=source, uri=str(p.relative_to(root)), data=p.read_bytes(), name=p.name)
 
 
-def run_pipeline(lake: Any, items: Any, workers: int, echo: Echo = print) -> dict[str, Any]:
-    """Ingest + curate ``items`` into ``lake`` on a fresh engine; times and peak memory."""
+def run_pipeline(lake: Any, items: Any, workers: int, echo: Echo = print,
+                 tokenize_scheme: str | None = None) -> dict[str, Any]:
+    """Ingest + curate (+ tokenize ``tokenize_scheme`` when given) ``items`` into ``lake`` on a
+    fresh engine; times and peak memory."""
     from corpus.curate import curate
     from corpus.engine import Engine
     from corpus.ingest import ingest
@@ -347,7 +349,18 @@ def run_pipeline(lake: Any, items: Any, workers: int, echo: Echo = print) -> dic
         echo(f"  ingest: {s.line()} in {s.seconds:.1f} s")
         c = curate(lake, engine)
         echo(f"  curate: {c.line()} in {c.seconds:.1f} s")
-        mem = _engine_memory(engine)
+        mem = mem_curate = _engine_memory(engine)
+        tok = None
+        if tokenize_scheme:
+            from corpus.tokenize.stage import tokenize
+
+            ts = tokenize(lake, engine, [tokenize_scheme])
+            done = sum(x.pieces + x.rejected for x in ts.schemes)
+            echo(f"  tokenize {tokenize_scheme}: {'; '.join(ts.lines())} in {ts.seconds:.1f} s")
+            mem = _engine_memory(engine)
+            tok = {"scheme": tokenize_scheme, "pieces": sum(x.pieces for x in ts.schemes),
+                   "rejected": sum(x.rejected for x in ts.schemes), "tokens": sum(x.tokens for x in ts.schemes),
+                   "seconds": round(ts.seconds, 3), "files_per_s": _rate(done, ts.seconds)}
     new = s.inputs - s.unchanged
     return {
         "workers": workers,
@@ -356,6 +369,8 @@ def run_pipeline(lake: Any, items: Any, workers: int, echo: Echo = print) -> dic
         "curate": {"analysed": c.analysed, "failed": c.failed, "clusters": c.clusters, "seconds": round(c.seconds, 3),
                    "files_per_s": _rate(c.analysed + c.failed, c.seconds)},
         "memory_after_ingest": mem_ingest,
+        "memory_after_curate": mem_curate,
+        "tokenize": tok,
         "memory": mem,
         "peak_rss_mb_per_worker": (mem or {}).get("peak_rss_mb_per_worker"),
     }
@@ -588,8 +603,10 @@ def run_scale(
     seed: int = 0,
     out: Path | None = None,
     echo: Echo = print,
+    tokenize_scheme: str | None = "remi",
+    keep_lakes: bool = False,
 ) -> dict[str, Any]:
-    """Ingest + curate synthetic corpora of each size in ``n_list`` (fresh lake and engine
+    """Ingest + curate (+ tokenize ``tokenize_scheme``) synthetic corpora of each size in ``n_list`` (fresh lake and engine
     each), reporting throughput and peak RSS per worker. Long: minutes for 20,000 files.
 
     ``src_dir`` holds the real fixtures the synthetic pieces are made from (default: the
@@ -620,7 +637,8 @@ def run_scale(
             lake_root = work_dir / f"lake-{n}"
             shutil.rmtree(lake_root, ignore_errors=True)
             echo(f"scale: N = {n}")
-            res = run_pipeline(Lake(lake_root), _items(paths[:n], files_dir, "synthetic"), workers, echo)
+            res = run_pipeline(Lake(lake_root), _items(paths[:n], files_dir, "synthetic"), workers, echo,
+                               tokenize_scheme=tokenize_scheme)
             size_mb = sum(f.stat().st_size for f in lake_root.rglob("*") if f.is_file()) / 2**20
             rows.append({
                 "n": n,
@@ -633,17 +651,23 @@ def run_scale(
                 "clusters": res["curate"]["clusters"],
                 "peak_rss_mb_per_worker": res["peak_rss_mb_per_worker"],
                 "peak_rss_mb_per_worker_after_ingest": (res["memory_after_ingest"] or {}).get("peak_rss_mb_per_worker"),
+                "peak_rss_mb_per_worker_after_curate": (res["memory_after_curate"] or {}).get("peak_rss_mb_per_worker"),
+                "tokenize_files_per_s": (res.get("tokenize") or {}).get("files_per_s"),
+                "tokenize_s": (res.get("tokenize") or {}).get("seconds"),
+                "tokenize_pieces": (res.get("tokenize") or {}).get("pieces"),
+                "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "lake_mb": round(size_mb, 1),
             })
-            shutil.rmtree(lake_root, ignore_errors=True)
+            if not keep_lakes:
+                shutil.rmtree(lake_root, ignore_errors=True)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     result = {"workers": workers, "seed": seed, "generate_s": round(gen_s, 2),
               "generate_files_per_s": _rate(len(paths), gen_s), "runs": rows}
-    head = ("N", "ingest files/s", "curate files/s", "clusters", "peak RSS MB/worker", "lake MB")
-    table = [head] + [(r["n"], _f(r["ingest_files_per_s"]), _f(r["curate_files_per_s"]), r["clusters"],
-                       _f(r["peak_rss_mb_per_worker"]), _f(r["lake_mb"])) for r in rows]
+    head = ("N", "ingest files/s", "curate files/s", "tokenize files/s", "clusters", "peak RSS MB/worker", "lake MB")
+    table = [head] + [(r["n"], _f(r["ingest_files_per_s"]), _f(r["curate_files_per_s"]), _f(r["tokenize_files_per_s"]),
+                       r["clusters"], _f(r["peak_rss_mb_per_worker"]), _f(r["lake_mb"])) for r in rows]
     widths = [max(len(str(t[i])) for t in table) for i in range(len(head))]
     echo("\n".join("  ".join(str(c).ljust(w) for c, w in zip(t, widths)).rstrip() for t in table))
     if out is not None:

@@ -266,7 +266,7 @@ def analyse(data: bytes, policy: Policy = "lenient") -> dict[str, Any]:
     smf, header = check_structure(data, policy)
     try:
         score = symusic.Score.from_midi(smf)
-    except Exception as exc:  # symusic raises RuntimeError/ValueError with its own text
+    except Exception as exc:  # noqa: BLE001 - symusic raises RuntimeError/ValueError/...; its text is the detail
         text = f"{type(exc).__name__}: {exc}"
         raise Reject(_symusic_reason(text), text) from None
 

@@ -33,7 +33,6 @@ import io
 import json
 import random
 import re
-import socket
 import stat
 import time
 import urllib.error
@@ -298,7 +297,7 @@ def _retry_after_seconds(value: str | None, now: float | None = None) -> float |
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     return max(0.0, when.timestamp() - (now if now is not None else time.time()))
 
 
@@ -465,7 +464,7 @@ class MutopiaCrawler:
             self.stats.resumed = True
             return crawl
         crawl = {
-            "id": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ"),
+            "id": dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ"),
             "mode": self.mode,
             "status": "running",
             "frontier": [],
@@ -506,10 +505,10 @@ class MutopiaCrawler:
         except urllib.error.HTTPError as exc:
             try:
                 body = exc.read(min(limit, 1 << 20) + 1) if exc.code != 304 else b""
-            except (OSError, socket.timeout):
+            except (TimeoutError, OSError):
                 body = b""
             status, hdrs = exc.code, exc.headers
-        except (urllib.error.URLError, OSError, socket.timeout, ValueError) as exc:
+        except (TimeoutError, urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             return Response(url, 0, error=f"{type(exc).__name__}: {reason}")
         self.stats.bytes += len(body)
@@ -612,7 +611,7 @@ class MutopiaCrawler:
             if not self.stats.stopped_because:
                 self.stats.stopped_because = "interrupted by the caller"
             history = self.state.setdefault("history", [])
-            at = dt.datetime.now(dt.timezone.utc).isoformat()
+            at = dt.datetime.now(dt.UTC).isoformat()
             history.append({"crawl": crawl["id"], "at": at, **self.stats.as_dict()})
             del history[:-50]
             self._save()
@@ -680,7 +679,7 @@ class MutopiaCrawler:
             "etag": resp.headers.get("etag"),
             "last_modified": resp.headers.get("last-modified"),
             "sha256": hashlib.sha256(resp.body).hexdigest(),
-            "fetched_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "fetched_at": dt.datetime.now(dt.UTC).isoformat(),
             **extra,
         }
         self.state["urls"][url] = rec

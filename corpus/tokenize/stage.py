@@ -328,6 +328,20 @@ def _reject(pid: str, reg: Registered, shift: int | None, reason: str, detail: s
     }
 
 
+def _flush(lake: Lake, reg: Registered, run_id: str, rows: list[dict[str, Any]], rejects: list[dict[str, Any]]) -> None:
+    """Commit the buffered token rows and rejects of one scheme in one transaction, then clear them."""
+    if not rows and not rejects:
+        return
+    with lake.transaction({"command": "tokenize", "run_id": run_id, "scheme": reg.scheme, "tokenizer_hash": reg.hash}) as tx:
+        rows.sort(key=lambda r: (r["piece_id"], r["transpose"]))
+        tx.write("tokens", rows, {"scheme": reg.scheme, "tokenizer_hash": reg.hash})
+        for r in rejects:
+            r["run_id"] = run_id
+        tx.write("rejects", rejects, {"stage": "tokenize"})
+    rows.clear()
+    rejects.clear()
+
+
 def tokenize(
     lake: Lake,
     engine: Engine,
@@ -362,18 +376,6 @@ def tokenize(
             ss.rejected += 1
             ss.reasons[r["reason"]] = ss.reasons.get(r["reason"], 0) + 1
 
-        def flush() -> None:
-            if not rows and not rejects:
-                return
-            with lake.transaction({"command": "tokenize", "run_id": run_id, "scheme": reg.scheme, "tokenizer_hash": reg.hash}) as tx:
-                rows.sort(key=lambda r: (r["piece_id"], r["transpose"]))
-                tx.write("tokens", rows, {"scheme": reg.scheme, "tokenizer_hash": reg.hash})
-                for r in rejects:
-                    r["run_id"] = run_id
-                tx.write("rejects", rejects, {"stage": "tokenize"})
-            rows.clear()
-            rejects.clear()
-
         pids = sorted(todo)
         batches = (
             [(pid, lake.get_raw(pid), todo[pid]) for pid in pids[i : i + batch_size]]
@@ -395,9 +397,9 @@ def tokenize(
                     ss.rejected += 1
                     ss.reasons[res[1]] = ss.reasons.get(res[1], 0) + 1
             if len(rows) + len(rejects) >= commit_every:
-                flush()
+                _flush(lake, reg, run_id, rows, rejects)
             if progress:
                 progress(summary)
-        flush()
+        _flush(lake, reg, run_id, rows, rejects)
     summary.seconds = time.perf_counter() - t0
     return summary
