@@ -64,7 +64,7 @@ class Engine:
             n_workers=self.workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port: no clash (and no warning) when clusters run side by side
             silence_logs=logging.ERROR,
             worker_class="distributed.Nanny",
         )

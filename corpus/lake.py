@@ -48,6 +48,31 @@ class LakeLocked(LakeError):
     pass
 
 
+# a write the user can fix: free space, permissions, a read-only mount
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _cause(exc: BaseException) -> str:
+    """``No space left on device (ENOSPC)``, also from DuckDB's errors, which carry no errno."""
+    if isinstance(exc, OSError) and exc.errno in errno.errorcode:
+        return f"{os.strerror(exc.errno)} ({errno.errorcode[exc.errno]})"
+    text = " ".join(str(exc).split())
+    for code in sorted(_WRITE_ERRNOS):
+        if os.strerror(code) in text:
+            return f"{os.strerror(code)} ({errno.errorcode[code]})"
+    return text
+
+
+def _write_error(exc: OSError, root: Path, what: str, outcome: str) -> LakeError | OSError:
+    """A failed write as one line naming the lake, the cause and what it left; other errors as they are."""
+    if exc.errno not in _WRITE_ERRNOS:
+        return exc
+    return LakeError(f"cannot write to the lake {str(root)!r} while {what}: {_cause(exc)}; {outcome}")
+
+
+_NOT_COMMITTED = "work since the last commit is dropped, committed work is kept; run the command again once it is fixed"
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -57,15 +82,26 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees all of it or nothing."""
+def atomic_write_bytes(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
+    """Write ``data`` to ``path`` so that a reader sees all of it or nothing.
+
+    ``tmp_dir`` (same file system) holds the temp file instead of ``path``'s folder; the lake
+    passes its staging folder, which the next writer empties, so a kill leaves no stray file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    if tmp_dir is not None:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = (tmp_dir or path.parent) / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)  # no partial temp file left behind (a full disk stays as full as it was)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -123,18 +159,20 @@ class Lake:
             holder = fh.read().strip() or "another process"
             fh.close()
             raise LakeLocked(f"lake {str(self.root)!r} is locked by {holder}; wait for it to finish") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} ({command or 'midicorpus'})")
-        fh.flush()
         self._lock_fh = fh
         try:
+            try:  # unbuffered, so a failed write leaves nothing pending in ``fh``
+                os.ftruncate(fh.fileno(), 0)
+                os.write(fh.fileno(), f"pid {os.getpid()} ({command or 'midicorpus'})".encode())
+            except OSError as exc:
+                raise _write_error(exc, self.root, "taking the lock", "nothing was written") from None
             self.recover()
             yield self
         finally:
             self._lock_fh = None
-            fh.seek(0)
-            fh.truncate()
+            shutil.rmtree(self.staging_dir / "tmp", ignore_errors=True)  # temp files of raw writes
+            with contextlib.suppress(OSError):
+                os.ftruncate(fh.fileno(), 0)
             fcntl.flock(fh, fcntl.LOCK_UN)
             fh.close()
 
@@ -154,7 +192,15 @@ class Lake:
         for stage in sorted(self.staging_dir.iterdir()):
             record = self.log_dir / f"{stage.name}.json"
             if record.exists():
-                self._move_into_place(stage, json.loads(record.read_text()))
+                try:
+                    self._move_into_place(stage, json.loads(record.read_text()))
+                except OSError as exc:
+                    raise _write_error(
+                        exc,
+                        self.root,
+                        f"finishing the interrupted commit {stage.name}",
+                        "it stays readable from _staging and the next command finishes it",
+                    ) from None
             shutil.rmtree(stage, ignore_errors=True)
 
     # ---------------------------------------------------------------- raw store
@@ -166,7 +212,10 @@ class Lake:
         sha = sha or hashlib.sha256(data).hexdigest()
         path = self.raw_path(sha)
         if not path.exists():
-            atomic_write_bytes(path, data)
+            try:
+                atomic_write_bytes(path, data, self.staging_dir / "tmp")
+            except OSError as exc:
+                raise _write_error(exc, self.root, "storing a raw file", _NOT_COMMITTED) from None
         return sha
 
     def get_raw(self, sha: str) -> bytes:
@@ -203,11 +252,22 @@ class Lake:
         return out
 
     def table_files(self) -> dict[str, list[str]]:
-        """Committed files per table, as absolute paths, in commit order."""
+        """Committed files per table, as absolute paths, in commit order.
+
+        A transaction interrupted after its commit point (killed, or its move failed) still
+        has files in ``_staging/<txid>/`` until the next writer moves them: they are read there.
+        """
         files: dict[str, list[str]] = {}
+        staged = {p.name for p in self.staging_dir.iterdir()} if self.staging_dir.is_dir() else set()
         for rec in self.commits():
             for table, rels in rec["files"].items():
-                files.setdefault(table, []).extend(str(self.root / r) for r in rels)
+                paths = []
+                for r in rels:
+                    path = self.root / r
+                    if rec["txid"] in staged and not path.exists() and (self.staging_dir / rec["txid"] / r).exists():
+                        path = self.staging_dir / rec["txid"] / r
+                    paths.append(str(path))
+                files.setdefault(table, []).extend(paths)
         return files
 
     # ---------------------------------------------------------------- reading
@@ -232,17 +292,28 @@ class Lake:
         import duckdb
 
         tmp = self.root / f".catalog.{uuid.uuid4().hex[:8]}.duckdb"
-        con = duckdb.connect(str(tmp))
         try:
-            globs = {}
-            for table in TABLES:
-                d = self.tables_dir / table
-                if any(d.rglob("*.parquet")) if d.is_dir() else False:
-                    globs[table] = [str(d / "**" / "*.parquet")]
-            _create_views(con, globs)
-        finally:
-            con.close()
-        os.replace(tmp, self.catalog_path)
+            con = duckdb.connect(str(tmp))
+            try:
+                globs = {}
+                for table in TABLES:
+                    d = self.tables_dir / table
+                    if any(d.rglob("*.parquet")) if d.is_dir() else False:
+                        globs[table] = [str(d / "**" / "*.parquet")]
+                _create_views(con, globs)
+            finally:
+                con.close()
+            os.replace(tmp, self.catalog_path)
+        except (OSError, duckdb.IOException, duckdb.TransactionException) as exc:  # a full disk, a read-only lake
+            for p in (tmp, Path(f"{tmp}.wal")):
+                with contextlib.suppress(OSError):
+                    os.remove(p)
+            if isinstance(exc, OSError) and exc.errno not in _WRITE_ERRNOS:
+                raise
+            raise LakeError(
+                f"cannot write to the lake {str(self.root)!r} while writing catalog.duckdb: {_cause(exc)}; "
+                "the tables are committed, the next command rewrites the catalog"
+            ) from None
         with contextlib.suppress(FileNotFoundError):
             os.remove(str(tmp) + ".wal")
 
@@ -276,8 +347,11 @@ class Transaction:
         n = len(self.files.get(table, []))
         rel = f"tables/{table}/{sub + '/' if sub else ''}part-{self.txid}-{n:04d}.parquet"
         dst = self.stage / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(data, dst, compression="zstd")
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(data, dst, compression="zstd")
+        except OSError as exc:  # the caller's ``with lake.transaction()`` drops the stage
+            raise _write_error(exc, self.lake.root, f"staging {table} rows", _NOT_COMMITTED) from None
         self.files.setdefault(table, []).append(rel)
         self.rows[table] = self.rows.get(table, 0) + data.num_rows
 
@@ -285,10 +359,6 @@ class Transaction:
         if not self.files:
             shutil.rmtree(self.stage, ignore_errors=True)
             return
-        for files in self.files.values():
-            for rel in files:
-                with open(self.stage / rel, "rb") as fh:
-                    os.fsync(fh.fileno())
         record = {
             "txid": self.txid,
             "committed_at": now_utc().isoformat(),
@@ -297,13 +367,23 @@ class Transaction:
             "meta": self.meta,
         }
         try:
+            for files in self.files.values():
+                for rel in files:
+                    with open(self.stage / rel, "rb") as fh:
+                        os.fsync(fh.fileno())
             atomic_write_bytes(self.lake.log_dir / f"{self.txid}.json", json.dumps(record, sort_keys=True).encode())
         except OSError as exc:
             shutil.rmtree(self.stage, ignore_errors=True)
-            if exc.errno == errno.ENOSPC:
-                raise LakeError(f"no space left on the device of {str(self.lake.root)!r}; nothing was committed") from None
-            raise
-        self.lake._move_into_place(self.stage, record)
+            raise _write_error(exc, self.lake.root, "writing the commit record", _NOT_COMMITTED) from None
+        try:
+            self.lake._move_into_place(self.stage, record)
+        except OSError as exc:  # after the commit point: committed, readable from staging, finished by the next writer
+            raise _write_error(
+                exc,
+                self.lake.root,
+                "moving committed files into place",
+                "the transaction is committed and readable; the next command finishes the move",
+            ) from None
         shutil.rmtree(self.stage, ignore_errors=True)
 
 
