@@ -90,10 +90,10 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
     import symusic
 
     from corpus.curation import dedup, key, texture
-    from corpus.parse import check_structure
+    from corpus.parse import smf_bytes
 
     _check_key_backend(key_backend)
-    smf, _ = check_structure(data)
+    smf = smf_bytes(data)  # checked at ingest
     score = symusic.Score.from_midi(smf)
     piece_tex, track_tex = texture.piece_texture(score)
     est = key.estimate_key(score, KEY_PROFILE)

@@ -244,6 +244,12 @@ def _vlq(d: bytes, i: int, end: int, index: int) -> tuple[int, int]:
     raise Reject("bad_meta_event", f"track {index}: variable-length quantity longer than 4 bytes at {i}")
 
 
+def smf_bytes(data: bytes) -> bytes:
+    """The standard MIDI file in stored bytes that already passed :func:`check_structure`
+    (later stages: skip the event scan, only unwrap a RIFF RMID)."""
+    return data if data[:4] == b"MThd" else unwrap_riff(data)
+
+
 def _symusic_reason(message: str) -> str:
     m = message.lower()
     if "status" in m and "running" in m:

@@ -50,11 +50,12 @@ def match_rate(ref: Any, dec: Any, tol: float = DEFAULT_TOL_Q) -> float:
     return matched / max(len(a), len(b))
 
 
-def decode_ids(tok: Any, ids: list[int], multi: list[list[int]] | None, lengths: list[int]) -> Any:
-    flat: list[Any] = multi if multi is not None else ids
+def decode_ids(tok: Any, ids: Any, multi: list[list[int]] | None, lengths: list[int]) -> Any:
+    flat: Any = multi if multi is not None else ids
     seqs, i = [], 0
     for n in lengths:
-        seqs.append(flat[i : i + n])
+        part = flat[i : i + n]
+        seqs.append(part if multi is not None else [int(x) for x in part])
         i += n
     return tok.decode(seqs[0] if tok.one_token_stream else seqs)
 

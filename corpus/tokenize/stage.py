@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from corpus.engine import Engine
 from corpus.lake import Lake, atomic_write_bytes, new_txid, now_utc
 from corpus.tokenize import presets, roundtrip
@@ -205,18 +207,19 @@ def train_tokenizer(lake: Lake, scheme: str, vocab_size: int, model: str = "bpe"
 _CACHE: dict[str, Any] = {}
 
 
-def _worker_tokenizer(text: str, h: str) -> tuple[Any, Any, dict[str, Any] | None]:
-    if h not in _CACHE:
+def _worker_tokenizer(text: str, h: str, use_fastpath: bool = True) -> tuple[Any, Any, dict[str, Any] | None]:
+    key = f"{h}:{use_fastpath}"
+    if key not in _CACHE:
         from corpus.tokenize import fastpath
 
         tok, transform = presets.load_from_text(text)
-        fast = fastpath.FastTokenizer(tok) if fastpath.supports(tok) else None
+        fast = fastpath.FastTokenizer(tok) if use_fastpath and fastpath.supports(tok) else None
         _CACHE.clear()  # one tokenizer per worker at a time keeps memory flat
-        _CACHE[h] = (tok, fast, transform)
-    return _CACHE[h]  # type: ignore[no-any-return]
+        _CACHE[key] = (tok, fast, transform)
+    return _CACHE[key]  # type: ignore[no-any-return]
 
 
-def encode_piece(tok: Any, fast: Any, score: Any) -> tuple[list[int], list[list[int]] | None, list[int]]:
+def encode_piece(tok: Any, fast: Any, score: Any) -> tuple[Any, list[list[int]] | None, list[int]]:
     """(ids, ids_multi, seq_lengths) for one score; raises on tokenizer failure."""
     if fast is not None:
         out = fast.encode_ids(score)
@@ -228,21 +231,24 @@ def encode_piece(tok: Any, fast: Any, score: Any) -> tuple[list[int], list[list[
     if tok.is_multi_voc:
         multi = [list(map(int, t)) for s in seqs for t in s]
         return [], multi, lengths
-    return [int(i) for s in seqs for i in s], None, lengths
+    flat = np.concatenate([np.asarray(s, dtype=np.int32) for s in seqs]) if seqs else np.zeros(0, np.int32)
+    return flat, None, lengths  # an int32 array: cheap to send back and to turn into Arrow
 
 
-def tokenize_batch(batch: list[tuple[str, bytes, list[int]]], text: str, h: str, low: int, high: int, verify: bool = False) -> list[tuple[str, int, tuple[Any, ...]]]:
+def tokenize_batch(
+    batch: list[tuple[str, bytes, list[int]]], text: str, h: str, low: int, high: int, verify: bool = False, use_fastpath: bool = True
+) -> list[tuple[str, int, tuple[Any, ...]]]:
     """Dask task: every (piece, shift) of the batch -> ("ok", ids, multi, lengths) or ("reject", reason, detail)."""
     import symusic
 
     from corpus.curation.transpose import transpose_score
-    from corpus.parse import check_structure
+    from corpus.parse import smf_bytes
 
-    tok, fast, transform = _worker_tokenizer(text, h)
+    tok, fast, transform = _worker_tokenizer(text, h, use_fastpath)
     out: list[tuple[str, int, tuple[Any, ...]]] = []
     for pid, data, shifts in batch:
         try:
-            base = symusic.Score.from_midi(check_structure(data)[0])
+            base = symusic.Score.from_midi(smf_bytes(data))  # checked at ingest
         except Exception as exc:  # noqa: BLE001 - parsed at ingest; a failure here is this piece's
             for sh in shifts:
                 out.append((pid, sh, ("reject", "tokenize_error", f"{type(exc).__name__}: {exc}")))
@@ -328,13 +334,42 @@ def _reject(pid: str, reg: Registered, shift: int | None, reason: str, detail: s
     }
 
 
+def _tokens_table(rows: list[dict[str, Any]]) -> Any:
+    """Token rows as Arrow, single-vocabulary ids from their int32 arrays without Python ints."""
+    import pyarrow as pa
+
+    from schemas import TABLES
+
+    schema = TABLES["tokens"]
+    single = [r["ids"] for r in rows]
+    if all(x is not None for x in single):
+        lengths = np.fromiter((len(x) for x in single), dtype=np.int64, count=len(single))
+        offsets = np.zeros(len(single) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        values = np.concatenate(single) if single else np.zeros(0, np.int32)
+        ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.int32, copy=False)))
+    else:
+        ids = pa.array([None if x is None else np.asarray(x).tolist() for x in single], type=schema.field("ids").type)
+    cols = {
+        "piece_id": pa.array([r["piece_id"] for r in rows], pa.string()),
+        "transpose": pa.array([r["transpose"] for r in rows], pa.int32()),
+        "n_tokens": pa.array([r["n_tokens"] for r in rows], pa.int64()),
+        "n_sequences": pa.array([r["n_sequences"] for r in rows], pa.int32()),
+        "seq_lengths": pa.array([r["seq_lengths"] for r in rows], schema.field("seq_lengths").type),
+        "ids": ids,
+        "ids_multi": pa.array([r["ids_multi"] for r in rows], schema.field("ids_multi").type),
+        "run_id": pa.array([r["run_id"] for r in rows], pa.string()),
+    }
+    return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
+
+
 def _flush(lake: Lake, reg: Registered, run_id: str, rows: list[dict[str, Any]], rejects: list[dict[str, Any]]) -> None:
     """Commit the buffered token rows and rejects of one scheme in one transaction, then clear them."""
     if not rows and not rejects:
         return
     with lake.transaction({"command": "tokenize", "run_id": run_id, "scheme": reg.scheme, "tokenizer_hash": reg.hash}) as tx:
         rows.sort(key=lambda r: (r["piece_id"], r["transpose"]))
-        tx.write("tokens", rows, {"scheme": reg.scheme, "tokenizer_hash": reg.hash})
+        tx.write("tokens", _tokens_table(rows), {"scheme": reg.scheme, "tokenizer_hash": reg.hash})
         for r in rejects:
             r["run_id"] = run_id
         tx.write("rejects", rejects, {"stage": "tokenize"})
@@ -351,9 +386,10 @@ def tokenize(
     min_key_confidence: float = DEFAULT_MIN_KEY_CONFIDENCE,
     pitch_range: tuple[int, int] = (0, 127),
     where: str | None = None,
-    batch_size: int = 8,
+    batch_size: int = 32,
     commit_every: int = 2000,
     verify: bool | None = None,
+    use_fastpath: bool = True,
     progress: Callable[[TokenizeSummary], None] | None = None,
 ) -> TokenizeSummary:
     """Tokenize every curated piece under each scheme (lake locked by the caller)."""
@@ -381,7 +417,9 @@ def tokenize(
             [(pid, lake.get_raw(pid), todo[pid]) for pid in pids[i : i + batch_size]]
             for i in range(0, len(pids), batch_size)
         )
-        for _, results in engine.map_unordered(tokenize_batch, batches, reg.text, reg.hash, pitch_range[0], pitch_range[1], check):
+        for _, results in engine.map_unordered(
+            tokenize_batch, batches, reg.text, reg.hash, pitch_range[0], pitch_range[1], check, use_fastpath
+        ):
             for pid, sh, res in results:
                 if res[0] == "ok":
                     _, ids, multi, lengths = res
