@@ -25,9 +25,17 @@ class UserError(Exception):
 class Progress:
     """A one-line progress display on stderr (only when it is a terminal)."""
 
-    def __init__(self, label: str, enabled: bool | None = None) -> None:
+    def __init__(
+        self,
+        label: str,
+        enabled: bool | None = None,
+        count: Callable[[Any], int] = lambda s: int(s.inputs),
+        text: Callable[[Any], str] = lambda s: str(s.line()),
+    ) -> None:
         self.label = label
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.count = count
+        self.text = text
         self.t0 = time.perf_counter()
         self.last = 0.0
 
@@ -38,8 +46,8 @@ class Progress:
         if now - self.last < 0.2:
             return
         self.last = now
-        rate = summary.inputs / max(now - self.t0, 1e-9)
-        sys.stderr.write(f"\r{self.label}: {summary.line()}  [{rate:,.0f} files/s]\x1b[K")
+        rate = self.count(summary) / max(now - self.t0, 1e-9)
+        sys.stderr.write(f"\r{self.label}: {self.text(summary)}  [{rate:,.0f} files/s]\x1b[K")
         sys.stderr.flush()
 
     def done(self) -> None:
@@ -185,15 +193,18 @@ def run_curate(ctx: Ctx) -> Any:
     a = ctx.args
     if getattr(a, "min_melody_notes", 16) < 1:
         raise UserError(f"--min-melody-notes must be >= 1, got {a.min_melody_notes}")
+    prog = Progress("curate", count=lambda x: x.analysed + x.failed)
     with ctx.lake.lock("curate"), ctx.engine() as engine:
         s = curate(
             ctx.lake,
             engine,
+            progress=prog,
             key_backend=getattr(a, "key_backend", "ours"),
             extract_melodies=getattr(a, "extract_melodies", False),
             min_melody_notes=getattr(a, "min_melody_notes", None),
         )
         ctx.lake.write_catalog()
+    prog.done()
     print(f"curate: {s.line()} in {s.seconds:.1f} s")
     return s
 
@@ -242,13 +253,15 @@ def run_tokenize(ctx: Ctx, schemes: list[str], transpose: str = "none", config: 
         parse_transpose(transpose)
     except (TokenizeError, presets.PresetError) as exc:
         raise UserError(str(exc)) from None
+    prog = Progress("tokenize", count=lambda x: x.done, text=lambda x: f"{x.done} done ({x.schemes[-1].scheme if x.schemes else ''})")
     with ctx.lake.lock("tokenize"), ctx.engine() as engine:
         try:
             s = tokenize(ctx.lake, engine, schemes, transpose, config,
-                         DEFAULT_MIN_KEY_CONFIDENCE if min_conf is None else min_conf)
+                         DEFAULT_MIN_KEY_CONFIDENCE if min_conf is None else min_conf, progress=prog)
         except (TokenizeError, presets.PresetError) as exc:
             raise UserError(str(exc)) from None
         ctx.lake.write_catalog()
+    prog.done()
     for line in s.lines():
         print(f"tokenize {line}")
     print(f"tokenize: {s.seconds:.1f} s")
