@@ -210,11 +210,13 @@ def ingest_task(
     from corpus.engine import Engine
     from corpus.ingest import IngestConfig, ingest
 
-    src = make_source(kind, path, source, license)
+    src = make_source(kind, path, source, license)  # bad input fails before the lock and the cluster
     label = source if kind == "dir" else kind
     lk = Lake(lake)
     cfg = IngestConfig(policy="strict" if strict else "lenient", timeout_s=timeout_s)
     with locked(lk, f"ingest {label} (prefect)", lock_wait_s), Engine(scheduler, workers) as engine:
+        if kind == "lpd":
+            src.engine = engine  # piano rolls convert in the workers
         summary = ingest(lk, src, engine, cfg, command=f"ingest {label}")
         lk.write_catalog()
     _log("info", f"ingest {label} {path}: {summary.line()}")
