@@ -96,7 +96,8 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
     smf = smf_bytes(data)  # checked at ingest
     score = symusic.Score.from_midi(smf)
     piece_tex, track_tex = texture.piece_texture(score)
-    est = key.estimate_key(score, KEY_PROFILE)
+    pitches, _, weights = key.note_weights(score)  # once, for both profiles
+    est = key.estimate_key_from_weights(pitches, weights, KEY_PROFILE)
     backend = "ours" if est is not None else None
     fallback = None
     if est is not None and key_backend == "music21":
@@ -105,7 +106,7 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
             backend = "music21"
         except Exception as exc:  # noqa: BLE001 - music21 refuses some files symusic reads; ours is kept
             fallback = f"{type(exc).__name__}: {exc}"
-    alt = key.estimate_key(score, "krumhansl") if est is not None else None
+    alt = key.estimate_key_from_weights(pitches, weights, "krumhansl") if est is not None else None
     declared = key.declared_key(score)
     windows = key.windowed_keys(score, WINDOW_BARS, KEY_PROFILE) if est is not None else []
     sig = dedup.signature(score)

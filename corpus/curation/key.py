@@ -480,6 +480,13 @@ def estimate_key(score: symusic.Score, profile: Profile = "aarden") -> KeyEstima
     """
     _check_profile(profile)
     p, _, w = note_weights(score)
+    return estimate_key_from_weights(p, w, profile)
+
+
+def estimate_key_from_weights(p: np.ndarray, w: np.ndarray, profile: Profile = "aarden") -> KeyEstimate | None:
+    """:func:`estimate_key` on pitches and weights from :func:`note_weights` (compute them once
+    for several profiles)."""
+    _check_profile(profile)
     pc = p % 12
     hist = np.bincount(pc, weights=w, minlength=12)[:12] / 12.0
     if not (hist.sum() > 0):
