@@ -30,11 +30,14 @@ run, before the duplicate clusters are recomputed over everything.
 
 from __future__ import annotations
 
+import json
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -242,7 +245,9 @@ def _analyse_pending(
         tracks.clear()
         rejects.clear()
 
-    batches = ([(pid, lake.get_raw(pid)) for pid in todo[i : i + batch_size]] for i in range(0, len(todo), batch_size))
+    batches = (
+        list(zip(todo[i : i + batch_size], lake.get_raws(todo[i : i + batch_size]))) for i in range(0, len(todo), batch_size)
+    )
     for _, results in engine.map_unordered(analyse_batch, batches, key_backend):
         for pid, out in results:
             if out[0] == "ok":
@@ -311,7 +316,26 @@ def _recluster(lake: Lake, run_id: str, threshold: float, s: CurateSummary) -> N
                 [{"piece_id": pid, "dedup_cluster": c, "is_representative": pid == c, "dedup_run": run_id,
                   "threshold": threshold} for pid, c in new],
             )
-    # the index for `similar`, swapped in atomically
+    save_neardup_index(lake, index)
+
+
+def save_neardup_index(lake: Lake, index: Any) -> None:
+    """The index for ``similar``, swapped in atomically.
+
+    Locally: saved beside and renamed into ``index/neardup``. On an object store: uploaded to
+    ``index/neardup-<id>/``, then the pointer ``index/neardup.json`` names it (the switch),
+    then the previous folder is deleted.
+    """
+    if lake.remote:
+        name = f"neardup-{uuid.uuid4().hex[:12]}"
+        previous = _neardup_pointer(lake)
+        with tempfile.TemporaryDirectory(prefix="midicorpus-index-") as tmp:
+            index.save(Path(tmp) / name)
+            lake.upload_dir(Path(tmp) / name, f"index/{name}")
+        lake.write_bytes("index/neardup.json", json.dumps({"dir": f"index/{name}"}).encode())
+        if previous:
+            lake.remove(previous)
+        return
     target = lake.root / "index" / "neardup"
     tmp = lake.root / "index" / f".neardup-{uuid.uuid4().hex[:8]}"
     index.save(tmp)
@@ -320,6 +344,27 @@ def _recluster(lake: Lake, run_id: str, threshold: float, s: CurateSummary) -> N
         target.rename(old)
     tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _neardup_pointer(lake: Lake) -> str | None:
+    try:
+        return str(json.loads(lake.read_bytes("index/neardup.json"))["dir"])
+    except FileNotFoundError:
+        return None
+
+
+def load_neardup_index(lake: Lake) -> Any:
+    """The index ``curate`` saved last, or None before the first curate."""
+    from corpus.curation.dedup import NearDupIndex
+
+    if not lake.remote:
+        path = lake.root / "index" / "neardup"
+        return NearDupIndex.load(path) if path.exists() else None
+    rel = _neardup_pointer(lake)
+    if rel is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="midicorpus-index-") as tmp:
+        return NearDupIndex.load(lake.download(rel, Path(tmp) / "neardup"))
 
 
 def _merge_groups(ids: list[str], cluster_of: dict[str, str], groups: Any, n_notes: list[int]) -> dict[str, str]:

@@ -94,7 +94,7 @@ def retry_on_network(task: Any, task_run: Any, state: Any) -> bool:
 def lake_fingerprint(lake: Lake, tables: tuple[str, ...]) -> str:
     """A hash of the committed files of ``tables`` (changes whenever one of them is written)."""
     files = lake.table_files() if lake.exists() else {}
-    h = hashlib.sha256(str(lake.root).encode())
+    h = hashlib.sha256(lake.location.encode())
     for t in tables:
         for f in files.get(t, []):
             h.update(b"\0" + f.encode())

@@ -480,7 +480,7 @@ def write_report(lake: Any, out_dir: str | os.PathLike[str]) -> Path:
     _check_out(out)
     con = lake.connect()
     try:
-        html, drawn = render(con, str(lake.root))
+        html, drawn = render(con, lake.location)
     finally:
         con.close()
     try:

@@ -176,7 +176,9 @@ def extract_melodies(
 
     def batches() -> Iterator[list[tuple[str, bytes, list[int]]]]:
         for i in range(0, len(todo), batch_pieces):
-            yield [(pid, lake.get_raw(pid), idx) for pid, idx in todo[i : i + batch_pieces]]
+            chunk = todo[i : i + batch_pieces]
+            raws = lake.get_raws([pid for pid, _ in chunk])
+            yield [(pid, raw, idx) for (pid, idx), raw in zip(chunk, raws)]
 
     def items() -> Iterator[SourceItem]:
         for _, results in engine.map_unordered(extract_batch, batches(), min_notes):

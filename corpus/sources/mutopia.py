@@ -46,7 +46,7 @@ from typing import Any, Final, Literal
 from urllib.parse import urljoin, urlsplit, urlunsplit
 from xml.etree import ElementTree as ET
 
-from corpus.lake import Lake, atomic_write_bytes
+from corpus.lake import Lake
 from corpus.reasons import REASONS
 from corpus.sources.base import SourceItem
 from corpus.sources.files import Limits, is_midi_name, unsafe_member_name
@@ -437,18 +437,19 @@ class MutopiaCrawler:
     def stopped_because(self) -> str:
         return self.stats.stopped_because
 
+    STATE_REL = "crawl/mutopia/state.json"
+
     @property
-    def state_path(self) -> Any:
-        return self.lake.root / "crawl" / "mutopia" / "state.json"
+    def state_path(self) -> str:
+        return self.lake.uri(self.STATE_REL)
 
     # -------------------------------------------------------------- state
     def _load_state(self) -> None:
         state: dict[str, Any] = {}
-        if self.state_path.exists():
-            try:
-                state = json.loads(self.state_path.read_text())
-            except (OSError, ValueError):
-                state = {}
+        try:
+            state = json.loads(self.lake.read_bytes(self.STATE_REL))
+        except (OSError, ValueError):  # absent or unreadable: start afresh
+            state = {}
         if state.get("version") != STATE_VERSION or state.get("base_url") != self.base:
             state = {
                 "version": STATE_VERSION, "base_url": self.base, "urls": {}, "max_id": 0, "crawl": None, "history": [],
@@ -456,7 +457,7 @@ class MutopiaCrawler:
         self.state = state
 
     def _save(self) -> None:
-        atomic_write_bytes(self.state_path, json.dumps(self.state, sort_keys=True).encode())
+        self.lake.write_bytes(self.STATE_REL, json.dumps(self.state, sort_keys=True).encode())
 
     def _start_or_resume(self) -> dict[str, Any]:
         crawl = self.state.get("crawl")
@@ -796,7 +797,7 @@ class MutopiaCrawler:
             m = {**meta, "movement": PurePosixPath(uri.split("!", 1)[1]).stem} if "!" in uri else meta
             if sha is None:
                 out.append((uri, None, m, (code, detail)))
-            elif self.lake.raw_path(sha).exists():
+            elif self.lake.has_raw(sha):
                 out.append((uri, self.lake.get_raw(sha), m, None))
             else:
                 return None

@@ -16,6 +16,7 @@ supported config go through :mod:`corpus.tokenize.fastpath` (same ids, ~10x fast
 
 from __future__ import annotations
 
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from corpus.engine import Engine
-from corpus.lake import Lake, atomic_write_bytes, new_txid, now_utc
+from corpus.lake import Lake, new_txid, now_utc
 from corpus.tokenize import presets, roundtrip
 
 TransposeMode = str  # "none" | "normalize" | "augment:K"
@@ -101,18 +102,18 @@ def register(lake: Lake, scheme: str, config_file: str | None = None) -> Registe
     elif scheme in presets.PRESETS:
         tok, transform = presets.build(scheme)
     else:  # a tokenizer registered earlier under this name (e.g. one trained with BPE)
-        _, path = registered_tokenizer(lake, scheme)
-        tok, transform = presets.load_from_text(path.read_text())
+        _, rel = registered_tokenizer(lake, scheme)
+        tok, transform = presets.load_from_text(lake.read_bytes(rel).decode())
     text = presets.tokenizer_json(tok, transform)
     h = presets.tokenizer_hash(text)
-    path = lake.root / "tokenizers" / h / "tokenizer.json"
+    rel = f"tokenizers/{h}/tokenizer.json"
     con = lake.connect()
     try:
         known = con.execute("SELECT 1 FROM tokenizers WHERE tokenizer_hash = ? AND scheme = ?", [h, scheme]).fetchone()
     finally:
         con.close()
-    if not path.exists():
-        atomic_write_bytes(path, text.encode())
+    if not lake.file_exists(rel):
+        lake.write_bytes(rel, text.encode())
     if not known:
         with lake.transaction({"command": "tokenizer register", "scheme": scheme}) as tx:
             tx.write(
@@ -131,8 +132,8 @@ def _vocab_size(tok: Any) -> int:
     return int(sum(len(x) for x in v)) if isinstance(v, list) else int(len(v))
 
 
-def registered_tokenizer(lake: Lake, scheme: str) -> tuple[str, Path]:
-    """The hash and tokenizer.json path of the latest tokenizer registered under ``scheme``."""
+def registered_tokenizer(lake: Lake, scheme: str) -> tuple[str, str]:
+    """The hash and tokenizer.json path (lake-relative) of the latest tokenizer registered under ``scheme``."""
     con = lake.connect()
     try:
         row = con.execute(
@@ -142,7 +143,7 @@ def registered_tokenizer(lake: Lake, scheme: str) -> tuple[str, Path]:
         con.close()
     if row is None:
         raise TokenizeError(f"no tokenizer registered under scheme {scheme!r}; run 'midicorpus tokenize --scheme {scheme}' first")
-    return row[0], lake.root / "tokenizers" / row[0] / "tokenizer.json"
+    return row[0], f"tokenizers/{row[0]}/tokenizer.json"
 
 
 def _is_registered(lake: Lake, scheme: str) -> bool:
@@ -182,15 +183,23 @@ def train_tokenizer(lake: Lake, scheme: str, vocab_size: int, model: str = "bpe"
         con.close()
     if not pids:
         raise TokenizeError("no curated piece to train on; run 'midicorpus curate' first")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="midicorpus-train-") as tmp:
         warnings.simplefilter("ignore")
-        tok.train(vocab_size=vocab_size, model=models[model], files_paths=[lake.raw_path(p) for p in pids])
+        if lake.remote:  # miditok trains on paths: the raw files, fetched once
+            paths = []
+            for i in range(0, len(pids), 256):
+                for pid, raw in zip(pids[i : i + 256], lake.get_raws(pids[i : i + 256])):
+                    paths.append(Path(tmp) / f"{pid}.mid")
+                    paths[-1].write_bytes(raw)
+        else:
+            paths = [lake.raw_path(p) for p in pids]
+        tok.train(vocab_size=vocab_size, model=models[model], files_paths=paths)
     name = f"{scheme}-{model}{vocab_size}"
     text = presets.tokenizer_json(tok, None)
     h = presets.tokenizer_hash(text)
-    path = lake.root / "tokenizers" / h / "tokenizer.json"
-    if not path.exists():
-        atomic_write_bytes(path, text.encode())
+    rel = f"tokenizers/{h}/tokenizer.json"
+    if not lake.file_exists(rel):
+        lake.write_bytes(rel, text.encode())
     from importlib.metadata import version
 
     if not _is_registered(lake, name) or registered_tokenizer(lake, name)[0] != h:
@@ -414,7 +423,7 @@ def tokenize(
 
         pids = sorted(todo)
         batches = (
-            [(pid, lake.get_raw(pid), todo[pid]) for pid in pids[i : i + batch_size]]
+            [(pid, raw, todo[pid]) for pid, raw in zip(pids[i : i + batch_size], lake.get_raws(pids[i : i + batch_size]))]
             for i in range(0, len(pids), batch_size)
         )
         for _, results in engine.map_unordered(
