@@ -210,15 +210,15 @@ def run_curate(ctx: Ctx) -> Any:
 
 
 def cmd_similar(ctx: Ctx) -> int:
-    from corpus.curation.dedup import NearDupIndex, similar
+    from corpus.curate import load_neardup_index
+    from corpus.curation.dedup import similar
 
     a = ctx.args
     if a.k < 1:
         raise UserError(f"--k must be >= 1, got {a.k}")
-    path = ctx.lake.root / "index" / "neardup"
-    if not path.exists():
-        raise UserError(f"no near-duplicate index in {str(ctx.lake.root)!r}; run 'midicorpus curate' first")
-    index = NearDupIndex.load(path)
+    index = load_neardup_index(ctx.lake)
+    if index is None:
+        raise UserError(f"no near-duplicate index in {ctx.lake.location!r}; run 'midicorpus curate' first")
     matches = [pid for pid in index.piece_ids if pid.startswith(a.piece_id)] if len(a.piece_id) < 64 else [a.piece_id]
     if len(matches) != 1:
         what = "no curated piece" if not matches else f"{len(matches)} curated pieces"
@@ -391,9 +391,11 @@ def cmd_train(ctx: Ctx) -> int:
     if a.steps < 1:
         raise UserError(f"--steps must be >= 1, got {a.steps}")
     try:
-        path = snapshot.resolve(ctx.lake, a.snapshot)
+        path = snapshot.local_snapshot(ctx.lake, a.snapshot)  # an object-store lake: a verified, cached copy
     except snapshot.SnapshotError as exc:
         raise UserError(str(exc)) from None
+    if ctx.lake.remote:
+        print(f"train: {path.parent.name}@{path.name} of {ctx.lake.location}, local copy in {path}")
     from train.loop import TrainConfig, TrainError, train
 
     out = Path(a.out) if a.out else Path("runs") / f"{path.parent.name}-{path.name}"
@@ -470,17 +472,23 @@ def cmd_sql(ctx: Ctx) -> int:
     return 0
 
 
+def local_home(lake: Any) -> Path:
+    """Where local outputs of a run go: the lake's folder, or the working folder for an object store."""
+    return Path.cwd() if lake.remote else lake.root
+
+
 def cmd_run(ctx: Ctx) -> int:
     """The whole pipeline on the embedded default (the music21 corpus)."""
     t0 = time.perf_counter()
-    print(f"midicorpus run: lake {ctx.lake.root}")
+    print(f"midicorpus run: lake {ctx.lake.location}")
     ingest_music21(ctx, ctx.args.limit)
     run_curate(ctx)
     run_tokenize(ctx, ["remi"])
     run_snapshot_and_train(ctx)
     from reports import write_report
 
-    print(f"report: {write_report(ctx.lake, ctx.lake.root / 'report')}")
+    # the report and the training run are local files: beside a local lake, in ./ for an object store
+    print(f"report: {write_report(ctx.lake, local_home(ctx.lake) / 'report')}")
     print(f"\nsummary ({time.perf_counter() - t0:.1f} s):")
     for title, q in RUN_QUERIES:
         print(f"\n-- {title}\n{q}")
@@ -503,7 +511,7 @@ def run_snapshot_and_train(ctx: Ctx) -> None:
         res = snapshot.create(ctx.lake, spec)
         ctx.lake.write_catalog()
     print(res.line())
-    out = ctx.lake.root / "runs" / f"default-{res.version}"
+    out = local_home(ctx.lake) / "runs" / f"default-{res.version}"
     m = train(res.path, out, TrainConfig(steps=ctx.args.train_steps, batch_size=8, seq_len=256), device="auto")
     print(
         f"train: {m['device']}, {m['steps']} steps, loss {m['train_loss_first']:.3f} -> {m['train_loss_last']:.3f}, "

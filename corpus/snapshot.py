@@ -17,6 +17,16 @@ so the same selection from the same lake gives the same version and byte-identic
 A build is written in ``snapshots/.build-<random>/`` and renamed into place (atomic on one
 file system); a killed build leaves only that temp directory, removed by the next build.
 
+On an object-store lake (``s3://...``) there is no rename: the build is written in a local
+temp folder, its files are uploaded to ``snapshots/<name>/<version>/`` and ``manifest.json``
+last, as its own PUT. The manifest is the commit point: every reader (list, resolve, show,
+verify, diff, :func:`local_snapshot`) considers only versions whose manifest exists, so an
+interrupted upload is invisible, and the next ``create`` removes it (or uploads it again).
+Training memory-maps the shards, so it reads a local copy: :func:`local_snapshot` downloads a
+version into ``$MIDICORPUS_CACHE/snapshots/<name>/<version>`` (default cache
+``~/.cache/midicorpus``), verifying every file's sha256 against the manifest before the copy
+is renamed into place, and reuses a complete copy.
+
 Splits are assigned per song group before augmentation: pieces in one dedup cluster, or
 sharing a Million Song Dataset id or a Mutopia id, form one group (union-find); the group's
 split is a stable hash of its key and the seed, so no cluster spans two splits, transposed
@@ -32,7 +42,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,7 +101,9 @@ class SnapshotSpec:
 
     def validate(self) -> None:
         if not NAME_RE.match(self.name):
-            raise SnapshotError(f"snapshot name {self.name!r} must be letters, digits, '.', '_' or '-' (not starting with '.' or '-')")
+            raise SnapshotError(
+                f"snapshot name {self.name!r} must be letters, digits, '.', '_' or '-' (not starting with '.' or '-')"
+            )
         if len(self.split) != 3 or any(not isinstance(x, int | float) or x < 0 for x in self.split):
             raise SnapshotError(f"--split must be three non-negative fractions train,valid,test, got {self.split!r}")
         if abs(sum(self.split) - 1.0) > 1e-6 or self.split[0] <= 0:
@@ -127,7 +141,7 @@ def transpose_shifts(mode: str) -> tuple[str, int]:
 class SnapshotResult:
     name: str
     version: str
-    path: Path
+    path: Path | str  # the local folder, or the version's URL on an object-store lake
     created: bool  # False when this version existed already
     manifest: dict[str, Any] = field(default_factory=dict)
 
@@ -294,7 +308,13 @@ def _resolve_tokenizer(con: Any, scheme: str, tokenizer_hash: str | None) -> dic
         raise SnapshotError(
             f"no tokens for {what}; tokenized schemes: {', '.join(known) or 'none'} (run 'midicorpus tokenize --scheme {scheme}')"
         )
-    return {"hash": row[0], "tokenization": row[1], "config_json": row[2], "vocab_size": int(row[3]), "is_multi_vocab": bool(row[4])}
+    return {
+        "hash": row[0],
+        "tokenization": row[1],
+        "config_json": row[2],
+        "vocab_size": int(row[3]),
+        "is_multi_vocab": bool(row[4]),
+    }
 
 
 def _tokenizer_facts(config_json: str) -> tuple[str, dict[str, Any], list[int], dict[str, Any] | None]:
@@ -340,7 +360,9 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
             sel = con.sql(sel_sql).to_arrow_table()
         except Exception as exc:  # noqa: BLE001 - duckdb raises many types; a bad --where is user input
             msg = str(exc).strip().splitlines()[0]
-            raise SnapshotError(f"--where {spec.where!r} is not a valid condition on features and pieces columns: {msg}") from None
+            raise SnapshotError(
+                f"--where {spec.where!r} is not a valid condition on features and pieces columns: {msg}"
+            ) from None
         sel_rows = sel.to_pylist()
 
         # song groups and splits (before augmentation: per piece, copies follow)
@@ -360,7 +382,9 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
 
             for r in sel_rows:
                 if r["key_tonic_pc"] is not None and r["key_mode"] in ("major", "minor"):
-                    wanted.append((r["piece_id"], normalize_shift(int(r["key_tonic_pc"]), r["key_mode"]), split[r["piece_id"]]))
+                    wanted.append(
+                        (r["piece_id"], normalize_shift(int(r["key_tonic_pc"]), r["key_mode"]), split[r["piece_id"]])
+                    )
         else:
             shifts = [0] if mode == "none" else list(range(-k, k + 1))
             wanted = [(r["piece_id"], s, split[r["piece_id"]]) for r in sel_rows for s in shifts]
@@ -412,13 +436,22 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
             if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(dtype).max):
                 raise RuntimeError(f"token ids of {spec.scheme} out of range for {dtype}")
             # sequences: per row by seq_lengths, cut at max_seq_len
-            seq_rows: dict[str, list[Any]] = {k2: [] for k2 in ("seq", "piece_id", "transpose", "track", "chunk", "start", "length")}
+            seq_rows: dict[str, list[Any]] = {
+                k2: [] for k2 in ("seq", "piece_id", "transpose", "track", "chunk", "start", "length")
+            }
             offsets = [0]
             pos = 0
             n_pieces = set()
             for r in rows:
                 n_pieces.add(r["piece_id"])
-                snap_pieces.append({"piece_id": r["piece_id"], "split": sp, "transpose": r["transpose"], "n_tokens": int(r["n_tokens"])})
+                snap_pieces.append(
+                    {
+                        "piece_id": r["piece_id"],
+                        "split": sp,
+                        "transpose": r["transpose"],
+                        "n_tokens": int(r["n_tokens"]),
+                    }
+                )
                 for track, length in enumerate(r["seq_lengths"] or []):
                     step = spec.max_seq_len or max(length, 1)
                     for chunk, s0 in enumerate(range(0, length, step)):
@@ -449,10 +482,19 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
             )
             buf = io.BytesIO()
             pq.write_table(seq_tbl, buf, compression="zstd")
-            for rel, blob in ((f"{sp}/tokens.npy", tokens_b), (f"{sp}/index.npy", index_b), (f"{sp}/sequences.parquet", buf.getvalue())):
+            for rel, blob in (
+                (f"{sp}/tokens.npy", tokens_b),
+                (f"{sp}/index.npy", index_b),
+                (f"{sp}/sequences.parquet", buf.getvalue()),
+            ):
                 _write(out_dir / rel, blob)
                 files[rel] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
-            split_counts[sp] = {"pieces": len(n_pieces), "rows": len(rows), "sequences": len(offsets) - 1, "tokens": int(len(arr))}
+            split_counts[sp] = {
+                "pieces": len(n_pieces),
+                "rows": len(rows),
+                "sequences": len(offsets) - 1,
+                "tokens": int(len(arr)),
+            }
     finally:
         con.close()
 
@@ -468,11 +510,21 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
             continue
         lics = r["licenses"]
         attr_lines.append(
-            "\t".join([r["piece_id"], split[r["piece_id"]], ",".join(r["sources"]), ",".join(lics), r["source_uri"] or "",
-                       " | ".join(license_terms(x) for x in lics)])
+            "\t".join(
+                [
+                    r["piece_id"],
+                    split[r["piece_id"]],
+                    ",".join(r["sources"]),
+                    ",".join(lics),
+                    r["source_uri"] or "",
+                    " | ".join(license_terms(x) for x in lics),
+                ]
+            )
         )
         for lic in lics:
-            e = lic_counts.setdefault(lic, {"pieces": 0, "terms": license_terms(None if lic == "unknown" else lic), "sources": set()})
+            e = lic_counts.setdefault(
+                lic, {"pieces": 0, "terms": license_terms(None if lic == "unknown" else lic), "sources": set()}
+            )
             e["pieces"] += 1
             e["sources"].update(r["sources"])
         for s in r["sources"]:
@@ -480,12 +532,20 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
     attr = ("\n".join(attr_lines) + "\n").encode()
     _write(out_dir / "ATTRIBUTION.tsv", attr)
     files["ATTRIBUTION.tsv"] = {"sha256": hashlib.sha256(attr).hexdigest(), "bytes": len(attr)}
-    licenses = {k2: {"pieces": v["pieces"], "terms": v["terms"], "sources": sorted(v["sources"])} for k2, v in sorted(lic_counts.items())}
+    licenses = {
+        k2: {"pieces": v["pieces"], "terms": v["terms"], "sources": sorted(v["sources"])}
+        for k2, v in sorted(lic_counts.items())
+    }
 
     missing = sorted({(w[0], w[1]) for w in wanted} - present)
     recipe = {
         "format": FORMAT,
-        "selection": {"where": spec.where, "sql": sel_sql, "transpose": spec.transpose, "max_seq_len": spec.max_seq_len},
+        "selection": {
+            "where": spec.where,
+            "sql": sel_sql,
+            "transpose": spec.transpose,
+            "max_seq_len": spec.max_seq_len,
+        },
         "scheme": spec.scheme,
         "tokenizer_hash": tokinfo["hash"],
         "split": {"fractions": dict(zip(SPLITS, spec.split, strict=True)), "seed": spec.seed},
@@ -560,16 +620,26 @@ def render_card(m: Mapping[str, Any]) -> str:
     ]
     for s in SPLITS:
         x = c.get(s, {})
-        lines.append(f"| {s} | {x.get('pieces', 0)} | {x.get('rows', 0)} | {x.get('sequences', 0)} | {x.get('tokens', 0):,} |")
+        lines.append(
+            f"| {s} | {x.get('pieces', 0)} | {x.get('rows', 0)} | {x.get('sequences', 0)} | {x.get('tokens', 0):,} |"
+        )
     lines += ["", "## Sources", "", "| source | pieces |", "|---|---:|"]
     lines += [f"| {s} | {n} |" for s, n in m["sources"].items()]
-    lines += ["", "## Licences and what they require", "", "| licence | pieces | sources | terms |", "|---|---:|---|---|"]
-    lines += [f"| {lic} | {v['pieces']} | {', '.join(v['sources'])} | {v['terms']} |" for lic, v in m["licenses"].items()]
+    lines += [
+        "",
+        "## Licences and what they require",
+        "",
+        "| licence | pieces | sources | terms |",
+        "|---|---:|---|---|",
+    ]
+    lines += [
+        f"| {lic} | {v['pieces']} | {', '.join(v['sources'])} | {v['terms']} |" for lic, v in m["licenses"].items()
+    ]
     lines += [
         "",
         "Attribution: `ATTRIBUTION.tsv` lists every piece with its sources, licences and source URI; credit them as "
-        "their licences require (for the Lakh MIDI Dataset: Colin Raffel, \"Learning-Based Methods for Comparing "
-        "Sequences, with Applications to Audio-to-MIDI Alignment and Matching\", 2016; for Mutopia pieces: the "
+        'their licences require (for the Lakh MIDI Dataset: Colin Raffel, "Learning-Based Methods for Comparing '
+        'Sequences, with Applications to Audio-to-MIDI Alignment and Matching", 2016; for Mutopia pieces: the '
         "typesetter and the Mutopia Project).",
         "",
         "## How it was made",
@@ -579,7 +649,9 @@ def render_card(m: Mapping[str, Any]) -> str:
         f"- transposition: `{sel['transpose']}`; max_seq_len: {sel['max_seq_len'] or 'none (whole sequences)'}",
         f"- splits: {', '.join(f'{k} {v}' for k, v in m['split']['fractions'].items())}, seed {m['split']['seed']}; {m['split']['policy']}",
         f"- library versions: {', '.join(f'{k} {v}' for k, v in m['library_versions'].items())}",
-        "- shards: " + m["shard_format"]["layout"] + f"; dtype {m['shard_format']['dtype']}; see manifest.json `shard_format`",
+        "- shards: "
+        + m["shard_format"]["layout"]
+        + f"; dtype {m['shard_format']['dtype']}; see manifest.json `shard_format`",
         "",
         "Read without midicorpus:",
         "",
@@ -598,9 +670,21 @@ def snapshots_dir(lake: Lake) -> Path:
     return lake.root / "snapshots"
 
 
+def version_rel(name: str, version: str) -> str:
+    """A version's folder, relative to the lake root."""
+    return f"snapshots/{name}/{version}"
+
+
 def create(lake: Lake, spec: SnapshotSpec) -> SnapshotResult:
-    """Build the snapshot, rename it into place, register it (lake locked by the caller)."""
+    """Build the snapshot, put it in place, register it (lake locked by the caller).
+
+    A local lake gets the build renamed into place; an object-store lake gets it uploaded,
+    ``manifest.json`` last (see the module docstring). ``path`` of the result is the local
+    folder, or the version's URL on an object store.
+    """
     spec.validate()
+    if lake.remote:
+        return _create_remote(lake, spec)
     base = snapshots_dir(lake)
     base.mkdir(parents=True, exist_ok=True)
     for stale in base.glob(".build-*"):  # a killed build; we hold the lock, so nobody else is building
@@ -630,6 +714,42 @@ def create(lake: Lake, spec: SnapshotSpec) -> SnapshotResult:
     return SnapshotResult(spec.name, version, target, created, manifest)
 
 
+def _create_remote(lake: Lake, spec: SnapshotSpec) -> SnapshotResult:
+    """Build locally, upload the files, then the manifest (the commit point)."""
+    _drop_partial_uploads(lake)  # a killed upload; we hold the lock, so nobody else is uploading
+    with tempfile.TemporaryDirectory(prefix="midicorpus-snapshot-") as tmpdir:
+        tmp = Path(tmpdir) / "build"
+        manifest = build(lake, spec, tmp)
+        version = manifest["version"]
+        pieces = json.loads((tmp / ".pieces.json").read_text())
+        (tmp / ".pieces.json").unlink()
+        rel = version_rel(spec.name, version)
+        created = False
+        if lake.file_exists(f"{rel}/manifest.json"):
+            manifest = json.loads(lake.read_bytes(f"{rel}/manifest.json"))
+        else:
+            manifest_bytes = (tmp / "manifest.json").read_bytes()
+            (tmp / "manifest.json").unlink()
+            lake.remove(rel)  # what an interrupted upload of this very version left
+            lake.upload_dir(tmp, rel)
+            lake.write_bytes(f"{rel}/manifest.json", manifest_bytes)
+            created = True
+    _register(lake, manifest, pieces)
+    return SnapshotResult(spec.name, version, lake.uri(rel), created, manifest)
+
+
+def _drop_partial_uploads(lake: Lake) -> None:
+    """Remove version folders without a manifest (uploads that never reached their commit point)."""
+    files: dict[str, set[str]] = {}
+    for f in lake.list_files("snapshots"):
+        parts = f.split("/")
+        if len(parts) >= 4:
+            files.setdefault("/".join(parts[:3]), set()).add("/".join(parts[3:]))
+    for rel, names in sorted(files.items()):
+        if "manifest.json" not in names:
+            lake.remove(rel)
+
+
 def _register(lake: Lake, manifest: Mapping[str, Any], pieces: list[dict[str, Any]]) -> None:
     name, version = manifest["name"], manifest["version"]
     con = lake.connect()
@@ -639,63 +759,110 @@ def _register(lake: Lake, manifest: Mapping[str, Any], pieces: list[dict[str, An
         con.close()
     if known:
         return
-    msha = _sha256_file(snapshots_dir(lake) / name / version / "manifest.json")
+    msha = hashlib.sha256(lake.read_bytes(f"{version_rel(name, version)}/manifest.json")).hexdigest()
     with lake.transaction({"command": "snapshot create", "name": name, "version": version}) as tx:
         tx.write(
             "snapshots",
-            [{
-                "name": name, "version": version, "created_at": now_utc(), "n_pieces": manifest["counts"]["pieces"],
-                "n_tokens": manifest["counts"]["tokens"], "manifest_sha256": msha, "scheme": manifest["scheme"],
-                "tokenizer_hash": manifest["tokenizer"]["hash"], "path": f"snapshots/{name}/{version}",
-            }],
+            [
+                {
+                    "name": name,
+                    "version": version,
+                    "created_at": now_utc(),
+                    "n_pieces": manifest["counts"]["pieces"],
+                    "n_tokens": manifest["counts"]["tokens"],
+                    "manifest_sha256": msha,
+                    "scheme": manifest["scheme"],
+                    "tokenizer_hash": manifest["tokenizer"]["hash"],
+                    "path": version_rel(name, version),
+                }
+            ],
         )
         tx.write("snapshot_pieces", [{"name": name, "version": version, **p} for p in pieces])
 
 
+def _list_row(m: Mapping[str, Any], path: str) -> dict[str, Any]:
+    return {
+        "name": m["name"],
+        "version": m["version"],
+        "created_at": m["created_at"],
+        "scheme": m["scheme"],
+        "pieces": m["counts"]["pieces"],
+        "tokens": m["counts"]["tokens"],
+        "path": path,
+    }
+
+
 def list_snapshots(lake: Lake) -> list[dict[str, Any]]:
-    """Every snapshot version on disk, oldest first per name: name, version, created_at, counts."""
+    """Every snapshot version with a manifest, oldest first per name: name, version, created_at,
+    counts, path (a local folder, or a URL on an object store)."""
     out = []
+    if lake.remote:
+        for f in lake.list_files("snapshots"):
+            parts = f.split("/")
+            if len(parts) != 4 or parts[3] != "manifest.json" or parts[1].startswith(".") or parts[2].startswith("."):
+                continue
+            out.append(_list_row(json.loads(lake.read_bytes(f)), lake.uri(version_rel(parts[1], parts[2]))))
+        out.sort(key=lambda r: (r["name"], r["created_at"], r["version"]))
+        return out
     base = snapshots_dir(lake)
     if not base.is_dir():
         return out
     for mf in base.glob("*/*/manifest.json"):
         if mf.parent.parent.name.startswith("."):
             continue
-        m = json.loads(mf.read_text())
-        out.append({
-            "name": m["name"], "version": m["version"], "created_at": m["created_at"], "scheme": m["scheme"],
-            "pieces": m["counts"]["pieces"], "tokens": m["counts"]["tokens"], "path": str(mf.parent),
-        })
+        out.append(_list_row(json.loads(mf.read_text()), str(mf.parent)))
     out.sort(key=lambda r: (r["name"], r["created_at"], r["version"]))
     return out
 
 
-def resolve(lake: Lake, ref: str) -> Path:
-    """``NAME`` (latest version) or ``NAME@VERSION`` (a unique prefix is enough) to its directory."""
+def _find(lake: Lake, ref: str) -> dict[str, Any]:
+    """The :func:`list_snapshots` row of ``NAME[@VERSION]``."""
     name, _, version = ref.partition("@")
     if not NAME_RE.match(name):
         raise SnapshotError(f"snapshot {ref!r}: expected NAME or NAME@VERSION")
-    versions = [r for r in list_snapshots(lake) if r["name"] == name]
+    rows = list_snapshots(lake)
+    versions = [r for r in rows if r["name"] == name]
     if not versions:
-        known = sorted({r["name"] for r in list_snapshots(lake)})
+        known = sorted({r["name"] for r in rows})
         raise SnapshotError(f"no snapshot named {name!r}; known: {', '.join(known) or 'none'}")
     if not version:
-        return Path(versions[-1]["path"])
+        return versions[-1]
     hits = [r for r in versions if r["version"].startswith(version)]
     if len(hits) != 1:
         raise SnapshotError(
             f"snapshot {ref!r}: {'no' if not hits else 'more than one'} version matches; versions: {', '.join(r['version'] for r in versions)}"
         )
-    return Path(hits[0]["path"])
+    return hits[0]
+
+
+def resolve(lake: Lake, ref: str) -> Path | str:
+    """``NAME`` (latest version) or ``NAME@VERSION`` (a unique prefix is enough) to its directory.
+
+    On an object-store lake: the version's URL (a str; :func:`local_snapshot` gives a local copy).
+    """
+    row = _find(lake, ref)
+    return str(row["path"]) if lake.remote else Path(row["path"])
 
 
 def load_manifest(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / "manifest.json").read_text())  # type: ignore[no-any-return]
 
 
+def _row_rel(lake: Lake, row: Mapping[str, Any]) -> str:
+    """The lake-relative folder of a :func:`list_snapshots` row of an object-store lake."""
+    return str(row["path"])[len(lake.location) + 1 :]
+
+
+def _read(lake: Lake, row: Mapping[str, Any], rel: str) -> bytes:
+    """A file of the version a :func:`list_snapshots` row names."""
+    if lake.remote:
+        return lake.read_bytes(f"{_row_rel(lake, row)}/{rel}")
+    return (Path(row["path"]) / rel).read_bytes()
+
+
 def show(lake: Lake, ref: str) -> str:
     """The card of ``NAME[@VERSION]``."""
-    return (resolve(lake, ref) / "README.md").read_text()
+    return _read(lake, _find(lake, ref), "README.md").decode()
 
 
 @dataclass
@@ -714,37 +881,168 @@ class VerifyResult:
         return f"{self.ref}: {len(self.problems)} problem(s): " + "; ".join(self.problems)
 
 
+def _check_file(p: Path, rel: str, meta: Mapping[str, Any]) -> str | None:
+    """What is wrong with the file ``p`` (``rel`` in the manifest), or None."""
+    if not p.is_file():
+        return f"{rel} is missing"
+    size = p.stat().st_size
+    if size != meta["bytes"]:
+        return f"{rel} has {size} bytes, manifest says {meta['bytes']}"
+    if _sha256_file(p) != meta["sha256"]:
+        return f"{rel} sha256 differs from the manifest"
+    return None
+
+
 def verify_dir(path: Path) -> VerifyResult:
     """Re-hash every file the manifest lists; report missing, resized and altered files."""
     path = Path(path)
     m = load_manifest(path)
-    problems = []
-    for rel, meta in sorted(m["files"].items()):
-        p = path / rel
-        if not p.is_file():
-            problems.append(f"{rel} is missing")
-            continue
-        size = p.stat().st_size
-        if size != meta["bytes"]:
-            problems.append(f"{rel} has {size} bytes, manifest says {meta['bytes']}")
-            continue
-        if _sha256_file(p) != meta["sha256"]:
-            problems.append(f"{rel} sha256 differs from the manifest")
+    problems = [x for rel, meta in sorted(m["files"].items()) if (x := _check_file(path / rel, rel, meta))]
     return VerifyResult(f"{m['name']}@{m['version']}", len(m["files"]), problems)
 
 
 def verify(lake: Lake, ref: str) -> VerifyResult:
-    return verify_dir(resolve(lake, ref))
+    if not lake.remote:
+        return verify_dir(Path(resolve(lake, ref)))
+    row = _find(lake, ref)
+    rel = _row_rel(lake, row)
+    m = json.loads(lake.read_bytes(f"{rel}/manifest.json"))
+    present = set(lake.list_files(rel))
+    problems = []
+    with tempfile.TemporaryDirectory(prefix="midicorpus-verify-") as tmpdir:
+        local = Path(tmpdir) / "file"
+        for f, meta in sorted(m["files"].items()):  # one file at a time: the disk holds one shard at most
+            if f"{rel}/{f}" in present:
+                lake.download(f"{rel}/{f}", local)
+            problem = _check_file(local, f, meta)
+            if problem:
+                problems.append(problem)
+            local.unlink(missing_ok=True)
+    return VerifyResult(f"{m['name']}@{m['version']}", len(m["files"]), problems)
 
 
-def _rows(path: Path) -> dict[tuple[str, int], tuple[str, int]]:
+# ----------------------------------------------------------------------------- local copies
+def cache_dir() -> Path:
+    """Where :func:`local_snapshot` keeps copies: ``$MIDICORPUS_CACHE``, else
+    ``$XDG_CACHE_HOME/midicorpus``, else ``~/.cache/midicorpus``."""
+    env = os.environ.get("MIDICORPUS_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "midicorpus"
+
+
+def _complete_copy(path: Path, version: str) -> bool:
+    """A copy that :func:`local_snapshot` finished (cheap checks: its manifest, every file's size)."""
+    try:
+        m = load_manifest(path)
+        return m.get("version") == version and all(
+            (path / rel).stat().st_size == meta["bytes"] for rel, meta in m["files"].items()
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _drop_dead_downloads(parent: Path) -> None:
+    """Temp folders of downloads on this host whose process is gone (killed mid-download)."""
+    host = socket.gethostname()
+    for d in parent.glob(".*.download-*"):
+        h, _, pid = d.name.rpartition("-")
+        if not h.endswith(f".download-{host}"):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (PermissionError, ValueError, OverflowError):
+            pass
+
+
+def local_snapshot(lake: Lake, ref: str) -> Path:
+    """A local folder holding ``NAME[@VERSION]`` of ``lake``, for readers that memory-map the shards.
+
+    A local lake: the version's own folder. An object-store lake: a copy in the cache
+    (:func:`cache_dir`), downloaded into a temp folder beside it, checked file by file against
+    the manifest's sha256 and renamed into place; a complete copy is reused without a download
+    (for ``NAME@VERSION`` with the whole version, without even asking the lake).
+    """
+    if not lake.remote:
+        return Path(resolve(lake, ref))
+    name, _, given = ref.partition("@")
+    if NAME_RE.match(name) and given and not given.startswith(".") and "/" not in given:
+        cached = cache_dir() / "snapshots" / name / given
+        if _complete_copy(cached, given):
+            return cached
+    row = _find(lake, ref)
+    name, version = row["name"], row["version"]
+    dst = cache_dir() / "snapshots" / name / version
+    if _complete_copy(dst, version):
+        return dst
+    parent = dst.parent
+    tmp = parent / f".{version}.download-{socket.gethostname()}-{os.getpid()}"
+    try:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            _drop_dead_downloads(parent)
+            shutil.rmtree(tmp, ignore_errors=True)
+            lake.download(_row_rel(lake, row), tmp)
+        except FileNotFoundError:
+            raise SnapshotError(
+                f"snapshot {name}@{version} vanished from {lake.location!r} while it was downloaded"
+            ) from None
+        except OSError as exc:
+            raise SnapshotError(
+                f"cannot write the local copy of {name}@{version} in {str(parent)!r}: {exc.strerror or exc} "
+                "(set MIDICORPUS_CACHE to a folder with room)"
+            ) from None
+        res = verify_dir(tmp)
+        if res.ref != f"{name}@{version}":
+            res.problems.insert(0, f"its manifest names {res.ref}")
+        if not res.ok:
+            raise SnapshotError(
+                f"the download of {name}@{version} from {lake.location!r} does not match its manifest "
+                f"({'; '.join(res.problems[:3])}{'; ...' if len(res.problems) > 3 else ''}); nothing was cached: "
+                f"the snapshot in the lake is damaged, see 'midicorpus snapshot verify {name}@{version}'"
+            )
+        try:
+            if dst.exists():  # an incomplete copy (checked above); a complete one of another process is kept
+                if _complete_copy(dst, version):
+                    return dst
+                shutil.rmtree(dst)
+            os.rename(tmp, dst)
+        except OSError:
+            if _complete_copy(dst, version):  # another process renamed its copy first
+                return dst
+            raise
+        _fsync_dir(parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def local_snapshot_url(location: str | os.PathLike[str]) -> Path:
+    """A snapshot folder as it is, or a version's URL (``s3://bucket/lake/snapshots/NAME/VERSION``,
+    as :func:`resolve` and :func:`create` give on an object store) as a local copy."""
+    from corpus import objectstore
+
+    if not objectstore.is_url(location):
+        return Path(location)
+    url = str(location).rstrip("/")
+    base, sep, tail = url.rpartition("/snapshots/")
+    parts = tail.split("/")
+    if not sep or len(parts) != 2 or not NAME_RE.match(parts[0]):
+        raise SnapshotError(f"{url!r} is not a snapshot version URL (expected <lake URL>/snapshots/NAME/VERSION)")
+    return local_snapshot(Lake(base), f"{parts[0]}@{parts[1]}")
+
+
+def _rows(lake: Lake, row: Mapping[str, Any]) -> dict[tuple[str, int], tuple[str, int]]:
     """(piece_id, transpose) -> (split, tokens) from a snapshot's sequences files."""
     out: dict[tuple[str, int], tuple[str, int]] = {}
     for sp in SPLITS:
-        f = path / sp / "sequences.parquet"
-        if not f.exists():
+        try:
+            data = _read(lake, row, f"{sp}/sequences.parquet")
+        except FileNotFoundError:
             continue
-        t = pq.read_table(f, columns=["piece_id", "transpose", "length"]).to_pydict()
+        t = pq.read_table(pa.BufferReader(data), columns=["piece_id", "transpose", "length"]).to_pydict()
         for pid, tr, ln in zip(t["piece_id"], t["transpose"], t["length"], strict=True):
             _, n = out.get((pid, tr), (sp, 0))
             out[(pid, tr)] = (sp, n + ln)
@@ -753,15 +1051,15 @@ def _rows(path: Path) -> dict[tuple[str, int], tuple[str, int]]:
 
 def diff(lake: Lake, a: str, b: str) -> dict[str, Any]:
     """What changed from snapshot ``a`` to ``b``: pieces and tokens added and removed, split moves."""
-    pa_, pb = resolve(lake, a), resolve(lake, b)
-    ra, rb = _rows(pa_), _rows(pb)
+    row_a, row_b = _find(lake, a), _find(lake, b)
+    ra, rb = _rows(lake, row_a), _rows(lake, row_b)
     added = sorted(set(rb) - set(ra))
     removed = sorted(set(ra) - set(rb))
     moved = sorted(k for k in set(ra) & set(rb) if ra[k][0] != rb[k][0])
     changed = sorted(k for k in set(ra) & set(rb) if ra[k][1] != rb[k][1])
     pieces_a = {p for p, _ in ra}
     pieces_b = {p for p, _ in rb}
-    ma, mb = load_manifest(pa_), load_manifest(pb)
+    ma, mb = json.loads(_read(lake, row_a, "manifest.json")), json.loads(_read(lake, row_b, "manifest.json"))
     return {
         "a": f"{ma['name']}@{ma['version']}",
         "b": f"{mb['name']}@{mb['version']}",

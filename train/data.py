@@ -13,6 +13,10 @@
   without repeating or skipping a batch.
 
 Multi-vocabulary schemes yield one tensor per vocabulary (a tuple).
+
+Every ``snapshot_dir`` is a local snapshot folder, or the URL of a version on an object-store
+lake (``s3://bucket/lake/snapshots/NAME/VERSION``), which is read from a verified local copy
+(:func:`corpus.snapshot.local_snapshot`, cached) since the shards are memory-mapped.
 """
 
 from __future__ import annotations
@@ -30,11 +34,21 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 Batch = torch.Tensor | tuple[torch.Tensor, ...]
 
 
+def local_dir(snapshot_dir: str | Path) -> Path:
+    """The local folder of a snapshot: a folder as it is, an object-store version URL downloaded
+    (once, verified) to the local cache."""
+    if isinstance(snapshot_dir, str) and "://" in snapshot_dir and not snapshot_dir.startswith("file://"):
+        from corpus.snapshot import local_snapshot_url
+
+        return local_snapshot_url(snapshot_dir)
+    return Path(snapshot_dir)
+
+
 class Shards:
     """One split of a snapshot, memory-mapped: ``tokens`` (N,) or (N, V) and ``index`` offsets."""
 
     def __init__(self, snapshot_dir: str | Path, split: str = "train") -> None:
-        self.dir = Path(snapshot_dir)
+        self.dir = local_dir(snapshot_dir)
         self.split = split
         self.manifest = json.loads((self.dir / "manifest.json").read_text())
         if split not in self.manifest["counts"]:
@@ -75,7 +89,7 @@ class SequenceDataset(Dataset):
     """Map-style: item ``i`` is sequence ``i`` of the split (int64; a tuple per vocabulary when multi)."""
 
     def __init__(self, snapshot_dir: str | Path, split: str = "train") -> None:
-        self.snapshot_dir = Path(snapshot_dir)
+        self.snapshot_dir = local_dir(snapshot_dir)
         self.split = split
         self._shards: Shards | None = None
 
@@ -116,7 +130,7 @@ class PackedBatches(IterableDataset):
             raise ValueError(f"seq_len must be >= 2 and batch_size >= 1, got {seq_len}, {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in 0..{world_size - 1}")
-        self.snapshot_dir = Path(snapshot_dir)
+        self.snapshot_dir = local_dir(snapshot_dir)
         self.split = split
         self.seq_len = seq_len
         self.batch_size = batch_size
@@ -229,7 +243,9 @@ class ResumableLoader:
     DataLoader iterator starts at exactly the next batch.
     """
 
-    def __init__(self, dataset: PackedBatches, num_workers: int = 0, pin_memory: bool = False, prefetch_factor: int = 2) -> None:
+    def __init__(
+        self, dataset: PackedBatches, num_workers: int = 0, pin_memory: bool = False, prefetch_factor: int = 2
+    ) -> None:
         self.dataset = dataset
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -244,7 +260,11 @@ class ResumableLoader:
         if self.num_workers:
             # forkserver: workers fork from a clean server process, not from this one (which may
             # hold threads of Dask, Prefect or a server, unsafe to fork)
-            kw = {"prefetch_factor": self.prefetch_factor, "persistent_workers": False, "multiprocessing_context": "forkserver"}
+            kw = {
+                "prefetch_factor": self.prefetch_factor,
+                "persistent_workers": False,
+                "multiprocessing_context": "forkserver",
+            }
         return DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, **kw)
 
     def __iter__(self) -> ResumableLoader:
@@ -288,7 +308,14 @@ def loader_tokens_per_s(
 ) -> dict[str, Any]:
     """Tokens per second the packed loader delivers, per worker count (for ``midicorpus bench``)."""
     pin = pin_memory and torch.cuda.is_available()
-    out: dict[str, Any] = {"seq_len": seq_len, "batch_size": batch_size, "pin_memory": pin, "split": split, "workers": {}}
+    out: dict[str, Any] = {
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "pin_memory": pin,
+        "split": split,
+        "workers": {},
+    }
+    snapshot_dir = local_dir(snapshot_dir)
     for nw in workers:
         ds = PackedBatches(snapshot_dir, split, seq_len=seq_len, batch_size=batch_size, seed=0)
         if ds.batches_per_epoch() == 0:

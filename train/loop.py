@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import torch
 
-from train.data import PackedBatches, ResumableLoader, Shards
+from train.data import PackedBatches, ResumableLoader, Shards, local_dir
 from train.model import ModelConfig, TinyGPT
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -94,7 +94,7 @@ def train(
     for tests): a checkpoint is written and no final evaluation happens.
     """
     cfg = cfg or TrainConfig()
-    snapshot_dir, out = Path(snapshot_dir), Path(out_dir)
+    snapshot_dir, out = local_dir(snapshot_dir), Path(out_dir)  # an object-store URL: a local copy
     out.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
     cuda = dev.type == "cuda"
@@ -108,11 +108,16 @@ def train(
 
     train_ds = PackedBatches(snapshot_dir, "train", cfg.seq_len, cfg.batch_size, seed=cfg.seed)
     if train_ds.batches_per_epoch() == 0:
-        raise TrainError(f"the train split of {snapshot_dir.name} has fewer tokens than one batch of {cfg.batch_size} x {cfg.seq_len}")
+        raise TrainError(
+            f"the train split of {snapshot_dir.name} has fewer tokens than one batch of {cfg.batch_size} x {cfg.seq_len}"
+        )
     loader = ResumableLoader(train_ds, num_workers=cfg.num_workers, pin_memory=cuda)
     mcfg = ModelConfig(
-        vocab_sizes=list(manifest["tokenizer"]["vocab_sizes"]), d_model=cfg.d_model, n_layers=cfg.n_layers,
-        n_heads=cfg.n_heads, max_len=cfg.seq_len,
+        vocab_sizes=list(manifest["tokenizer"]["vocab_sizes"]),
+        d_model=cfg.d_model,
+        n_layers=cfg.n_layers,
+        n_heads=cfg.n_heads,
+        max_len=cfg.seq_len,
     )
     model = TinyGPT(mcfg).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95), fused=cuda)
@@ -133,11 +138,20 @@ def train(
     fwd = torch.compile(model.loss) if (cuda and cfg.compile) else model.loss
 
     def checkpoint() -> None:
-        _save(ckpt, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "loader": loader.state_dict(),
-            "rng": torch.get_rng_state(), "step": step, "losses": losses, "snapshot_version": manifest["version"],
-            "model_config": mcfg.to_dict(), "train_config": cfg.__dict__,
-        })
+        _save(
+            ckpt,
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "loader": loader.state_dict(),
+                "rng": torch.get_rng_state(),
+                "step": step,
+                "losses": losses,
+                "snapshot_version": manifest["version"],
+                "model_config": mcfg.to_dict(),
+                "train_config": cfg.__dict__,
+            },
+        )
 
     model.train()
     wait = compute = 0.0
@@ -198,7 +212,9 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: TinyGPT, snapshot_dir: Path, cfg: TrainConfig, dev: torch.device, split: str = "valid") -> float | None:
+def evaluate(
+    model: TinyGPT, snapshot_dir: Path, cfg: TrainConfig, dev: torch.device, split: str = "valid"
+) -> float | None:
     """Mean loss over the first ``cfg.eval_batches`` packed batches of ``split`` (unshuffled)."""
     ds = PackedBatches(snapshot_dir, split, cfg.seq_len, cfg.batch_size, seed=cfg.seed, shuffle=False)
     n = min(cfg.eval_batches, ds.batches_per_epoch())
@@ -226,7 +242,9 @@ def generate_midi(model: TinyGPT, snapshot_dir: Path, out: Path, cfg: TrainConfi
             break
     if shards is None or shards.multi:
         res["generated_midi"] = None
-        res["generation_note"] = "multi-vocabulary generation is not implemented" if shards is not None else "empty snapshot"
+        res["generation_note"] = (
+            "multi-vocabulary generation is not implemented" if shards is not None else "empty snapshot"
+        )
         return res
     seq = shards.sequence(0).astype("int64")
     prompt = torch.tensor([shards.bos, *seq[: min(len(seq), cfg.seq_len // 2)].tolist()], device=dev)
