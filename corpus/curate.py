@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from corpus.engine import Engine
+from corpus.engine import Engine, prefetched
 from corpus.lake import Lake, new_txid, now_utc
 
 KEY_PROFILE = "aarden"
@@ -245,9 +245,12 @@ def _analyse_pending(
         tracks.clear()
         rejects.clear()
 
-    batches = (
-        list(zip(todo[i : i + batch_size], lake.get_raws(todo[i : i + batch_size]))) for i in range(0, len(todo), batch_size)
-    )
+    chunks = (todo[i : i + batch_size] for i in range(0, len(todo), batch_size))
+
+    def fetch(ids: list[str]) -> list[tuple[str, bytes]]:
+        return list(zip(ids, lake.get_raws(ids)))
+
+    batches = prefetched(chunks, fetch) if lake.remote else map(fetch, chunks)
     for _, results in engine.map_unordered(analyse_batch, batches, key_backend):
         for pid, out in results:
             if out[0] == "ok":
@@ -351,6 +354,12 @@ def _neardup_pointer(lake: Lake) -> str | None:
         return str(json.loads(lake.read_bytes("index/neardup.json"))["dir"])
     except FileNotFoundError:
         return None
+
+
+def has_neardup_index(lake: Lake) -> bool:
+    if lake.remote:
+        return lake.file_exists("index/neardup.json")
+    return (lake.root / "index" / "neardup").exists()
 
 
 def load_neardup_index(lake: Lake) -> Any:

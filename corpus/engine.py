@@ -131,3 +131,22 @@ class Engine:
         for fut in ac:
             yield pending.pop(fut.key), fut.result()
             fut.release()
+
+
+def prefetched(items: Iterable[Any], fn: Callable[[Any], Any], depth: int = 4, threads: int = 4) -> Iterator[Any]:
+    """``fn(item)`` for each item, in order, computed up to ``depth`` items ahead in threads.
+
+    For I/O the driver does between dispatches (reading raw files from an object store):
+    the requests for the next batches overlap the workers' computation and each other.
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="midicorpus-prefetch") as pool:
+        ahead: deque[Any] = deque()
+        for item in items:
+            ahead.append(pool.submit(fn, item))
+            if len(ahead) > depth:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from corpus.curation import texture
+from corpus.engine import prefetched
 
 if TYPE_CHECKING:
     import symusic
@@ -174,11 +175,13 @@ def extract_melodies(
     prov = _parent_provenance(lake, {pid for pid, _ in todo})
     counts = {"parents": len(todo), "candidates": sum(len(t) for _, t in todo), "skipped": 0, "errors": 0}
 
+    def fetch(chunk: list[tuple[str, list[int]]]) -> list[tuple[str, bytes, list[int]]]:
+        raws = lake.get_raws([pid for pid, _ in chunk])
+        return [(pid, raw, idx) for (pid, idx), raw in zip(chunk, raws)]
+
     def batches() -> Iterator[list[tuple[str, bytes, list[int]]]]:
-        for i in range(0, len(todo), batch_pieces):
-            chunk = todo[i : i + batch_pieces]
-            raws = lake.get_raws([pid for pid, _ in chunk])
-            yield [(pid, raw, idx) for (pid, idx), raw in zip(chunk, raws)]
+        chunks = (todo[i : i + batch_pieces] for i in range(0, len(todo), batch_pieces))
+        return prefetched(chunks, fetch) if lake.remote else map(fetch, chunks)
 
     def items() -> Iterator[SourceItem]:
         for _, results in engine.map_unordered(extract_batch, batches(), min_notes):

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from corpus.engine import Engine
+from corpus.engine import Engine, prefetched
 from corpus.lake import Lake, new_txid, now_utc
 from corpus.tokenize import presets, roundtrip
 
@@ -422,10 +422,11 @@ def tokenize(
             ss.reasons[r["reason"]] = ss.reasons.get(r["reason"], 0) + 1
 
         pids = sorted(todo)
-        batches = (
-            [(pid, raw, todo[pid]) for pid, raw in zip(pids[i : i + batch_size], lake.get_raws(pids[i : i + batch_size]))]
-            for i in range(0, len(pids), batch_size)
-        )
+        def fetch(chunk: list[str], todo: dict[str, Any] = todo) -> list[tuple[str, bytes, Any]]:
+            return [(pid, raw, todo[pid]) for pid, raw in zip(chunk, lake.get_raws(chunk))]
+
+        chunks = (pids[i : i + batch_size] for i in range(0, len(pids), batch_size))
+        batches = prefetched(chunks, fetch) if lake.remote else map(fetch, chunks)
         for _, results in engine.map_unordered(
             tokenize_batch, batches, reg.text, reg.hash, pitch_range[0], pitch_range[1], check, use_fastpath
         ):
