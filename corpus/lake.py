@@ -115,6 +115,15 @@ def atomic_write_bytes(path: Path, data: bytes, tmp_dir: Path | None = None) -> 
     _fsync_dir(path.parent)
 
 
+def lake_location(root: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> str:
+    """The canonical name of a lake root: an object-store URL as given, a path made absolute
+    (relative to ``base`` when given)."""
+    if objectstore.is_url(root):
+        return str(root).rstrip("/")
+    path = Path(os.path.expanduser(str(root)))
+    return str((Path(base) / path if base is not None else path).absolute())
+
+
 def new_txid() -> str:
     """Time-ordered, unique transaction id."""
     return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corpus.lake import lake_location
+
 ENV_CONFIG = "MIDICORPUS_CONFIG"
 FILE_NAME = "midicorpus.toml"
 
@@ -151,10 +153,10 @@ def load_config(path: str | os.PathLike[str] | None = None, cwd: str | os.PathLi
     p, table = find_config(path, cwd)
     cfg = from_mapping(table, str(p) if p else "defaults")
     base = p.parent if p else (Path(cwd) if cwd is not None else Path.cwd())
-    cfg.lake = str((base / os.path.expanduser(cfg.lake)).absolute())
+    cfg.lake = lake_location(cfg.lake, base)
     cfg.inbox.path = str((base / os.path.expanduser(cfg.inbox.path)).absolute())
     if "lake" not in table and os.environ.get("MIDICORPUS_LAKE"):
-        cfg.lake = str(Path(os.environ["MIDICORPUS_LAKE"]).absolute())
+        cfg.lake = lake_location(os.environ["MIDICORPUS_LAKE"])
     if "scheduler" not in table and os.environ.get("MIDICORPUS_SCHEDULER"):
         cfg.scheduler = os.environ["MIDICORPUS_SCHEDULER"]
     return cfg

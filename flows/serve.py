@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from corpus.lake import lake_location
 from flows.config import ConfigError, ServeConfig, load_config
 
 NIGHTLY = "mutopia-nightly"
@@ -198,7 +199,7 @@ def serve(
     """
     cfg = load_config(config_path)
     if lake is not None:
-        cfg.lake = str(Path(lake).absolute())
+        cfg.lake = lake_location(lake)
     if scheduler is not None:
         cfg.scheduler = scheduler
     if workers is not None:

@@ -33,7 +33,8 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 
-from corpus.lake import Lake, LakeLocked
+from corpus.curate import has_neardup_index
+from corpus.lake import Lake, LakeLocked, lake_location
 
 IngestKind = Literal["dir", "lakh", "lpd"]
 LOCK_POLL_S = 5.0
@@ -112,6 +113,14 @@ def _stage_key(stage: str, lake: str, tables: tuple[str, ...], options: dict[str
     )
 
 
+def _snapshot_present(lake: str, out: dict[str, Any]) -> bool:
+    """A cached snapshot result still stands only while its manifest (the commit point) exists."""
+    lk = Lake(lake)
+    if lk.remote:
+        return lk.file_exists(f"snapshots/{out['name']}/{out['version']}/manifest.json")
+    return (Path(out["path"]) / "manifest.json").is_file()
+
+
 def _file_hash(path: str | None) -> str | None:
     if not path or not Path(path).is_file():
         return None
@@ -132,18 +141,18 @@ def _curate_key(context: Any, p: dict[str, Any]) -> str:
         "v": CURATE_VERSION,
         "threshold": DEDUP_THRESHOLD,
     }
-    return _stage_key("curate", str(Path(p["lake"]).absolute()), CURATE_INPUTS, opts)
+    return _stage_key("curate", lake_location(p["lake"]), CURATE_INPUTS, opts)
 
 
 def _tokenize_key(context: Any, p: dict[str, Any]) -> str:
     opts = {k: p.get(k) for k in ("schemes", "transpose", "min_key_confidence")}
     opts["config"] = _file_hash(p.get("config_file"))
-    return _stage_key("tokenize", str(Path(p["lake"]).absolute()), TOKENIZE_INPUTS, opts)
+    return _stage_key("tokenize", lake_location(p["lake"]), TOKENIZE_INPUTS, opts)
 
 
 def _snapshot_key(context: Any, p: dict[str, Any]) -> str:
     opts = {k: p.get(k) for k in ("name", "scheme", "where", "transpose", "split", "seed", "max_seq_len")}
-    return _stage_key("snapshot", str(Path(p["lake"]).absolute()), SNAPSHOT_INPUTS, opts)
+    return _stage_key("snapshot", lake_location(p["lake"]), SNAPSHOT_INPUTS, opts)
 
 
 def _run(task_fn: Any, still_there: Callable[[dict[str, Any]], bool] | None = None, **params: Any) -> dict[str, Any]:
@@ -301,10 +310,9 @@ def curate_flow(
 ) -> dict[str, Any]:
     """Curate what is new in the lake: texture, key, duplicate clusters."""
     runner = curate_task.with_options(refresh_cache=not use_cache)
-    index = Path(lake) / "index" / "neardup"
     return _run(
         runner,
-        lambda out: index.exists() or not out["pieces"],
+        lambda out: has_neardup_index(Lake(lake)) or not out["pieces"],
         lake=str(lake),
         key_backend=key_backend,
         extract_melodies=extract_melodies,
@@ -446,7 +454,7 @@ def snapshot_flow(
     runner = snapshot_task.with_options(refresh_cache=not use_cache)
     return _run(
         runner,
-        lambda out: (Path(out["path"]) / "manifest.json").is_file(),
+        lambda out: _snapshot_present(lake, out),
         lake=str(lake),
         name=name,
         scheme=scheme,

@@ -48,7 +48,9 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=fh, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
@@ -100,3 +102,74 @@ def s3_lake_url(s3_env: dict[str, str]) -> str:
     bucket = f"lake-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=bucket)
     return f"s3://{bucket}/lake"
+
+
+# ------------------------------------------------------------------ a real dask cluster on 127.0.0.1
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path):
+    """A `dask scheduler` and two `dask worker` processes on 127.0.0.1; yields the address."""
+    import subprocess
+    import time
+
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    bindir = Path(sys.executable).parent
+    procs = [
+        subprocess.Popen(
+            [str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp_path,
+        )
+    ]
+    time.sleep(1.0)
+    for i in range(2):
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(bindir / "dask"),
+                    "worker",
+                    addr,
+                    "--nthreads",
+                    "1",
+                    "--nworkers",
+                    "1",
+                    "--host",
+                    "127.0.0.1",
+                    "--no-dashboard",
+                    "--name",
+                    f"w{i}",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=tmp_path,
+            )
+        )
+    from distributed import Client
+
+    deadline = time.time() + 60
+    with Client(addr, timeout="30s") as c:
+        while len(c.scheduler_info()["workers"]) < 2:
+            assert time.time() < deadline, "dask workers did not register"
+            time.sleep(0.2)
+    try:
+        yield addr
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from corpus.lake import Lake, LakeError, LakeLocked, Transaction
-from tests.test_cluster import dask_cluster  # noqa: F401  (fixture)
 from tests.test_faults import stage_tables
 from tests.test_ingest import snapshot_tables
 
@@ -63,7 +62,7 @@ def test_dask_cluster_over_s3_lake_equals_local_run(
     local_ref: Lake,
     s3_lake_url: str,
     dask_cluster: str,
-    data_dir: Path,  # noqa: F811
+    data_dir: Path,
 ) -> None:
     _pipeline(s3_lake_url, data_dir, scheduler=dask_cluster)
     lake = Lake(s3_lake_url)
