@@ -76,20 +76,25 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory):
 S3_ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
 
 
-@pytest.fixture
-def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The AWS settings that point boto, s3fs and DuckDB at the moto server (also for subprocesses)."""
+def point_at_s3(mp: pytest.MonkeyPatch, endpoint: str) -> dict[str, str]:
+    """Set the AWS settings that point boto, s3fs and DuckDB (also in subprocesses) at ``endpoint``."""
     env = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ENDPOINT_URL": endpoint,
     }
     for k, v in env.items():
-        monkeypatch.setenv(k, v)
+        mp.setenv(k, v)
     for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "MIDICORPUS_DUCKDB_S3"):
-        monkeypatch.delenv(k, raising=False)
+        mp.delenv(k, raising=False)
     return env
+
+
+@pytest.fixture
+def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The moto server's settings in the environment for one test."""
+    return point_at_s3(monkeypatch, s3_endpoint)
 
 
 @pytest.fixture

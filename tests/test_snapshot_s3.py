@@ -15,6 +15,7 @@ import pytest
 from corpus import snapshot as S
 from corpus.cli import main
 from corpus.lake import Lake
+from tests.conftest import point_at_s3
 
 SPEC = ["--scheme", "remi_multitrack", "--split", "0.6,0.2,0.2"]
 
@@ -33,16 +34,7 @@ def lakes(s3_endpoint: str, data_dir: Path, tmp_path_factory: pytest.TempPathFac
     import boto3
 
     mp = pytest.MonkeyPatch()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": s3_endpoint,
-    }
-    for k, v in env.items():
-        mp.setenv(k, v)
-    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "MIDICORPUS_DUCKDB_S3"):
-        mp.delenv(k, raising=False)
+    point_at_s3(mp, s3_endpoint)
     try:
         bucket = f"snap-{uuid.uuid4().hex[:12]}"
         s3 = boto3.client("s3", endpoint_url=s3_endpoint)

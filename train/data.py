@@ -37,7 +37,9 @@ Batch = torch.Tensor | tuple[torch.Tensor, ...]
 def local_dir(snapshot_dir: str | Path) -> Path:
     """The local folder of a snapshot: a folder as it is, an object-store version URL downloaded
     (once, verified) to the local cache."""
-    if isinstance(snapshot_dir, str) and "://" in snapshot_dir and not snapshot_dir.startswith("file://"):
+    from corpus.objectstore import is_url
+
+    if is_url(snapshot_dir):
         from corpus.snapshot import local_snapshot_url
 
         return local_snapshot_url(snapshot_dir)
