@@ -275,41 +275,31 @@ class Lake:
                 path.unlink()
 
     def upload_dir(self, local: Path, rel: str) -> list[str]:
-        """Copy every file under the local folder ``local`` to ``rel``; return their lake paths.
-
-        On a local lake the copy is a file copy; callers that need the folder to appear at
-        once write a marker (a manifest, a pointer) after it, which is the commit point.
-        """
+        """Object store only: copy every file under the local folder ``local`` to ``rel``; return
+        their lake paths. Callers write a marker (a manifest, a pointer) after it: the commit point.
+        (A local lake builds beside the target and renames it into place instead.)"""
+        if not self.remote:
+            raise RuntimeError("upload_dir is for object-store lakes; a local lake renames into place")
         files = sorted(p for p in Path(local).rglob("*") if p.is_file())
         rels = [f"{rel}/{p.relative_to(local).as_posix()}" for p in files]
-        if self.remote:
-            with self._io(f"uploading {rel}"):
-                for p, r in zip(files, rels, strict=True):
-                    self.fs.put_file(str(p), self._key(r))
-            return rels
-        try:
+        with self._io(f"uploading {rel}"):
             for p, r in zip(files, rels, strict=True):
-                dst = self.root / r
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(p, dst)
-        except OSError as exc:
-            raise _write_error(exc, self.root, f"copying into {rel}", _NOT_COMMITTED) from None
+                self.fs.put_file(str(p), self._key(r))
         return rels
 
     def download(self, rel: str, local: Path) -> Path:
-        """Copy a file or folder of the lake to the local path ``local``; return ``local``."""
+        """Object store only: copy a file or folder of the lake to the local path ``local``."""
+        if not self.remote:
+            raise RuntimeError("download is for object-store lakes; a local lake's files are read in place")
         local = Path(local)
         rels = self.list_files(rel)
         if not rels:
             raise FileNotFoundError(f"{self.uri(rel)} not found")
-        for r in rels:
-            dst = local if r == rel else local / r[len(rel) + 1 :]
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if self.remote:
-                with self._io(f"downloading {r}", "nothing was changed"):
-                    self.fs.get_file(self._key(r), str(dst))
-            else:
-                shutil.copyfile(self.root / r, dst)
+        with self._io(f"downloading {rel}", "nothing was changed"):
+            for r in rels:
+                dst = local if r == rel else local / r[len(rel) + 1 :]
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(self._key(r), str(dst))
         return local
 
     # ---------------------------------------------------------------- lock
@@ -486,9 +476,7 @@ class Lake:
             return [self.get_raw(s) for s in shas]
         keys = {s: self._key(self._raw_rel(s)) for s in shas if s not in self._raw_pending}
         with self._io("reading raw files", "nothing was changed"):
-            got = self.fs.cat(list(keys.values()), on_error="raise") if keys else {}
-        if len(keys) == 1 and not isinstance(got, dict):
-            got = {next(iter(keys.values())): got}
+            got = self.fs.cat(list(keys.values()), on_error="raise") if keys else {}  # a list: always a dict
         by_key = {str(k).split("://", 1)[-1]: v for k, v in got.items()}
         return [self._raw_pending[s] if s in self._raw_pending else bytes(by_key[keys[s]]) for s in shas]
 
@@ -521,8 +509,6 @@ class Lake:
             if missing:
                 with self._io("reading commit records", "nothing was changed"):
                     got = self.fs.cat([self._key(n) for n in missing], on_error="raise")
-                if len(missing) == 1 and not isinstance(got, dict):
-                    got = {self._key(missing[0]): got}
                 for k, v in got.items():
                     self._records[Path(str(k)).stem] = json.loads(v)
             return [self._records[Path(n).stem] for n in names]
