@@ -42,12 +42,14 @@ from typing import Any
 
 import numpy as np
 
+from corpus.curation.songs import DEFAULT_THRESHOLD as DEFAULT_SONG_THRESHOLD
 from corpus.engine import Engine, prefetched
 from corpus.lake import Lake, new_txid, now_utc
 
 KEY_PROFILE = "aarden"
 WINDOW_BARS = 8
 DEDUP_THRESHOLD = 0.7
+DEDUP_PAIR_FLOOR = 0.5  # near-dup pairs at or above this are stored, so the threshold can move down to it
 CURATE_VERSION = "curate-v1"
 KEY_BACKENDS = ("ours", "music21")
 
@@ -65,12 +67,18 @@ class CurateSummary:
     key_fallbacks: int = 0  # pieces where music21 raised and our key was used
     melodies: int | None = None  # new derived melody pieces (None: extraction not asked for)
     melody_counts: dict[str, int] = field(default_factory=dict)
+    song_groups: int = 0
+    song_pairs: int = 0  # verified track matches that join two pieces
+    signed: int = 0  # pieces curated before song-v1 given their track signatures in this run
 
     def line(self) -> str:
         s = (
             f"{self.analysed} pieces analysed ({self.failed} failed); "
-            f"{self.pieces} pieces in {self.clusters} dedup clusters ({self.duplicate_pairs} duplicate pairs)"
+            f"{self.pieces} pieces in {self.clusters} dedup clusters ({self.duplicate_pairs} duplicate pairs) "
+            f"and {self.song_groups} song groups ({self.song_pairs} melody matches)"
         )
+        if self.signed:
+            s += f"; track signatures added to {self.signed} pieces curated before song-v1"
         if self.melodies is not None:
             s += f"; {self.melodies} melodies extracted from {self.melody_counts.get('parents', 0)} pieces"
         if self.key_fallbacks:
@@ -87,12 +95,12 @@ def _check_key_backend(key_backend: str) -> str:
 def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict[str, Any]:
     """Everything curate measures on one piece (a pure function of its bytes and the key backend).
 
-    Returns ``{"row": piece_analysis row, "tracks": track_texture rows}``, plus
+    Returns ``{"row": piece_analysis row, "tracks": track_texture rows, "track_signatures": rows}``, plus
     ``"key_fallback": message`` when the music21 backend raised and our key was used instead.
     """
     import symusic
 
-    from corpus.curation import dedup, key, texture
+    from corpus.curation import dedup, key, songs, texture
     from corpus.parse import smf_bytes
 
     _check_key_backend(key_backend)
@@ -113,6 +121,7 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
     declared = key.declared_key(score)
     windows = key.windowed_keys(score, WINDOW_BARS, KEY_PROFILE) if est is not None else []
     sig = dedup.signature(score)
+    track_sigs = songs.track_signatures(score, piece_id)
     row = {
         "piece_id": piece_id,
         "texture": piece_tex["texture"],
@@ -150,7 +159,7 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
         }
         for t in track_tex
     ]
-    out: dict[str, Any] = {"row": row, "tracks": tracks}
+    out: dict[str, Any] = {"row": row, "tracks": tracks, "track_signatures": track_sigs}
     if fallback is not None:
         out["key_fallback"] = fallback
     return out
@@ -177,13 +186,16 @@ def curate(
     key_backend: str = "ours",
     extract_melodies: bool = False,
     min_melody_notes: int | None = None,
+    song_threshold: float = DEFAULT_SONG_THRESHOLD,
 ) -> CurateSummary:
     """Analyse the pieces not yet analysed, then recompute duplicate clusters (lake locked).
 
     ``key_backend``: ``"ours"`` or ``"music21"`` (see the module docstring). With
     ``extract_melodies``, the melodies of polyphonic pieces are extracted and ingested after the
     analysis, and analysed in the same run (:mod:`corpus.curation.melody`; ``min_melody_notes``
-    defaults to ``melody.MIN_MELODY_NOTES``).
+    defaults to ``melody.MIN_MELODY_NOTES``). ``song_threshold``: the containment at which a
+    verified track match joins two pieces in one song group (rule ``song-v1``,
+    :mod:`corpus.curation.songs`); changing it re-decides from stored pairs, nothing is re-analysed.
     """
     from corpus.curation import melody
 
@@ -198,10 +210,16 @@ def curate(
     if extract_melodies:
         ing, counts = melody.extract_melodies(lake, engine, min_notes=min_notes)
         s.melodies = ing.ok
-        s.melody_counts = {**counts, "ingested": ing.inputs, "duplicate": ing.duplicate, "rejected": ing.rejected,
-                           "unchanged": ing.unchanged}
+        s.melody_counts = {
+            **counts,
+            "ingested": ing.inputs,
+            "duplicate": ing.duplicate,
+            "rejected": ing.rejected,
+            "unchanged": ing.unchanged,
+        }
         _analyse_pending(lake, engine, run_id, s, progress, batch_size, commit_every, key_backend)
-    _recluster(lake, run_id, threshold, s)
+    _sign_pending(lake, engine, run_id, s, batch_size, commit_every)
+    _recluster(lake, run_id, threshold, s, song_threshold)
     s.seconds = time.perf_counter() - t0
     return s
 
@@ -231,6 +249,7 @@ def _analyse_pending(
 
     rows: list[dict[str, Any]] = []
     tracks: list[dict[str, Any]] = []
+    sigs: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
 
     def flush() -> None:
@@ -239,10 +258,12 @@ def _analyse_pending(
         with lake.transaction({"command": "curate", "run_id": run_id}) as tx:
             tx.write("piece_analysis", rows)
             tx.write("track_texture", tracks)
+            tx.write("track_signatures", sigs)
             if rejects:
                 tx.write("rejects", rejects, {"stage": "curate"})
         rows.clear()
         tracks.clear()
+        sigs.clear()
         rejects.clear()
 
     chunks = (todo[i : i + batch_size] for i in range(0, len(todo), batch_size))
@@ -256,12 +277,21 @@ def _analyse_pending(
             if out[0] == "ok":
                 rows.append(out[1]["row"])
                 tracks.extend(out[1]["tracks"])
+                sigs.extend(out[1]["track_signatures"])
                 s.analysed += 1
                 if "key_fallback" in out[1]:
                     s.key_fallbacks += 1
             else:
-                rejects.append({"piece_id": pid, "reason": out[1], "detail": out[2], "source_uri": None,
-                                "created_at": now_utc(), "run_id": run_id})
+                rejects.append(
+                    {
+                        "piece_id": pid,
+                        "reason": out[1],
+                        "detail": out[2],
+                        "source_uri": None,
+                        "created_at": now_utc(),
+                        "run_id": run_id,
+                    }
+                )
                 s.failed += 1
                 s.by_reason[out[1]] = s.by_reason.get(out[1], 0) + 1
         if len(rows) + len(rejects) >= commit_every:
@@ -271,39 +301,250 @@ def _analyse_pending(
     flush()
 
 
-def _recluster(lake: Lake, run_id: str, threshold: float, s: CurateSummary) -> None:
-    from corpus.curation import dedup
+def sign_batch(batch: list[tuple[str, bytes]]) -> list[tuple[str, Any]]:
+    """Dask task: the track signatures of pieces analysed before song identity existed."""
+    import symusic
 
+    from corpus.curation import songs
+    from corpus.parse import smf_bytes
+
+    out: list[tuple[str, Any]] = []
+    for pid, data in batch:
+        try:
+            out.append((pid, ("ok", songs.track_signatures(symusic.Score.from_midi(smf_bytes(data)), pid))))
+        except Exception as exc:  # noqa: BLE001 - the piece keeps no track signature; counted, said in the summary
+            out.append((pid, ("reject", "curate_error", f"{type(exc).__name__}: {exc}")))
+    return out
+
+
+def _sign_pending(
+    lake: Lake, engine: Engine, run_id: str, s: CurateSummary, batch_size: int, commit_every: int
+) -> None:
+    """Track signatures for analysed pieces that have none yet (lakes curated before ``song-v1``)."""
+    con = lake.connect()
+    try:
+        todo = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT a.piece_id FROM piece_analysis_t a "
+                "JOIN tracks_t t ON t.piece_id = a.piece_id AND NOT t.is_drum AND t.n_notes > 0 "
+                "ANTI JOIN track_signatures_t g ON g.piece_id = a.piece_id ORDER BY 1"
+            ).fetchall()
+        ]
+    finally:
+        con.close()
+    if not todo:
+        return
+    rows: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if rows:
+            with lake.transaction({"command": "curate signatures", "run_id": run_id}) as tx:
+                tx.write("track_signatures", rows)
+            rows.clear()
+
+    chunks = (todo[i : i + batch_size] for i in range(0, len(todo), batch_size))
+
+    def fetch(ids: list[str]) -> list[tuple[str, bytes]]:
+        return list(zip(ids, lake.get_raws(ids)))
+
+    batches = prefetched(chunks, fetch) if lake.remote else map(fetch, chunks)
+    for _, results in engine.map_unordered(sign_batch, batches):
+        for _pid, out in results:
+            if out[0] == "ok":
+                rows.extend(out[1])
+                s.signed += 1
+        if len(rows) >= commit_every:
+            flush()
+    flush()
+
+
+def _fetch_vectors(con: Any, sql: str, ids: list[str], dim: int) -> np.ndarray:
+    """Rows of ``sql`` (``key``, ``vector``) for the keys ``ids``, as a matrix in that order."""
+    import pyarrow as pa
+
+    if not ids:
+        return np.zeros((0, dim), np.float32)
+    con.register("wanted_keys", pa.table({"key": pa.array(ids, pa.string()), "ord": pa.array(range(len(ids)))}))
+    try:
+        tbl = con.execute(
+            f"SELECT w.ord, v.vector FROM ({sql}) v JOIN wanted_keys w USING (key) ORDER BY w.ord"
+        ).to_arrow_table()
+    finally:
+        con.unregister("wanted_keys")
+    if tbl.num_rows != len(ids):
+        raise RuntimeError(f"found {tbl.num_rows} vectors for {len(ids)} keys")
+    flat = tbl.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(flat.astype(np.float32).reshape(len(ids), dim))
+
+
+def _open_index(lake: Lake, name: str, config: dict[str, object], known: set[str]) -> Any:
+    """The saved index ``name`` when it is usable for incremental work, else None (rebuild).
+
+    Usable: built with this config by a run that stored the pairs of every piece it holds
+    (``pairs_stored``), holding no key the tables do not know.
+    """
+    try:
+        index = load_index(lake, name, config)
+    except (ValueError, OSError):  # another scheme or an unreadable folder: rebuilt from the tables
+        return None
+    if index is None or not index.meta.get("pairs_stored") or not set(index.piece_ids) <= known:
+        return None
+    return index
+
+
+def _update_index(index: Any, known: list[str], vectors: Any) -> tuple[Any, list[str]]:
+    """Add the keys of ``known`` that ``index`` lacks (``vectors(keys)`` gives their matrix); (index, new keys).
+
+    Without an index, or once the lake has grown past twice what an IVF index was trained on,
+    the index is built anew from every key (then every key is new: its pairs are collected again).
+    """
+    from corpus.curation.dedup import NearDupIndex
+
+    if index is not None and index.kind == "ivf" and len(known) > 2 * int(index.meta.get("trained_n", len(index)) or 1):
+        index = None
+    if index is None:
+        index = NearDupIndex.build(known, vectors(known))
+        index.meta = {"trained_n": len(known)}
+        return index, list(known)
+    have = set(index.piece_ids)
+    new = [k for k in known if k not in have]
+    if new:
+        index.add(new, vectors(new))
+    return index, new
+
+
+def _recluster(
+    lake: Lake, run_id: str, threshold: float, s: CurateSummary, song_threshold: float = DEFAULT_SONG_THRESHOLD
+) -> None:
+    """Dedup clusters and song groups over the lake, with work in proportion to what is new.
+
+    The two faiss indexes (pieces, identity tracks) are kept under ``index/``; each run adds the
+    new pieces and tracks, queries only those, stores the pairs it finds (``dedup_pairs``,
+    ``song_pairs``), then decides clusters and groups from every stored pair (union-find in the
+    driver). Assignments are written when they changed.
+    """
+    from corpus.curation import dedup, songs
+
+    if threshold < DEDUP_PAIR_FLOOR:
+        raise ValueError(
+            f"dedup threshold must be >= {DEDUP_PAIR_FLOOR} (pairs below it are not stored), got {threshold!r}"
+        )
+    song_threshold = songs.check_threshold(song_threshold)
     con = lake.connect()
     try:
         tbl = con.execute(
-            "SELECT a.piece_id, a.content_hash, a.content_hash_transposed, a.dedup_vector, f.n_notes, f.duration_quarters "
+            "SELECT a.piece_id, a.content_hash, a.content_hash_transposed, f.n_notes, f.duration_quarters "
             "FROM piece_analysis_t a JOIN piece_facts_t f USING (piece_id) ORDER BY a.piece_id"
         ).fetchnumpy()
+        ids = [str(x) for x in tbl["piece_id"]]
+        s.pieces = len(ids)
+        if not ids:
+            return
+        known = set(ids)
+        # --- piece index: new pieces against everything
+        pidx, new_pieces = _update_index(
+            _open_index(lake, "neardup", dedup.VECTOR_CONFIG, known),
+            ids,
+            lambda keys: _fetch_vectors(
+                con, "SELECT piece_id AS key, dedup_vector AS vector FROM piece_analysis_t", keys, dedup.VECTOR_DIM
+            ),
+        )
+        row_of = {p: i for i, p in enumerate(ids)}
+        new_dup_pairs = [
+            (pidx.piece_ids[i], pidx.piece_ids[j], sc)
+            for i, j, sc in pidx.pairs_of([pidx._row[p] for p in new_pieces], DEDUP_PAIR_FLOOR)
+        ]
+        stored = (
+            con.execute("SELECT piece_a, piece_b, max(score) FROM dedup_pairs_t GROUP BY ALL").fetchall()
+            if new_pieces != ids
+            else []
+        )
+        # --- track index: new identity tracks against every identity track
+        track_keys = [
+            r[0]
+            for r in con.execute(
+                "SELECT piece_id || ':' || track_index FROM track_signatures_t WHERE has_identity "
+                "AND scheme = ? ORDER BY piece_id, track_index",
+                [songs.TRACK_SCHEME],
+            ).fetchall()
+        ]
+        tsql = (
+            "SELECT piece_id || ':' || track_index AS key, vector FROM track_signatures_t "
+            f"WHERE has_identity AND scheme = '{songs.TRACK_SCHEME}'"
+        )
+        tidx, new_tracks = _update_index(
+            _open_index(lake, "tracks", songs.TRACK_CONFIG, set(track_keys)),
+            track_keys,
+            lambda keys: _fetch_vectors(con, tsql, keys, songs.TRACK_DIM),
+        )
+
+        def ngrams_of(keys: list[str]) -> dict[str, np.ndarray]:
+            import pyarrow as pa
+
+            con.register("wanted_tracks", pa.table({"key": pa.array(keys, pa.string())}))
+            try:
+                got = con.execute(
+                    "SELECT piece_id || ':' || track_index AS key, ngrams FROM track_signatures_t "
+                    "WHERE scheme = ? AND piece_id || ':' || track_index IN (SELECT key FROM wanted_tracks)",
+                    [songs.TRACK_SCHEME],
+                ).fetchall()
+            finally:
+                con.unregister("wanted_tracks")
+            return {k: np.asarray(v, np.int32) for k, v in got}
+
+        matches = songs.match_tracks(tidx, new_tracks, ngrams_of) if new_tracks else []
+        stored_songs = (
+            con.execute(
+                "SELECT piece_a, piece_b, max(containment), max(shared_ngrams) FROM song_pairs_t "
+                "WHERE scheme = ? GROUP BY ALL",
+                [songs.TRACK_SCHEME],
+            ).fetchall()
+            if new_tracks != track_keys
+            else []
+        )
         lmd = con.execute(
             "SELECT DISTINCT piece_id, lmd_md5 FROM pieces WHERE lmd_md5 IS NOT NULL AND piece_id IS NOT NULL AND status = 'ok'"
         ).fetchall()
+        cols = {r[0] for r in con.execute("DESCRIBE pieces").fetchall()}
+        ext = con.execute(
+            "SELECT piece_id, list_sort(list_distinct(flatten(list(coalesce(msd_ids, []::VARCHAR[]))))), "
+            + (
+                "list_distinct(list(mutopia_id) FILTER (WHERE mutopia_id IS NOT NULL)), "
+                if "mutopia_id" in cols
+                else "[]::VARCHAR[], "
+            )
+            + (
+                "list_distinct(list(parent_piece_id) FILTER (WHERE parent_piece_id IS NOT NULL)) "
+                if "parent_piece_id" in cols
+                else "[]::VARCHAR[] "
+            )
+            + "FROM pieces WHERE status = 'ok' AND piece_id IS NOT NULL GROUP BY piece_id"
+        ).fetchall()
         latest = con.execute("SELECT piece_id, dedup_cluster FROM dedup_latest ORDER BY 1").fetchall()
+        latest_songs = con.execute(
+            "SELECT piece_id, song_group, joined_by, threshold FROM song_groups_latest ORDER BY 1"
+        ).fetchall()
     finally:
         con.close()
-    ids = [str(x) for x in tbl["piece_id"]]
-    s.pieces = len(ids)
-    if not ids:
-        return
-    vectors = np.stack([np.asarray(v, dtype=np.float32) for v in tbl["dedup_vector"]])
-    index = dedup.NearDupIndex.build(ids, vectors)
+
+    # --- dedup clusters: hashes, stored + new near-dup pairs, Lakh md5
+    near: dict[tuple[str, str], float] = {}
+    for a, b, sc in [*stored, *new_dup_pairs]:
+        if a in row_of and b in row_of:
+            key = (a, b) if a < b else (b, a)
+            near[key] = max(sc, near.get(key, -1.0))
     result = dedup.cluster(
         ids,
-        vectors,
+        None,
         [str(h) for h in tbl["content_hash"]],
         transposed_hashes=[str(h) for h in tbl["content_hash_transposed"]],
         threshold=threshold,
         n_notes=[int(n) for n in tbl["n_notes"]],
         lengths=[float(x) for x in tbl["duration_quarters"]],
-        index=index,
+        near_pairs=[(row_of[a], row_of[b], sc) for (a, b), sc in sorted(near.items())],
     )
     cluster_of = dict(result.cluster_of)
-    # an LPD piece and the Lakh MIDI it came from are the same song: join their clusters
     by_md5: dict[str, list[str]] = {}
     for pid, md5 in lmd:
         if pid in cluster_of:
@@ -311,37 +552,91 @@ def _recluster(lake: Lake, run_id: str, threshold: float, s: CurateSummary) -> N
     reps = _merge_groups(ids, cluster_of, by_md5.values(), [int(n) for n in tbl["n_notes"]])
     s.clusters = len(set(reps.values()))
     s.duplicate_pairs = len(result.pairs)
+
+    # --- song groups: dedup clusters, verified track matches, lineage, Lakh md5, MSD / Mutopia ids
+    links: list[tuple[str, str, str]] = [(p, c, "dedup") for p, c in reps.items() if p != c]
+    best_song: dict[tuple[str, str], tuple[float, int]] = {}
+    for a, b, cont, shared in [*stored_songs, *((m.piece_a, m.piece_b, m.containment, m.shared) for m in matches)]:
+        old = best_song.get((a, b))
+        if old is None or (cont, shared) > old:
+            best_song[(a, b)] = (cont, shared)
+    links += [
+        (a, b, "melody") for (a, b), (cont, shared) in best_song.items() if songs.passes(cont, shared, song_threshold)
+    ]
+    links += [(p, q, "lmd_md5") for group in by_md5.values() for p in group[1:] for q in group[:1]]
+    keys: dict[str, list[str]] = {}
+    for pid, msd_ids, mutopia_ids, parents in ext:
+        keys[pid] = [f"msd:{m}" for m in msd_ids or []] + [f"mutopia:{m}" for m in mutopia_ids or []]
+        links += [(pid, parent, "lineage") for parent in parents or []]
+    groups = songs.group_songs(ids, links, keys)
+    s.song_groups = groups.n_groups
+    s.song_pairs = sum(1 for (cont, shared) in best_song.values() if songs.passes(cont, shared, song_threshold))
+
     new = sorted(reps.items())
-    if new != [tuple(r) for r in latest]:
-        with lake.transaction({"command": "curate dedup", "run_id": run_id}) as tx:
+    new_songs = sorted((p, groups.group_of[p], groups.joined_by[p], song_threshold) for p in ids)
+    with lake.transaction({"command": "curate dedup", "run_id": run_id}) as tx:
+        tx.write(
+            "dedup_pairs",
+            [{"piece_a": a, "piece_b": b, "score": round(sc, 6), "run_id": run_id} for a, b, sc in new_dup_pairs],
+        )
+        tx.write("song_pairs", [m.row(run_id) for m in matches])
+        if new != [tuple(r) for r in latest]:
             tx.write(
                 "dedup",
-                [{"piece_id": pid, "dedup_cluster": c, "is_representative": pid == c, "dedup_run": run_id,
-                  "threshold": threshold} for pid, c in new],
+                [
+                    {
+                        "piece_id": pid,
+                        "dedup_cluster": c,
+                        "is_representative": pid == c,
+                        "dedup_run": run_id,
+                        "threshold": threshold,
+                    }
+                    for pid, c in new
+                ],
             )
-    save_neardup_index(lake, index)
+        if new_songs != [tuple(r) for r in latest_songs]:
+            tx.write(
+                "song_groups",
+                [
+                    {
+                        "piece_id": p,
+                        "song_group": g,
+                        "joined_by": j,
+                        "rule": songs.SONG_RULE,
+                        "threshold": t,
+                        "min_shared": songs.MIN_SHARED,
+                        "song_run": run_id,
+                    }
+                    for p, g, j, t in new_songs
+                ],
+            )
+    pidx.meta = {**pidx.meta, "pairs_stored": True}
+    tidx.meta = {**tidx.meta, "pairs_stored": True}
+    save_index(lake, "neardup", pidx, dedup.VECTOR_CONFIG)
+    save_index(lake, "tracks", tidx, songs.TRACK_CONFIG)
 
 
-def save_neardup_index(lake: Lake, index: Any) -> None:
-    """The index for ``similar``, swapped in atomically.
+def save_index(lake: Lake, name: str, index: Any, config: dict[str, object]) -> None:
+    """A faiss index under ``index/<name>``, swapped in atomically.
 
-    Locally: saved beside and renamed into ``index/neardup``. On an object store: uploaded to
-    ``index/neardup-<id>/``, then the pointer ``index/neardup.json`` names it (the switch),
-    then the previous folder is deleted.
+    Locally: saved beside and renamed into ``index/<name>``. On an object store: uploaded to
+    ``index/<name>-<id>/``, then the pointer ``index/<name>.json`` names it (the switch), then
+    the previous folder is deleted.
     """
+    extra = {k: v for k, v in index.meta.items() if k in ("pairs_stored", "trained_n")}
     if lake.remote:
-        name = f"neardup-{uuid.uuid4().hex[:12]}"
-        previous = _neardup_pointer(lake)
+        folder = f"{name}-{uuid.uuid4().hex[:12]}"
+        previous = _index_pointer(lake, name)
         with tempfile.TemporaryDirectory(prefix="midicorpus-index-") as tmp:
-            index.save(Path(tmp) / name)
-            lake.upload_dir(Path(tmp) / name, f"index/{name}")
-        lake.write_bytes("index/neardup.json", json.dumps({"dir": f"index/{name}"}).encode())
+            index.save(Path(tmp) / folder, config, extra)
+            lake.upload_dir(Path(tmp) / folder, f"index/{folder}")
+        lake.write_bytes(f"index/{name}.json", json.dumps({"dir": f"index/{folder}"}).encode())
         if previous:
             lake.remove(previous)
         return
-    target = lake.root / "index" / "neardup"
-    tmp = lake.root / "index" / f".neardup-{uuid.uuid4().hex[:8]}"
-    index.save(tmp)
+    target = lake.root / "index" / name
+    tmp = lake.root / "index" / f".{name}-{uuid.uuid4().hex[:8]}"
+    index.save(tmp, config, extra)
     old = lake.root / "index" / f".old-{uuid.uuid4().hex[:8]}"
     if target.exists():
         target.rename(old)
@@ -349,9 +644,9 @@ def save_neardup_index(lake: Lake, index: Any) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _neardup_pointer(lake: Lake) -> str | None:
+def _index_pointer(lake: Lake, name: str) -> str | None:
     try:
-        return str(json.loads(lake.read_bytes("index/neardup.json"))["dir"])
+        return str(json.loads(lake.read_bytes(f"index/{name}.json"))["dir"])
     except FileNotFoundError:
         return None
 
@@ -362,18 +657,23 @@ def has_neardup_index(lake: Lake) -> bool:
     return (lake.root / "index" / "neardup").exists()
 
 
-def load_neardup_index(lake: Lake) -> Any:
-    """The index ``curate`` saved last, or None before the first curate."""
+def load_index(lake: Lake, name: str, config: dict[str, object] | None = None) -> Any:
+    """The index ``name`` that ``curate`` saved last, or None before the first curate."""
     from corpus.curation.dedup import NearDupIndex
 
     if not lake.remote:
-        path = lake.root / "index" / "neardup"
-        return NearDupIndex.load(path) if path.exists() else None
-    rel = _neardup_pointer(lake)
+        path = lake.root / "index" / name
+        return NearDupIndex.load(path, config) if path.exists() else None
+    rel = _index_pointer(lake, name)
     if rel is None:
         return None
     with tempfile.TemporaryDirectory(prefix="midicorpus-index-") as tmp:
-        return NearDupIndex.load(lake.download(rel, Path(tmp) / "neardup"))
+        return NearDupIndex.load(lake.download(rel, Path(tmp) / name), config)
+
+
+def load_neardup_index(lake: Lake) -> Any:
+    """The near-duplicate (piece) index ``curate`` saved last, or None before the first curate."""
+    return load_index(lake, "neardup")
 
 
 def _merge_groups(ids: list[str], cluster_of: dict[str, str], groups: Any, n_notes: list[int]) -> dict[str, str]:

@@ -136,6 +136,57 @@ TABLES: dict[str, pa.Schema] = {
             ("threshold", pa.float64()),
         ]
     ),
+    # near-duplicate vector pairs (score >= 0.5), appended by the run that found them; dedup decides from them
+    "dedup_pairs": pa.schema(
+        [
+            ("piece_a", pa.string()),  # piece_a < piece_b
+            ("piece_b", pa.string()),
+            ("score", pa.float64()),  # cosine of the piece vectors
+            ("run_id", pa.string()),
+        ]
+    ),
+    # curate, song identity (corpus.curation.songs): one row per pitched track with notes, once per piece
+    "track_signatures": pa.schema(
+        [
+            ("piece_id", pa.string()),
+            ("track_index", pa.int32()),
+            ("scheme", pa.string()),  # track-ngrams-v1
+            ("n_notes", pa.int64()),
+            ("n_onsets", pa.int64()),  # chords of the track's own skyline
+            ("pitch_mean", pa.float64()),
+            ("skyline_share", pa.float64()),  # share of the piece's chords whose top note this track plays
+            ("n_ngrams", pa.int32()),  # distinct interval 5-grams of the track's skyline
+            ("has_identity", pa.bool_()),  # n_ngrams >= 16: indexed and matched
+            ("ngrams", pa.list_(pa.int32())),  # the sorted codes (identity tracks only)
+            ("vector", pa.list_(pa.float32())),  # retrieval vector, 256 floats (identity tracks only)
+        ]
+    ),
+    # verified track matches between pieces, appended by the run that found them (evidence of song-v1)
+    "song_pairs": pa.schema(
+        [
+            ("piece_a", pa.string()),  # piece_a < piece_b
+            ("track_a", pa.int32()),
+            ("piece_b", pa.string()),
+            ("track_b", pa.int32()),
+            ("cosine", pa.float64()),  # of the retrieval vectors
+            ("shared_ngrams", pa.int32()),  # distinct interval 5-grams in both tracks
+            ("containment", pa.float64()),  # shared / the smaller track's distinct n-grams
+            ("scheme", pa.string()),
+            ("run_id", pa.string()),
+        ]
+    ),
+    # the song group of every curated piece under the rule; a run writes it when any group changed
+    "song_groups": pa.schema(
+        [
+            ("piece_id", pa.string()),
+            ("song_group", pa.string()),  # smallest external id (msd:..., mutopia:...) or smallest piece_id
+            ("joined_by", pa.string()),  # msd / mutopia / lineage / lmd_md5 / dedup / melody / self
+            ("rule", pa.string()),  # song-v1
+            ("threshold", pa.float64()),  # containment threshold of the melody rule
+            ("min_shared", pa.int32()),  # shared n-grams the melody rule also asks for
+            ("song_run", pa.string()),
+        ]
+    ),
     # tokenize: one row per (piece, scheme, tokenizer, transposition); partitioned by scheme and hash
     "tokens": pa.schema(
         [
@@ -225,6 +276,10 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
     "piece_analysis": (),
     "track_texture": (),
     "dedup": (),
+    "dedup_pairs": (),
+    "track_signatures": (),
+    "song_pairs": (),
+    "song_groups": (),
     "tokens": ("scheme", "tokenizer_hash"),
     "tokenizers": (),
     "snapshots": (),

@@ -11,6 +11,12 @@ CREATE OR REPLACE VIEW track_texture_t AS SELECT * FROM {track_texture};
 CREATE OR REPLACE VIEW dedup_latest AS
 SELECT * FROM {dedup} WHERE dedup_run = (SELECT max(dedup_run) FROM {dedup});
 
+CREATE OR REPLACE VIEW dedup_pairs_t AS SELECT * FROM {dedup_pairs};
+CREATE OR REPLACE VIEW track_signatures_t AS SELECT * FROM {track_signatures};
+CREATE OR REPLACE VIEW song_pairs_t AS SELECT * FROM {song_pairs};
+CREATE OR REPLACE VIEW song_groups_latest AS
+SELECT * FROM {song_groups} WHERE song_run = (SELECT max(song_run) FROM {song_groups});
+
 CREATE OR REPLACE VIEW pieces AS SELECT * FROM pieces_t;
 
 CREATE OR REPLACE VIEW rejects AS SELECT * FROM rejects_t;
@@ -31,10 +37,34 @@ SELECT
     f.*,
     a.* EXCLUDE (piece_id, dedup_vector),
     coalesce(d.dedup_cluster, f.piece_id) AS dedup_cluster,
-    coalesce(d.is_representative, true) AS is_dedup_representative
+    coalesce(d.is_representative, true) AS is_dedup_representative,
+    coalesce(g.song_group, d.dedup_cluster, f.piece_id) AS song_group
 FROM piece_facts_t f
 LEFT JOIN piece_analysis_t a USING (piece_id)
+LEFT JOIN dedup_latest d USING (piece_id)
+LEFT JOIN song_groups_latest g USING (piece_id);
+
+-- song identity (rule song-v1): a piece's group and what joined it; one row per curated piece
+CREATE OR REPLACE VIEW song_groups AS
+SELECT
+    g.piece_id, g.song_group, g.joined_by, g.rule, g.threshold, g.min_shared,
+    count(*) OVER (PARTITION BY g.song_group) AS group_size,
+    d.dedup_cluster
+FROM song_groups_latest g
 LEFT JOIN dedup_latest d USING (piece_id);
+
+-- the evidence: verified track pairs between pieces, with the rule's decision at the stored threshold
+CREATE OR REPLACE VIEW song_matches AS
+SELECT
+    p.* EXCLUDE (run_id, scheme),
+    p.scheme AS track_scheme,
+    (p.containment >= t.threshold AND p.shared_ngrams >= t.min_shared) AS joins
+FROM song_pairs_t p
+LEFT JOIN (SELECT any_value(threshold) AS threshold, any_value(min_shared) AS min_shared FROM song_groups_latest) t ON true;
+
+-- per pitched track: what it does (measures kept beside the song rule)
+CREATE OR REPLACE VIEW track_signatures AS
+SELECT * EXCLUDE (ngrams, vector) FROM track_signatures_t;
 
 CREATE OR REPLACE VIEW tokens AS SELECT * FROM {tokens};
 

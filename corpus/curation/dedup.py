@@ -333,6 +333,7 @@ class NearDupIndex:
         self.index = index
         self.piece_ids = list(piece_ids)
         self.kind = kind
+        self.meta: dict[str, object] = {}
         self._row = {pid: i for i, pid in enumerate(self.piece_ids)}
         if len(self._row) != len(self.piece_ids):
             raise ValueError("piece ids must be unique; got repeated ids")
@@ -377,6 +378,56 @@ class NearDupIndex:
         if len(x):
             index.add(x)
         return cls(index, ids, chosen)
+
+    def add(self, piece_ids: Sequence[str], vectors: np.ndarray | Sequence[np.ndarray]) -> list[int]:
+        """Append pieces (new ids only); their rows. A flat index that outgrows ``EXACT_MAX_N`` becomes IVF.
+
+        An IVF index keeps the lists it was trained on: new vectors go to their nearest list, which
+        is what k-means would mostly do again; ``curate`` rebuilds it when the lake has doubled.
+        """
+        ids = [str(p) for p in piece_ids]
+        if not ids:
+            return []
+        dup = [p for p in ids if p in self._row]
+        if dup or len(set(ids)) != len(ids):
+            raise ValueError(f"piece ids already in the index or repeated: {(dup or ids)[:3]}")
+        x = _as_matrix(vectors, len(ids))
+        if x.shape[1] != self.index.d:
+            raise ValueError(f"vectors have dimension {x.shape[1]}; this index holds dimension {self.index.d}")
+        start = len(self.piece_ids)
+        if self.kind == "flat" and start + len(ids) > EXACT_MAX_N:
+            old = self.index.reconstruct_n(0, start) if start else np.zeros((0, x.shape[1]), np.float32)
+            rebuilt = NearDupIndex.build(self.piece_ids + ids, np.concatenate([old, x]))
+            self.index, self.kind = rebuilt.index, rebuilt.kind
+        else:
+            self.index.add(x)
+        for i, p in enumerate(ids):
+            self._row[p] = start + i
+        self.piece_ids.extend(ids)
+        return list(range(start, start + len(ids)))
+
+    def pairs_of(self, rows: Sequence[int], threshold: float, k: int = PAIR_K) -> list[tuple[int, int, float]]:
+        """Like :meth:`pairs`, for the pieces at ``rows`` only (each against the whole index)."""
+        if not rows or len(self) < 2:
+            return []
+        x = np.stack([np.asarray(self.index.reconstruct(int(r)), np.float32) for r in rows])
+        return self._pairs_from(x, list(rows), threshold, k)
+
+    def _pairs_from(self, x: np.ndarray, rows: list[int], threshold: float, k: int) -> list[tuple[int, int, float]]:
+        best: dict[tuple[int, int], float] = {}
+        step = 4096
+        for lo in range(0, len(rows), step):
+            scores, hits = self._knn(x[lo : lo + step], k + 1)
+            qi, col = np.nonzero((scores >= threshold) & (hits >= 0))
+            for a, c in zip(qi.tolist(), col.tolist(), strict=True):
+                i, j = rows[lo + a], int(hits[a, c])
+                if i == j or not np.any(x[lo + a]):
+                    continue
+                key = (i, j) if i < j else (j, i)
+                s = float(scores[a, c])
+                if s > best.get(key, -2.0):
+                    best[key] = s
+        return [(i, j, s) for (i, j), s in sorted(best.items())]
 
     def vector(self, piece_id: str) -> np.ndarray:
         """The stored vector of ``piece_id``."""
@@ -430,32 +481,21 @@ class NearDupIndex:
         n = len(self)
         if n < 2:
             return []
-        x = self.index.reconstruct_n(0, n)
-        best: dict[tuple[int, int], float] = {}
-        step = 4096
-        for lo in range(0, n, step):
-            scores, rows = self._knn(x[lo : lo + step], k + 1)
-            qi, col = np.nonzero((scores >= threshold) & (rows >= 0))
-            for a, c in zip(qi.tolist(), col.tolist(), strict=True):
-                i, j = lo + a, int(rows[a, c])
-                if i == j:
-                    continue
-                key = (i, j) if i < j else (j, i)
-                s = float(scores[a, c])
-                if s > best.get(key, -2.0):
-                    best[key] = s
-        return [(i, j, s) for (i, j), s in sorted(best.items())]
+        return self._pairs_from(self.index.reconstruct_n(0, n), list(range(n)), threshold, k)
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``path/index.faiss``, ``path/ids.json`` and ``path/meta.json`` (config, versions)."""
+    def save(
+        self, path: str | Path, config: dict[str, object] | None = None, extra: dict[str, object] | None = None
+    ) -> Path:
+        """Write ``path/index.faiss``, ``path/ids.json`` and ``path/meta.json`` (config, versions, ``extra``)."""
         import faiss
 
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.index, str(folder / "index.faiss"))
         (folder / "ids.json").write_text(json.dumps(self.piece_ids, ensure_ascii=False), encoding="utf-8")
-        config = dict(VECTOR_CONFIG)
+        config = dict(config or VECTOR_CONFIG)
         meta = {
+            **(extra or {}),
             "kind": self.kind,
             "n": len(self),
             "dim": int(self.index.d),
@@ -467,8 +507,10 @@ class NearDupIndex:
         return folder
 
     @classmethod
-    def load(cls, path: str | Path) -> NearDupIndex:
-        """Read an index written by :meth:`save`; refuses one built with another vector scheme."""
+    def load(cls, path: str | Path, config: dict[str, object] | None = None) -> NearDupIndex:
+        """Read an index written by :meth:`save`; refuses one built with another vector scheme.
+
+        ``meta.json`` is on the loaded index as ``.meta``."""
         import faiss
 
         folder = Path(path)
@@ -478,17 +520,20 @@ class NearDupIndex:
                     f"{folder / name} not found; a saved NearDupIndex folder holds index.faiss, ids.json and meta.json"
                 )
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        want = config or VECTOR_CONFIG
         scheme = meta.get("vector_config", {}).get("scheme")
-        if scheme != VECTOR_SCHEME or meta.get("dim") != VECTOR_DIM:
+        if scheme != want["scheme"] or meta.get("dim") != want["dim"]:
             raise ValueError(
-                f"index at {folder} holds vector scheme {scheme!r} dim {meta.get('dim')}; this code makes {VECTOR_SCHEME!r} dim {VECTOR_DIM}: rebuild it"
+                f"index at {folder} holds vector scheme {scheme!r} dim {meta.get('dim')}; this code makes {want['scheme']!r} dim {want['dim']}: rebuild it"
             )
         index = faiss.read_index(str(folder / "index.faiss"))
         ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
         if meta["kind"] == "ivf":
             ivf = faiss.extract_index_ivf(index)
             ivf.nprobe = min(IVF_NPROBE, ivf.nlist)
-        return cls(index, ids, meta["kind"])
+        out = cls(index, ids, meta["kind"])
+        out.meta = meta
+        return out
 
 
 def similar(index: NearDupIndex | str | Path, piece_id: str, k: int = 10) -> list[tuple[str, float]]:
@@ -568,6 +613,7 @@ def cluster(
     lengths: Sequence[float] | None = None,
     k: int = PAIR_K,
     index: NearDupIndex | None = None,
+    near_pairs: Sequence[tuple[int, int, float]] | None = None,
 ) -> Clusters:
     """Union-find over equal content hashes, equal transposed hashes and vector pairs >= threshold.
 
@@ -576,7 +622,8 @@ def cluster(
     of being a copy. Representative of a cluster: most ``n_notes``, then longest ``lengths``,
     then the smallest piece id; without counts and lengths, the smallest piece id. Pass the
     ``index`` already built for ``similar`` (same ids, same order) to avoid building a second
-    one; ``vectors`` are then not read.
+    one; ``vectors`` are then not read. ``near_pairs`` (row pairs with scores, e.g. stored by earlier
+    runs) replace the index search: only those at or above ``threshold`` join.
     """
     ids = [str(p) for p in piece_ids]
     n = len(ids)
@@ -584,10 +631,12 @@ def cluster(
     t_hashes = _optional("transposed_hashes", transposed_hashes, n)
     notes = _optional("n_notes", n_notes, n)
     lens = _optional("lengths", lengths, n)
-    if index is None:
-        index = NearDupIndex.build(ids, vectors)
-    elif index.piece_ids != ids:
-        raise ValueError("index was built for other piece ids (or another order) than piece_ids")
+    if near_pairs is None:
+        if index is None:
+            index = NearDupIndex.build(ids, vectors)
+        elif index.piece_ids != ids:
+            raise ValueError("index was built for other piece ids (or another order) than piece_ids")
+        near_pairs = index.pairs(threshold, k)
     uf = _UnionFind(n)
     pairs: list[DupPair] = []
     for reason, keys, empty in (
@@ -604,7 +653,9 @@ def cluster(
             if j != i and uf.find(i) != uf.find(j):
                 uf.union(i, j)
                 pairs.append(DupPair(ids[j], ids[i], 1.0, reason))  # type: ignore[arg-type]
-    for i, j, score in index.pairs(threshold, k):
+    for i, j, score in near_pairs:
+        if score < threshold:
+            continue
         pairs.append(DupPair(ids[i], ids[j], score, "near_dup"))
         uf.union(i, j)
 
