@@ -87,7 +87,9 @@ def render(names: list[str], rows: list[tuple[Any, ...]], fmt: str) -> str:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(names)
         for r in rows:
-            w.writerow(["" if v is None else json.dumps(v, default=str) if isinstance(v, (list, dict)) else v for v in r])
+            w.writerow(
+                ["" if v is None else json.dumps(v, default=str) if isinstance(v, (list, dict)) else v for v in r]
+            )
         return buf.getvalue().rstrip("\n")
     return format_table(names, rows)
 
@@ -118,7 +120,10 @@ class Ctx:
 def _print_ingest(summary: Any, label: str) -> None:
     print(f"{label}: {summary.line()} in {summary.seconds:.1f} s")
     if summary.reasons:
-        print("  rejected by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.reasons.items(), key=lambda kv: (-kv[1], kv[0]))))
+        print(
+            "  rejected by reason: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(summary.reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+        )
 
 
 def _run_ingest(ctx: Ctx, source_factory: Callable[[Any], Any], label: str) -> Any:
@@ -193,6 +198,9 @@ def run_curate(ctx: Ctx) -> Any:
     a = ctx.args
     if getattr(a, "min_melody_notes", 16) < 1:
         raise UserError(f"--min-melody-notes must be >= 1, got {a.min_melody_notes}")
+    st = getattr(a, "song_threshold", None)
+    if st is not None and not 0.0 < st <= 1.0:
+        raise UserError(f"--song-threshold must be a containment in (0, 1], got {st}")
     prog = Progress("curate", count=lambda x: x.analysed + x.failed)
     with ctx.lake.lock("curate"), ctx.engine() as engine:
         s = curate(
@@ -202,6 +210,7 @@ def run_curate(ctx: Ctx) -> Any:
             key_backend=getattr(a, "key_backend", "ours"),
             extract_melodies=getattr(a, "extract_melodies", False),
             min_melody_notes=getattr(a, "min_melody_notes", None),
+            **({"song_threshold": a.song_threshold} if getattr(a, "song_threshold", None) is not None else {}),
         )
         ctx.lake.write_catalog()
     prog.done()
@@ -223,14 +232,64 @@ def cmd_similar(ctx: Ctx) -> int:
     if len(matches) != 1:
         what = "no curated piece" if not matches else f"{len(matches)} curated pieces"
         raise UserError(f"{what} with id {a.piece_id!r}; give more of the sha256")
-    hits = similar(index, matches[0], a.k)
+    pid = matches[0]
+    hits = similar(index, pid, a.k)
     con = ctx.lake.connect()
     try:
         names = dict(con.execute("SELECT piece_id, any_value(source_uri) FROM pieces GROUP BY piece_id").fetchall())
+        me = con.execute("SELECT dedup_cluster, song_group FROM features WHERE piece_id = ?", [pid]).fetchone()
+        cluster, group = me if me else (pid, pid)
+        sizes = con.execute(
+            "SELECT count(*) FILTER (WHERE dedup_cluster = ?), count(*) FILTER (WHERE song_group = ?) FROM features",
+            [cluster, group],
+        ).fetchone()
+        level = dict(
+            con.execute(
+                "SELECT piece_id, dedup_cluster = ? OR song_group = ? FROM features", [cluster, group]
+            ).fetchall()
+        )
+        in_cluster = {
+            r[0] for r in con.execute("SELECT piece_id FROM features WHERE dedup_cluster = ?", [cluster]).fetchall()
+        }
+        evidence = con.execute(
+            "SELECT CASE WHEN piece_a = ? THEN track_a ELSE track_b END AS track, "
+            "CASE WHEN piece_a = ? THEN piece_b ELSE piece_a END AS other, "
+            "CASE WHEN piece_a = ? THEN track_b ELSE track_a END AS other_track, cosine, shared_ngrams, containment, joins "
+            "FROM song_matches WHERE ? IN (piece_a, piece_b) "
+            "QUALIFY row_number() OVER (PARTITION BY other ORDER BY containment DESC, shared_ngrams DESC) = 1 "
+            "ORDER BY containment DESC, shared_ngrams DESC, other LIMIT ?",
+            [pid, pid, pid, pid, a.k],
+        ).fetchall()
+        members = con.execute(
+            "SELECT piece_id, joined_by FROM song_groups WHERE song_group = ? AND piece_id <> ? ORDER BY piece_id LIMIT ?",
+            [group, pid, a.k],
+        ).fetchall()
     finally:
         con.close()
-    print(f"nearest to {matches[0]} ({names.get(matches[0], '?')}):")
-    print(format_table(["score", "piece_id", "source_uri"], [(round(sc, 4), pid, names.get(pid)) for pid, sc in hits]))
+    print(f"{pid} ({names.get(pid, '?')})")
+    print(f"  dedup cluster {cluster} ({sizes[0]} pieces); song group {group} ({sizes[1]} pieces)")
+    print("\nnear-duplicates (whole-piece vectors, cosine):")
+    print(
+        format_table(
+            ["score", "level", "piece_id", "source_uri"],
+            [
+                (round(sc, 4), "copy" if p in in_cluster else ("song" if level.get(p) else "-"), p, names.get(p))
+                for p, sc in hits
+            ],
+        )
+    )
+    print("\nsong evidence (verified track matches, rule song-v1):")
+    print(
+        format_table(
+            ["track", "other_piece", "other_track", "cosine", "shared", "containment", "joins", "source_uri"],
+            [(t, o, ot, round(c, 3), sh, round(ct, 3), j, names.get(o)) for t, o, ot, c, sh, ct, j in evidence],
+        )
+        if evidence
+        else "(no track of this piece matches a track of another piece)"
+    )
+    if members:
+        print(f"\nsong group members ({len(members)} shown):")
+        print(format_table(["piece_id", "joined_by", "source_uri"], [(p, j, names.get(p)) for p, j in members]))
     return 0
 
 
@@ -245,7 +304,9 @@ def cmd_tokenize(ctx: Ctx) -> int:
     return 0
 
 
-def run_tokenize(ctx: Ctx, schemes: list[str], transpose: str = "none", config: str | None = None, min_conf: float | None = None) -> Any:
+def run_tokenize(
+    ctx: Ctx, schemes: list[str], transpose: str = "none", config: str | None = None, min_conf: float | None = None
+) -> Any:
     from corpus.tokenize import presets
     from corpus.tokenize.stage import DEFAULT_MIN_KEY_CONFIDENCE, TokenizeError, parse_transpose, tokenize
 
@@ -253,11 +314,22 @@ def run_tokenize(ctx: Ctx, schemes: list[str], transpose: str = "none", config: 
         parse_transpose(transpose)
     except (TokenizeError, presets.PresetError) as exc:
         raise UserError(str(exc)) from None
-    prog = Progress("tokenize", count=lambda x: x.done, text=lambda x: f"{x.done} done ({x.schemes[-1].scheme if x.schemes else ''})")
+    prog = Progress(
+        "tokenize",
+        count=lambda x: x.done,
+        text=lambda x: f"{x.done} done ({x.schemes[-1].scheme if x.schemes else ''})",
+    )
     with ctx.lake.lock("tokenize"), ctx.engine() as engine:
         try:
-            s = tokenize(ctx.lake, engine, schemes, transpose, config,
-                         DEFAULT_MIN_KEY_CONFIDENCE if min_conf is None else min_conf, progress=prog)
+            s = tokenize(
+                ctx.lake,
+                engine,
+                schemes,
+                transpose,
+                config,
+                DEFAULT_MIN_KEY_CONFIDENCE if min_conf is None else min_conf,
+                progress=prog,
+            )
         except (TokenizeError, presets.PresetError) as exc:
             raise UserError(str(exc)) from None
         ctx.lake.write_catalog()
@@ -279,8 +351,10 @@ def cmd_tokenizer_train(ctx: Ctx) -> int:
         except TokenizeError as exc:
             raise UserError(str(exc)) from None
         ctx.lake.write_catalog()
-    print(f"tokenizer train: registered {reg.scheme} [{reg.hash}] in {time.perf_counter() - t0:.1f} s; "
-          f"use it with: midicorpus tokenize --scheme {reg.scheme}")
+    print(
+        f"tokenizer train: registered {reg.scheme} [{reg.hash}] in {time.perf_counter() - t0:.1f} s; "
+        f"use it with: midicorpus tokenize --scheme {reg.scheme}"
+    )
     return 0
 
 
@@ -328,8 +402,14 @@ def cmd_snapshot_create(ctx: Ctx) -> int:
     a = ctx.args
     try:
         spec = snapshot.SnapshotSpec(
-            name=a.name, scheme=a.scheme, where=a.where, transpose=a.transpose, split=snapshot.parse_split(a.split),
-            seed=a.seed, max_seq_len=a.max_seq_len, tokenizer_hash=a.tokenizer,
+            name=a.name,
+            scheme=a.scheme,
+            where=a.where,
+            transpose=a.transpose,
+            split=snapshot.parse_split(a.split),
+            seed=a.seed,
+            max_seq_len=a.max_seq_len,
+            tokenizer_hash=a.tokenizer,
         )
         spec.validate()
         with ctx.lake.lock("snapshot create"):
@@ -399,8 +479,13 @@ def cmd_train(ctx: Ctx) -> int:
     from train.loop import TrainConfig, TrainError, train
 
     out = Path(a.out) if a.out else Path("runs") / f"{path.parent.name}-{path.name}"
-    cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, num_workers=a.loader_workers,
-                      compile=not a.no_compile)
+    cfg = TrainConfig(
+        steps=a.steps,
+        batch_size=a.batch_size,
+        seq_len=a.seq_len,
+        num_workers=a.loader_workers,
+        compile=not a.no_compile,
+    )
     try:
         m = train(path, out, cfg, device=a.device)
     except TrainError as exc:
@@ -586,10 +671,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="midicorpus", description="Build, curate, tokenize and snapshot MIDI corpora.")
     p.add_argument("--version", action="version", version=f"midicorpus {__version__}")
-    p.add_argument("--lake", default=None, help="lake root (env MIDICORPUS_LAKE, default ./lake; serve: the config file's)")
-    p.add_argument("--scheduler", default=os.environ.get("MIDICORPUS_SCHEDULER"), help="Dask scheduler address tcp://HOST:PORT (env MIDICORPUS_SCHEDULER); default a LocalCluster")
-    p.add_argument("--workers", type=_workers, default=None, help="LocalCluster worker processes (default: one per core; 0 = in this process)")
-    p.add_argument("--timeout", type=_positive_float, default=20.0, help="per-file parse time limit in seconds (default 20)")
+    p.add_argument(
+        "--lake", default=None, help="lake root (env MIDICORPUS_LAKE, default ./lake; serve: the config file's)"
+    )
+    p.add_argument(
+        "--scheduler",
+        default=os.environ.get("MIDICORPUS_SCHEDULER"),
+        help="Dask scheduler address tcp://HOST:PORT (env MIDICORPUS_SCHEDULER); default a LocalCluster",
+    )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=None,
+        help="LocalCluster worker processes (default: one per core; 0 = in this process)",
+    )
+    p.add_argument(
+        "--timeout", type=_positive_float, default=20.0, help="per-file parse time limit in seconds (default 20)"
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -617,25 +715,54 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_ingest_music21)
 
     c = sub.add_parser("curate", help="texture, key and duplicate clusters for pieces not yet curated")
-    c.add_argument("--extract-melodies", action="store_true",
-                   help="ingest each monophonic pitched track of a polyphonic piece as a derived piece (source 'melody'), then curate it")
-    c.add_argument("--min-melody-notes", type=int, default=16, help="fewest notes a track needs to be extracted (default 16)")
-    c.add_argument("--key-backend", choices=["ours", "music21"], default="ours",
-                   help="whole-piece key: ours (fast, agrees with music21) or music21's own analyze('key') (~2.5 s/file); "
-                   "applies to pieces not yet curated")
+    c.add_argument(
+        "--extract-melodies",
+        action="store_true",
+        help="ingest each monophonic pitched track of a polyphonic piece as a derived piece (source 'melody'), then curate it",
+    )
+    c.add_argument(
+        "--min-melody-notes", type=int, default=16, help="fewest notes a track needs to be extracted (default 16)"
+    )
+    c.add_argument(
+        "--key-backend",
+        choices=["ours", "music21"],
+        default="ours",
+        help="whole-piece key: ours (fast, agrees with music21) or music21's own analyze('key') (~2.5 s/file); "
+        "applies to pieces not yet curated",
+    )
+    c.add_argument(
+        "--song-threshold",
+        type=float,
+        default=None,
+        help="containment at which a verified track match joins two pieces in one song group "
+        "(rule song-v1, default 0.65); re-decides from stored matches, nothing is analysed again",
+    )
     c.set_defaults(func=cmd_curate)
 
     cr = sub.add_parser("crawl", help="crawl a website source")
     crsub = cr.add_subparsers(dest="site", metavar="SITE", parser_class=_Parser)
     crsub.required = True
-    mu = crsub.add_parser("mutopia", help="the Mutopia Project (robots.txt obeyed, one request at a time, conditional re-crawl)")
+    mu = crsub.add_parser(
+        "mutopia", help="the Mutopia Project (robots.txt obeyed, one request at a time, conditional re-crawl)"
+    )
     mu.add_argument("--base-url", default=None, help="site root (default the real Mutopia Project)")
     mu.add_argument("--max-pieces", type=int, default=None, help="stop after this many pieces in this run")
     mu.add_argument("--max-bytes", type=int, default=None, help="stop after fetching this many bytes in this run")
-    mu.add_argument("--delay", type=float, default=None, help="seconds between requests (default 1; robots.txt Crawl-delay can raise it)")
+    mu.add_argument(
+        "--delay",
+        type=float,
+        default=None,
+        help="seconds between requests (default 1; robots.txt Crawl-delay can raise it)",
+    )
     mu.add_argument("--user-agent", default=None, help="User-Agent with a contact (default names midicorpus)")
-    mu.add_argument("--new", action="store_true", help="only pieces newer than the last crawl's highest id (from latestadditions.rss)")
-    mu.add_argument("--strict", action="store_true", help="reject files that violate the MIDI spec even when they parse")
+    mu.add_argument(
+        "--new",
+        action="store_true",
+        help="only pieces newer than the last crawl's highest id (from latestadditions.rss)",
+    )
+    mu.add_argument(
+        "--strict", action="store_true", help="reject files that violate the MIDI spec even when they parse"
+    )
     mu.set_defaults(func=cmd_crawl_mutopia)
 
     sn = sub.add_parser("snapshot", help="immutable, versioned dataset snapshots")
@@ -644,7 +771,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc = snsub.add_parser("create", help="build a snapshot (same lake + selection + seed = same version and bytes)")
     sc.add_argument("name")
     sc.add_argument("--scheme", required=True)
-    sc.add_argument("--where", default=None, help="SQL condition over features/pieces columns, e.g. \"texture = 'polyphonic'\"")
+    sc.add_argument(
+        "--where", default=None, help="SQL condition over features/pieces columns, e.g. \"texture = 'polyphonic'\""
+    )
     sc.add_argument("--transpose", default="none", help="none | normalize | augment:K (rows must have been tokenized)")
     sc.add_argument("--split", default="0.9,0.05,0.05", help="train,valid,test fractions")
     sc.add_argument("--seed", type=int, default=0)
@@ -682,22 +811,40 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--scale", action="store_true", help="also the synthetic 2k/5k/20k scale run (long)")
     b.set_defaults(func=cmd_bench)
 
-    sim = sub.add_parser("similar", help="nearest pieces by the near-duplicate index")
+    sim = sub.add_parser(
+        "similar",
+        help="a piece's dedup cluster and song group, its nearest pieces and the track matches behind its group",
+    )
     sim.add_argument("piece_id", help="a piece's sha256 (a unique prefix is enough)")
-    sim.add_argument("--k", type=int, default=10)
+    sim.add_argument("--k", type=int, default=10, help="rows per table (default 10)")
     sim.set_defaults(func=cmd_similar)
 
     t = sub.add_parser("tokenize", help="tokenize curated pieces under one or more schemes")
-    t.add_argument("--scheme", required=True, help="comma-separated presets (remi,tsd,midilike,structured,cpword,octuple,mumidi,mmm,pertok,remi_multitrack,tsd_multitrack,performance,note_duration)")
-    t.add_argument("--transpose", default="none", help="none | normalize (to C major / A minor) | augment:K (the +-1..K semitone copies too)")
+    t.add_argument(
+        "--scheme",
+        required=True,
+        help="comma-separated presets (remi,tsd,midilike,structured,cpword,octuple,mumidi,mmm,pertok,remi_multitrack,tsd_multitrack,performance,note_duration)",
+    )
+    t.add_argument(
+        "--transpose",
+        default="none",
+        help="none | normalize (to C major / A minor) | augment:K (the +-1..K semitone copies too)",
+    )
     t.add_argument("--config", default=None, help="a miditok tokenizer.json to register under --scheme NAME")
-    t.add_argument("--min-key-confidence", type=float, default=None, help="normalize only pieces whose key confidence is at least this (default 0.02; 0 = all)")
+    t.add_argument(
+        "--min-key-confidence",
+        type=float,
+        default=None,
+        help="normalize only pieces whose key confidence is at least this (default 0.02; 0 = all)",
+    )
     t.set_defaults(func=cmd_tokenize)
 
     tk = sub.add_parser("tokenizer", help="train and register tokenizers")
     tksub = tk.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     tksub.required = True
-    tt = tksub.add_parser("train", help="train a subword vocabulary (BPE/Unigram) on the corpus; registers '<scheme>-<model><N>'")
+    tt = tksub.add_parser(
+        "train", help="train a subword vocabulary (BPE/Unigram) on the corpus; registers '<scheme>-<model><N>'"
+    )
     tt.add_argument("--scheme", required=True)
     tt.add_argument("--vocab-size", type=int, required=True)
     tt.add_argument("--model", choices=["bpe", "unigram", "wordpiece"], default="bpe")
@@ -713,11 +860,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default="report", help="folder for index.html (default ./report)")
     rp.set_defaults(func=cmd_report)
 
-    sv = sub.add_parser("serve", help="register the Prefect deployments (nightly crawl, inbox watch, weekly snapshot) and serve them")
-    sv.add_argument("--config", default=None, help="midicorpus.toml or a pyproject.toml with [tool.midicorpus] "
-                    "(default: $MIDICORPUS_CONFIG, ./midicorpus.toml, ./pyproject.toml)")
+    sv = sub.add_parser(
+        "serve", help="register the Prefect deployments (nightly crawl, inbox watch, weekly snapshot) and serve them"
+    )
+    sv.add_argument(
+        "--config",
+        default=None,
+        help="midicorpus.toml or a pyproject.toml with [tool.midicorpus] "
+        "(default: $MIDICORPUS_CONFIG, ./midicorpus.toml, ./pyproject.toml)",
+    )
     sv.add_argument("--once", action="store_true", help="start the runs that are due now, wait for them, exit")
-    sv.add_argument("--check", action="store_true", help="validate the config, print the deployments and schedules, exit")
+    sv.add_argument(
+        "--check", action="store_true", help="validate the config, print the deployments and schedules, exit"
+    )
     sv.set_defaults(func=cmd_serve)
 
     r = sub.add_parser("run", help="the whole pipeline on the embedded default (music21 corpus)")
@@ -747,7 +902,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("MIDICORPUS_DEBUG"):
             raise
-        print(f"midicorpus: internal error: {type(exc).__name__}: {_one_line(str(exc))} (set MIDICORPUS_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(
+            f"midicorpus: internal error: {type(exc).__name__}: {_one_line(str(exc))} (set MIDICORPUS_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

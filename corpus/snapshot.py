@@ -75,7 +75,7 @@ SHARD_FORMAT = {
     "sequences.parquet": (
         "one row per sequence, in index order: seq, piece_id, transpose (semitones), track (sequence number "
         "within the piece's token row: one per track when the tokenizer has no single stream), chunk (part "
-        "number when max_seq_len cut the sequence), start, length"
+        "number when max_seq_len cut the sequence), start, length, song_group, dedup_cluster"
     ),
     "order": "sequences sorted by piece_id, transpose, track, chunk; no BOS/EOS stored (see tokenizer.special_ids)",
 }
@@ -176,13 +176,13 @@ def split_of(group_key: str, seed: int, fractions: Sequence[float]) -> str:
     return next(s for s, f in zip(reversed(SPLITS), reversed(fractions), strict=True) if f > 0)
 
 
-_KIND_ORDER = {"msd": 0, "mutopia": 1, "cluster": 2}
+_KIND_ORDER = {"msd": 0, "mutopia": 1, "song": 2, "cluster": 3}
 
 
 def song_groups(pieces: Mapping[str, Iterable[str]]) -> dict[str, str]:
     """Union-find over pieces sharing any key; each piece's group key.
 
-    ``pieces`` maps a piece to its keys (``cluster:<rep>``, ``msd:<id>``, ``mutopia:<id>``).
+    ``pieces`` maps a piece to its keys (``song:<group>``, ``cluster:<rep>``, ``msd:<id>``, ``mutopia:<id>``).
     The group key is the smallest key of the group by (kind, value), MSD ids first: they
     are external and stable, while a dedup representative can change when a bigger
     duplicate arrives.
@@ -209,6 +209,72 @@ def song_groups(pieces: Mapping[str, Iterable[str]]) -> dict[str, str]:
                 lo, hi = sorted((a, b), key=rank)
                 parent[hi] = lo
     return {pid: find(sorted(set(keys), key=rank)[0]) for pid, keys in pieces.items()}
+
+
+def assign_splits(
+    unit_of: Mapping[str, str], seed: int, fractions: Sequence[float], previous: Mapping[str, str]
+) -> dict[str, str]:
+    """The split of every piece: per unit (song group), the split most of its pieces had in
+    ``previous`` (ties: train, valid, test), else :func:`split_of` of the unit key."""
+    members: dict[str, list[str]] = {}
+    for p, u in unit_of.items():
+        members.setdefault(u, []).append(p)
+    out: dict[str, str] = {}
+    for u, pids in members.items():
+        votes = {sp: 0 for sp in SPLITS}
+        for p in pids:
+            if p in previous:
+                votes[previous[p]] += 1
+        chosen = (
+            max(SPLITS, key=lambda sp: (votes[sp], -SPLITS.index(sp)))
+            if any(votes.values())
+            else split_of(u, seed, fractions)
+        )
+        for p in pids:
+            out[p] = chosen
+    return out
+
+
+def leakage_check(pieces: Mapping[str, tuple[str, str | None, str | None]]) -> dict[str, Any]:
+    """From ``{piece: (split, song_group, dedup_cluster)}``: how many groups and clusters span two splits."""
+    out: dict[str, Any] = {}
+    for what, at in (("song_groups", 1), ("dedup_clusters", 2)):
+        splits: dict[str, set[str]] = {}
+        for v in pieces.values():
+            if v[at] is not None:
+                splits.setdefault(v[at], set()).add(v[0])
+        spanning = sorted(k for k, sp in splits.items() if len(sp) > 1)
+        out[what] = len(splits)
+        out[f"{what}_spanning_splits"] = len(spanning)
+        out[f"{what}_spanning_examples"] = spanning[:10]
+    return out
+
+
+def leakage_line(leak: Mapping[str, Any]) -> str:
+    return (
+        f"{leak['song_groups_spanning_splits']} song groups span two splits ({leak['song_groups']} song groups); "
+        f"{leak['dedup_clusters_spanning_splits']} dedup clusters span two splits ({leak['dedup_clusters']} clusters)"
+    )
+
+
+def _previous_splits(lake: Lake, con: Any, spec: SnapshotSpec) -> tuple[str, dict[str, str]] | None:
+    """(version, {piece: split}) of the latest version of ``spec.name`` built with the same seed and
+    fractions, or None: splits then come from the hash alone."""
+    rows = [r for r in list_snapshots(lake) if r["name"] == spec.name]
+    if not rows:
+        return None
+    row = rows[-1]
+    m = json.loads(_read(lake, row, "manifest.json"))
+    same = m.get("split", {}).get("seed") == spec.seed and list(m.get("split", {}).get("fractions", {}).values()) == [
+        float(x) for x in spec.split
+    ]
+    if not same:
+        return None
+    got = con.execute(
+        "SELECT DISTINCT piece_id, split FROM snapshot_pieces WHERE name = ? AND version = ?",
+        [spec.name, row["version"]],
+    ).fetchall()
+    return row["version"], dict(got)
 
 
 def license_terms(lic: str | None) -> str:
@@ -278,7 +344,7 @@ def _selection_sql(where: str | None, has_mutopia: bool) -> str:
     mut = "list_distinct(list(mutopia_id) FILTER (WHERE mutopia_id IS NOT NULL))" if has_mutopia else "[]::VARCHAR[]"
     cond = f"({where})" if where else "true"
     return (
-        "SELECT piece_id, any_value(dedup_cluster) AS dedup_cluster, "
+        "SELECT piece_id, any_value(dedup_cluster) AS dedup_cluster, any_value(song_group) AS song_group, "
         "list_sort(list_distinct(list(source))) AS sources, "
         "list_sort(list_distinct(list(coalesce(license, 'unknown')))) AS licenses, "
         "min(source_uri) AS source_uri, "
@@ -367,13 +433,24 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
 
         # song groups and splits (before augmentation: per piece, copies follow)
         keys = {
-            r["piece_id"]: [f"cluster:{r['dedup_cluster']}"]
+            r["piece_id"]: [f"song:{r['song_group']}", f"cluster:{r['dedup_cluster']}"]
             + [f"msd:{m}" for m in r["msd_ids"] or []]
             + [f"mutopia:{m}" for m in r["mutopia_ids"] or []]
             for r in sel_rows
         }
-        group = song_groups(keys)
-        split = {pid: split_of(g, spec.seed, spec.split) for pid, g in group.items()}
+        group_of = {r["piece_id"]: r["song_group"] for r in sel_rows}
+        cluster_of = {r["piece_id"]: r["dedup_cluster"] for r in sel_rows}
+        previous = _previous_splits(lake, con, spec)
+        split = assign_splits(song_groups(keys), spec.seed, spec.split, previous[1] if previous else {})
+        moved = (
+            [
+                {"piece_id": p, "from": a, "to": split[p]}
+                for p, a in sorted(previous[1].items())
+                if p in split and split[p] != a
+            ]
+            if previous
+            else []
+        )
 
         # which token rows: per piece, the wanted shifts
         wanted: list[tuple[str, int, str]] = []
@@ -437,7 +514,18 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
                 raise RuntimeError(f"token ids of {spec.scheme} out of range for {dtype}")
             # sequences: per row by seq_lengths, cut at max_seq_len
             seq_rows: dict[str, list[Any]] = {
-                k2: [] for k2 in ("seq", "piece_id", "transpose", "track", "chunk", "start", "length")
+                k2: []
+                for k2 in (
+                    "seq",
+                    "piece_id",
+                    "transpose",
+                    "track",
+                    "chunk",
+                    "start",
+                    "length",
+                    "song_group",
+                    "dedup_cluster",
+                )
             }
             offsets = [0]
             pos = 0
@@ -463,6 +551,8 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
                         seq_rows["chunk"].append(chunk)
                         seq_rows["start"].append(pos + s0)
                         seq_rows["length"].append(ln)
+                        seq_rows["song_group"].append(group_of[r["piece_id"]])
+                        seq_rows["dedup_cluster"].append(cluster_of[r["piece_id"]])
                         offsets.append(pos + s0 + ln)
                     pos += length
             if pos != len(arr):
@@ -478,6 +568,8 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
                     "chunk": pa.array(seq_rows["chunk"], pa.int32()),
                     "start": pa.array(seq_rows["start"], pa.int64()),
                     "length": pa.array(seq_rows["length"], pa.int64()),
+                    "song_group": pa.array(seq_rows["song_group"], pa.string()),
+                    "dedup_cluster": pa.array(seq_rows["dedup_cluster"], pa.string()),
                 }
             )
             buf = io.BytesIO()
@@ -538,6 +630,7 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
     }
 
     missing = sorted({(w[0], w[1]) for w in wanted} - present)
+    leakage = leakage_check({p: (split[p], group_of[p], cluster_of[p]) for p in in_snapshot})
     recipe = {
         "format": FORMAT,
         "selection": {
@@ -548,7 +641,11 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
         },
         "scheme": spec.scheme,
         "tokenizer_hash": tokinfo["hash"],
-        "split": {"fractions": dict(zip(SPLITS, spec.split, strict=True)), "seed": spec.seed},
+        "split": {
+            "fractions": dict(zip(SPLITS, spec.split, strict=True)),
+            "seed": spec.seed,
+            "previous_version": previous[0] if previous else None,
+        },
         "files": {k2: v["sha256"] for k2, v in sorted(files.items())},
     }
     version = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
@@ -583,11 +680,16 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
             "config": json.loads(tok_text).get("config"),
         },
         "split": {
-            "policy": "per song group (dedup cluster, MSD id, Mutopia id; union-find), assigned before augmentation: "
-            "u = int(sha256(f'{seed}\\0{group_key}')[:8]) / 2**64; train if u < f_train, valid if u < f_train + f_valid, else test",
+            "policy": "per song group (features.song_group, rule song-v1, joined with MSD and Mutopia ids; union-find), "
+            "assigned before augmentation: a group with pieces in the previous version of this name (same seed and "
+            "fractions) keeps the split most of them had; any other group: u = int(sha256(f'{seed}\\0{group_key}')[:8]) "
+            "/ 2**64; train if u < f_train, valid if u < f_train + f_valid, else test",
             "fractions": recipe["split"]["fractions"],
             "seed": spec.seed,
+            "previous_version": previous[0] if previous else None,
+            "moved": moved,
         },
+        "leakage": leakage,
         "library_versions": _library_versions(),
         "shard_format": {**SHARD_FORMAT, "dtype": dtype.name, "n_vocabularies": len(vocab_sizes) if multi else 1},
         "files": dict(sorted(files.items())),
@@ -623,6 +725,19 @@ def render_card(m: Mapping[str, Any]) -> str:
         lines.append(
             f"| {s} | {x.get('pieces', 0)} | {x.get('rows', 0)} | {x.get('sequences', 0)} | {x.get('tokens', 0):,} |"
         )
+    leak = m.get("leakage")
+    if leak:
+        lines += ["", f"Leakage check (counted from `sequences.parquet`): {leakage_line(leak)}."]
+    moved = m["split"].get("moved") or []
+    if m["split"].get("previous_version"):
+        lines += [
+            "",
+            f"Splits kept from version {m['split']['previous_version']}; {len(moved)} pieces moved "
+            "(a new piece joined song groups that were in different splits)" + (":" if moved else "."),
+        ]
+        lines += [f"- {x['piece_id']}: {x['from']} -> {x['to']}" for x in moved[:50]]
+        if len(moved) > 50:
+            lines.append(f"- ... and {len(moved) - 50} more (manifest.json `split.moved`)")
     lines += ["", "## Sources", "", "| source | pieces |", "|---|---:|"]
     lines += [f"| {s} | {n} |" for s, n in m["sources"].items()]
     lines += [
@@ -870,6 +985,7 @@ class VerifyResult:
     ref: str
     files: int
     problems: list[str]
+    song_groups: int | None = None  # groups the leakage check counted (None: a version without song groups)
 
     @property
     def ok(self) -> bool:
@@ -877,7 +993,12 @@ class VerifyResult:
 
     def line(self) -> str:
         if self.ok:
-            return f"{self.ref}: {self.files} files verified, all sha256 match the manifest"
+            leak = (
+                f"; 0 of {self.song_groups} song groups span two splits"
+                if self.song_groups is not None
+                else "; no song groups recorded (made before song groups): leakage not checked"
+            )
+            return f"{self.ref}: {self.files} files verified, all sha256 match the manifest{leak}"
         return f"{self.ref}: {len(self.problems)} problem(s): " + "; ".join(self.problems)
 
 
@@ -893,12 +1014,40 @@ def _check_file(p: Path, rel: str, meta: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _groups_of(parquet: Path) -> list[tuple[str, str]]:
+    """(song_group, piece_id) of a split's ``sequences.parquet`` (empty for versions made before song groups)."""
+    tbl = pq.read_table(parquet)
+    if "song_group" not in tbl.column_names:
+        return []
+    return list(zip(tbl.column("song_group").to_pylist(), tbl.column("piece_id").to_pylist()))
+
+
+def _leak_problem(groups: Mapping[str, list[tuple[str, str]]]) -> tuple[str | None, int | None]:
+    """(a problem when any song group has sequences in two splits, the groups counted), from the shards themselves."""
+    seen: dict[str, set[str]] = {}
+    for sp, rows in groups.items():
+        for g, _ in rows:
+            seen.setdefault(g, set()).add(sp)
+    if not seen:
+        return None, None
+    spanning = sorted(g for g, sps in seen.items() if len(sps) > 1)
+    if not spanning:
+        return None, len(seen)
+    return f"{len(spanning)} song groups span two splits (e.g. {', '.join(spanning[:3])}): the splits leak", len(seen)
+
+
 def verify_dir(path: Path) -> VerifyResult:
-    """Re-hash every file the manifest lists; report missing, resized and altered files."""
+    """Re-hash every file the manifest lists; report missing, resized and altered files, and leakage:
+    a song group with sequences in two splits."""
     path = Path(path)
     m = load_manifest(path)
     problems = [x for rel, meta in sorted(m["files"].items()) if (x := _check_file(path / rel, rel, meta))]
-    return VerifyResult(f"{m['name']}@{m['version']}", len(m["files"]), problems)
+    n_groups = None
+    if not problems:
+        leak, n_groups = _leak_problem({sp: _groups_of(path / sp / "sequences.parquet") for sp in SPLITS})
+        if leak:
+            problems.append(leak)
+    return VerifyResult(f"{m['name']}@{m['version']}", len(m["files"]), problems, n_groups)
 
 
 def verify(lake: Lake, ref: str) -> VerifyResult:
@@ -909,6 +1058,7 @@ def verify(lake: Lake, ref: str) -> VerifyResult:
     m = json.loads(lake.read_bytes(f"{rel}/manifest.json"))
     present = set(lake.list_files(rel))
     problems = []
+    groups: dict[str, list[tuple[str, str]]] = {}
     with tempfile.TemporaryDirectory(prefix="midicorpus-verify-") as tmpdir:
         local = Path(tmpdir) / "file"
         for f, meta in sorted(m["files"].items()):  # one file at a time: the disk holds one shard at most
@@ -917,8 +1067,15 @@ def verify(lake: Lake, ref: str) -> VerifyResult:
             problem = _check_file(local, f, meta)
             if problem:
                 problems.append(problem)
+            elif f.endswith("/sequences.parquet"):
+                groups[f.split("/")[0]] = _groups_of(local)
             local.unlink(missing_ok=True)
-    return VerifyResult(f"{m['name']}@{m['version']}", len(m["files"]), problems)
+    n_groups = None
+    if not problems:
+        leak, n_groups = _leak_problem(groups)
+        if leak:
+            problems.append(leak)
+    return VerifyResult(f"{m['name']}@{m['version']}", len(m["files"]), problems, n_groups)
 
 
 # ----------------------------------------------------------------------------- local copies

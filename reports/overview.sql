@@ -11,5 +11,7 @@ SELECT
      WHERE is_duplicate) AS duplicate_items,
     (SELECT count(DISTINCT dedup_cluster)
      FROM features) AS dedup_clusters,
+    (SELECT count(DISTINCT song_group)
+     FROM features) AS song_groups,
     (SELECT count(DISTINCT scheme) FROM tokens) AS schemes,
     (SELECT count(*) FROM snapshots) AS snapshot_versions

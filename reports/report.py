@@ -204,6 +204,19 @@ def _draw_dedup(rows: Rows) -> str:
     )
 
 
+def _draw_songs(rows: Rows) -> str:
+    shared = rows[0]["pct_in_groups_of_2_plus"] if rows else 0
+    return svg.hbars(
+        rows,
+        _dedup_label,
+        [
+            Panel("song groups", (Series("clusters", "groups", BLUE),)),
+            Panel("pieces in them", (Series("pieces", "pieces", GREEN),)),
+        ],
+        f"song group sizes ({shared or 0}% of pieces share their song with another piece)",
+    )
+
+
 def _draw_snapshots(rows: Rows) -> str:
     return svg.hbars(
         rows,
@@ -299,6 +312,14 @@ figures: list[Figure] = [
         "Sizes of the near-duplicate clusters of the latest curate run; a unique piece is a cluster of one.",
         _draw_dedup,
         "curate clusters duplicates: midicorpus curate",
+    ),
+    Figure(
+        "songs",
+        "Song groups",
+        "Sizes of the song groups (rule song-v1: arrangements, covers, transcriptions, extracted melodies and "
+        "copies of one composition); splits are assigned per song group.",
+        _draw_songs,
+        "curate groups songs: midicorpus curate",
     ),
     Figure(
         "snapshots",
@@ -425,6 +446,7 @@ KPIS = [
     ("rejected", "rejected"),
     ("duplicate_items", "duplicate items"),
     ("dedup_clusters", "dedup clusters"),
+    ("song_groups", "song groups"),
     ("schemes", "token schemes"),
     ("snapshot_versions", "snapshot versions"),
 ]
