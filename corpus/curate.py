@@ -610,10 +610,13 @@ def _recluster(
                     for p, g, j, t in new_songs
                 ],
             )
-    pidx.meta = {**pidx.meta, "pairs_stored": True}
-    tidx.meta = {**tidx.meta, "pairs_stored": True}
-    save_index(lake, "neardup", pidx, dedup.VECTOR_CONFIG)
-    save_index(lake, "tracks", tidx, songs.TRACK_CONFIG)
+    # the indexes last: one that holds a piece promises that the piece's pairs are stored
+    if new_pieces:
+        pidx.meta = {**pidx.meta, "pairs_stored": True}
+        save_index(lake, "neardup", pidx, dedup.VECTOR_CONFIG)
+    if new_tracks:
+        tidx.meta = {**tidx.meta, "pairs_stored": True}
+        save_index(lake, "tracks", tidx, songs.TRACK_CONFIG)
 
 
 def save_index(lake: Lake, name: str, index: Any, config: dict[str, object]) -> None:

@@ -265,9 +265,8 @@ def _previous_splits(lake: Lake, con: Any, spec: SnapshotSpec) -> tuple[str, dic
         return None
     row = rows[-1]
     m = json.loads(_read(lake, row, "manifest.json"))
-    same = m.get("split", {}).get("seed") == spec.seed and list(m.get("split", {}).get("fractions", {}).values()) == [
-        float(x) for x in spec.split
-    ]
+    fractions = dict(zip(SPLITS, (float(x) for x in spec.split), strict=True))
+    same = m.get("split", {}).get("seed") == spec.seed and m.get("split", {}).get("fractions") == fractions
     if not same:
         return None
     got = con.execute(

@@ -8,6 +8,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
+ARRANGEMENTS = REPO.parent / "shared" / "arrangements"
 sys.path.insert(0, str(REPO))
 
 
@@ -20,6 +21,14 @@ def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.skip(f"real test data not found at {DATA} (shared/ must sit beside the repository)")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def arrangements_dir() -> Path:
+    """POP909 songs, each as 2-8 arrangements sharing one melody (see its README)."""
+    if not ARRANGEMENTS.is_dir():
+        pytest.skip(f"arrangements not found at {ARRANGEMENTS} (shared/ must sit beside the repository)")
+    return ARRANGEMENTS
 
 
 @pytest.fixture

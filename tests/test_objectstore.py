@@ -76,7 +76,7 @@ def test_dask_cluster_over_s3_lake_equals_local_run(
     assert lake.list_files("_staging") == []
     assert not lake.file_exists(".lock")
     r = _run(_cli(s3_lake_url, "similar", want["tokens"][0][2][:16], "--k", "3"))
-    assert "nearest to" in r.stdout
+    assert "near-duplicates (whole-piece vectors, cosine):" in r.stdout and "song evidence" in r.stdout
 
 
 def test_query_through_duckdb_httpfs_and_fsspec(
