@@ -58,7 +58,9 @@ CREATE OR REPLACE VIEW song_matches AS
 SELECT
     p.* EXCLUDE (run_id, scheme),
     p.scheme AS track_scheme,
-    (p.containment >= t.threshold AND p.shared_ngrams >= t.min_shared) AS joins
+    -- corpus.curation.songs.passes: STRONG_SHARED 96 at STRONG_CONTAINMENT 0.4
+    (p.shared_ngrams >= t.min_shared AND (p.containment >= t.threshold
+        OR (p.shared_ngrams >= 96 AND p.containment >= 0.4))) AS joins
 FROM song_pairs_t p
 LEFT JOIN (SELECT any_value(threshold) AS threshold, any_value(min_shared) AS min_shared FROM song_groups_latest) t ON true;
 

@@ -173,7 +173,7 @@ def test_matched_tracks_are_kept_as_evidence(song_lake: Lake) -> None:
     rows = q(song_lake, "SELECT track_a, track_b, cosine, shared_ngrams, containment, joins FROM song_matches")
     assert rows and all(0.0 <= r[4] <= 1.0 and r[3] >= 0 for r in rows)
     for *_, shared, cont, joins in rows:
-        assert joins == (cont >= songs.DEFAULT_THRESHOLD and shared >= songs.MIN_SHARED)
+        assert joins == songs.passes(cont, shared)
     (n,) = q(song_lake, "SELECT count(*) FROM track_signatures WHERE has_identity")[0]
     assert n > 0
 
