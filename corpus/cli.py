@@ -504,7 +504,18 @@ def cmd_bench(ctx: Ctx) -> int:
     if not files.is_dir():
         raise UserError(f"no such folder: {str(files)!r} (give --files DIR)")
     workers = ctx.args.workers or 2
-    bench.run_bench(files, Path(a.out) if a.out else None, workers, key_files=a.key_files)
+    result = bench.run_bench(files, Path(a.out) if a.out else None, workers, key_files=a.key_files)
+    arrangements = files.parent / "arrangements"
+    if arrangements.is_dir():
+        from corpus import bench_songs
+
+        print("song identity...")
+        result["song_identity"] = bench_songs.run_songs(arrangements, files, workers)
+        if a.scale:
+            print("song identity, nightly delta on a 20,000-piece synthetic lake...")
+            result["song_identity"]["delta"] = bench_songs.run_delta(20_000, 200, files, workers)
+        if a.out:
+            Path(a.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
     if a.scale:
         out = Path(a.out).with_name(Path(a.out).stem + "-scale.json") if a.out else None
         bench.run_scale(src_dir=files, workers=workers, out=out)
