@@ -62,7 +62,7 @@ SPLITS = ("train", "valid", "test")
 DEFAULT_SPLIT = (0.9, 0.05, 0.05)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # the tables a snapshot reads; their versions go into the manifest
-SOURCE_TABLES = ("pieces", "piece_facts", "piece_analysis", "dedup", "tokens", "tokenizers")
+SOURCE_TABLES = ("pieces", "piece_facts", "piece_analysis", "dedup", "song_groups", "tokens", "tokenizers")
 
 SHARD_FORMAT = {
     "layout": "<split>/tokens.npy, <split>/index.npy, <split>/sequences.parquet for split in train, valid, test",
@@ -440,7 +440,10 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
         group_of = {r["piece_id"]: r["song_group"] for r in sel_rows}
         cluster_of = {r["piece_id"]: r["dedup_cluster"] for r in sel_rows}
         previous = _previous_splits(lake, con, spec)
-        split = assign_splits(song_groups(keys), spec.seed, spec.split, previous[1] if previous else {})
+        units = song_groups(keys)
+        hashed = assign_splits(units, spec.seed, spec.split, {})
+        split = assign_splits(units, spec.seed, spec.split, previous[1]) if previous else hashed
+        kept_from = previous[0] if previous and split != hashed else None  # the previous version changed a split
         moved = (
             [
                 {"piece_id": p, "from": a, "to": split[p]}
@@ -640,11 +643,7 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
         },
         "scheme": spec.scheme,
         "tokenizer_hash": tokinfo["hash"],
-        "split": {
-            "fractions": dict(zip(SPLITS, spec.split, strict=True)),
-            "seed": spec.seed,
-            "previous_version": previous[0] if previous else None,
-        },
+        "split": {"fractions": dict(zip(SPLITS, spec.split, strict=True)), "seed": spec.seed},
         "files": {k2: v["sha256"] for k2, v in sorted(files.items())},
     }
     version = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
@@ -685,6 +684,7 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
             "/ 2**64; train if u < f_train, valid if u < f_train + f_valid, else test",
             "fractions": recipe["split"]["fractions"],
             "seed": spec.seed,
+            "kept_from_version": kept_from,
             "previous_version": previous[0] if previous else None,
             "moved": moved,
         },
@@ -728,11 +728,17 @@ def render_card(m: Mapping[str, Any]) -> str:
     if leak:
         lines += ["", f"Leakage check (counted from `sequences.parquet`): {leakage_line(leak)}."]
     moved = m["split"].get("moved") or []
-    if m["split"].get("previous_version"):
+    if m["split"].get("kept_from_version"):
         lines += [
             "",
-            f"Splits kept from version {m['split']['previous_version']}; {len(moved)} pieces moved "
-            "(a new piece joined song groups that were in different splits)" + (":" if moved else "."),
+            f"Splits kept from version {m['split']['kept_from_version']}: a song group keeps the split most of "
+            "its pieces had there.",
+        ]
+    if moved:
+        lines += [
+            "",
+            f"{len(moved)} pieces moved since version {m['split']['previous_version']} "
+            "(a new piece joined song groups that were in different splits):",
         ]
         lines += [f"- {x['piece_id']}: {x['from']} -> {x['to']}" for x in moved[:50]]
         if len(moved) > 50:

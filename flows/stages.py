@@ -129,17 +129,19 @@ def _file_hash(path: str | None) -> str | None:
 
 CURATE_INPUTS = ("pieces", "piece_facts", "tracks")
 TOKENIZE_INPUTS = ("pieces", "piece_facts", "tracks", "piece_analysis", "track_texture", "dedup")
-SNAPSHOT_INPUTS = ("pieces", "piece_facts", "piece_analysis", "track_texture", "dedup", "tokens", "tokenizers")
+SNAPSHOT_INPUTS = ("pieces", "piece_facts", "piece_analysis", "track_texture", "dedup", "song_groups", "tokens", "tokenizers")
 
 
 def _curate_key(context: Any, p: dict[str, Any]) -> str:
     from corpus.curate import CURATE_VERSION, DEDUP_THRESHOLD
+    from corpus.curation import songs
 
     opts = {
         "key_backend": p.get("key_backend"),
         "melodies": p.get("extract_melodies"),
         "v": CURATE_VERSION,
         "threshold": DEDUP_THRESHOLD,
+        "songs": [songs.SONG_RULE, songs.TRACK_CONFIG_SHA256, songs.DEFAULT_THRESHOLD],
     }
     return _stage_key("curate", lake_location(p["lake"]), CURATE_INPUTS, opts)
 

@@ -114,7 +114,7 @@ def test_pieces_keep_their_split_when_the_lake_grows(tmp_path: Path, arrangement
     _add(lake, _songs(arrangements_dir, 1, 10, tmp_path / "a"))
     spec = S.SnapshotSpec("grow", "remi", split=(0.5, 0.25, 0.25), seed=7)
     first = _create(lake, spec)
-    assert first.manifest["split"]["previous_version"] is None
+    assert first.manifest["split"]["previous_version"] is None and first.manifest["split"]["kept_from_version"] is None
     before = {r["piece_id"]: r["split"] for r in lake.query(
         f"SELECT DISTINCT piece_id, split FROM snapshot_pieces WHERE version = '{first.version}'").to_pylist()}
     _add(lake, _songs(arrangements_dir, 11, 20, tmp_path / "b"))
@@ -125,8 +125,9 @@ def test_pieces_keep_their_split_when_the_lake_grows(tmp_path: Path, arrangement
         f"SELECT DISTINCT piece_id, split FROM snapshot_pieces WHERE version = '{second.version}'").to_pylist()}
     assert len(after) > len(before)
     assert {p: after[p] for p in before} == before
-    assert second.manifest["split"]["moved"] == []
-    assert f"Splits kept from version {first.version}; 0 pieces moved" in S.show(lake, "grow")
+    assert second.manifest["split"]["moved"] == [] and "pieces moved" not in S.show(lake, "grow")
+    # the same selection again: the same version, nothing rewritten
+    assert _create(lake, spec).version == second.version
 
 
 def test_the_card_names_the_pieces_that_moved_when_groups_merged(tmp_path: Path, arrangements_dir: Path) -> None:
@@ -150,6 +151,6 @@ def test_the_card_names_the_pieces_that_moved_when_groups_merged(tmp_path: Path,
     assert moved and len({(m["from"], m["to"]) for m in moved}) == 1
     assert second.manifest["leakage"]["song_groups"] == 1 and second.manifest["leakage"]["song_groups_spanning_splits"] == 0
     card = S.show(lake, "m")
-    assert f"{len(moved)} pieces moved" in card
+    assert f"{len(moved)} pieces moved since version {first.version}" in card
     for m in moved:
         assert f"- {m['piece_id']}: {m['from']} -> {m['to']}" in card
