@@ -281,3 +281,25 @@ def test_similar_shows_both_levels_and_the_matched_tracks(song_lake: Lake) -> No
         env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=300,
     )
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["midicorpus: error: no curated piece with id 'zzzz'; give more of the sha256"]
+
+
+def test_a_lake_curated_before_song_groups_gets_its_signatures_once(
+    tmp_path: Path, arrangements_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = _files(arrangements_dir, 1, 6, tmp_path / "a")
+    fresh, old = Lake(tmp_path / "fresh"), Lake(tmp_path / "old")
+    with Engine(workers=0) as e:  # in-process: the stand-in for the old analysis reaches the worker
+        with fresh.lock("t"):
+            ingest(fresh, DirSource(src, name="pop909"), e, IngestConfig())
+            curate(fresh, e)
+        with old.lock("t"):
+            ingest(old, DirSource(src, name="pop909"), e, IngestConfig())
+            with monkeypatch.context() as m:  # the analysis of a release without track signatures
+                m.setattr(songs, "track_signatures", lambda score, piece_id: [])
+                curate(old, e)
+            assert q(old, "SELECT count(*) FROM track_signatures")[0][0] == 0
+            up = curate(old, e)
+            assert up.analysed == 0 and up.signed == q(old, "SELECT count(*) FROM features")[0][0]
+            assert "track signatures added to" in up.line()
+            assert curate(old, e).signed == 0
+    assert _groups(old) == _groups(fresh)
