@@ -330,6 +330,43 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+BUILD_MEMORY_LIMIT = os.environ.get("MIDICORPUS_SNAPSHOT_MEMORY", "1GB")  # DuckDB's, while a snapshot is built
+STREAM_BATCH_ROWS = 2048  # token rows (pieces x transpositions) per Arrow batch while writing tokens.npy
+
+
+def _stream_tokens(result: Any, path: Path, shape: tuple[int, ...], dtype: np.dtype, scheme: str) -> dict[str, Any]:
+    """Write the ids of a DuckDB result (one list, or list of lists, per row) as ``tokens.npy`` of
+    ``shape``, batch by batch: the same bytes as ``np.save`` of the whole array, with memory bounded
+    by STREAM_BATCH_ROWS rows, not by the split. Returns the file's sha256 and size."""
+    from numpy.lib import format as npf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    written = 0
+    with open(path, "wb") as fh:
+        head = io.BytesIO()
+        npf.write_array_header_1_0(head, {"descr": npf.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+        fh.write(head.getvalue())
+        h.update(head.getvalue())
+        for batch in result.to_arrow_reader(STREAM_BATCH_ROWS):
+            flat = batch.column(0).flatten()
+            if len(shape) == 2:
+                flat = flat.flatten()
+            arr = np.asarray(flat.to_numpy(zero_copy_only=False))
+            if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(dtype).max):
+                raise RuntimeError(f"token ids of {scheme} out of range for {dtype}")
+            blob = arr.astype(dtype).tobytes()
+            fh.write(blob)
+            h.update(blob)
+            written += arr.size
+        fh.flush()
+        os.fsync(fh.fileno())
+    want = int(np.prod(shape))
+    if written != want:
+        raise RuntimeError(f"seq_lengths sum to {shape[0]} tokens, the ids hold {written // max(1, int(np.prod(shape[1:])))}")
+    return {"sha256": h.hexdigest(), "bytes": path.stat().st_size}
+
+
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
@@ -417,7 +454,11 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
     mode, k = transpose_shifts(spec.transpose)
     out_dir.mkdir(parents=True)
     con = lake.connect()
+    spill = tempfile.mkdtemp(prefix="midicorpus-snapshot-spill-")
     try:
+        # the sort of the token lists spills to disk past this, so the driver's memory does not grow with the corpus
+        con.execute(f"SET memory_limit = '{BUILD_MEMORY_LIMIT}'")
+        con.execute(f"SET temp_directory = '{spill}'")
         tokinfo = _resolve_tokenizer(con, spec.scheme, spec.tokenizer_hash)
         cols = {r[0] for r in con.execute("DESCRIBE pieces").fetchall()}
         sel_sql = _selection_sql(spec.where, "mutopia_id" in cols)
@@ -498,22 +539,6 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
         for sp in SPLITS:
             rows = [r for r in all_rows if r["split"] == sp]
             ids_col = "ids_multi" if multi else "ids"
-            data = con.sql(
-                f"SELECT t.{ids_col} AS ids FROM tokens t JOIN snapshot_wanted w USING (piece_id, transpose) "
-                f"WHERE {tok_filter} AND w.split = ? "
-                "QUALIFY row_number() OVER (PARTITION BY t.piece_id, t.transpose ORDER BY t.run_id) = 1 "
-                "ORDER BY t.piece_id, t.transpose",
-                params=[*params, sp],
-            ).to_arrow_table()
-            col = data.column("ids").combine_chunks() if data.num_rows else pa.array([], pa.list_(pa.int32()))
-            flat = col.flatten()
-            if multi:
-                n_voc = len(vocab_sizes)
-                arr = np.asarray(flat.flatten().to_numpy(zero_copy_only=False)).reshape(-1, n_voc)
-            else:
-                arr = np.asarray(flat.to_numpy(zero_copy_only=False))
-            if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(dtype).max):
-                raise RuntimeError(f"token ids of {spec.scheme} out of range for {dtype}")
             # sequences: per row by seq_lengths, cut at max_seq_len
             seq_rows: dict[str, list[Any]] = {
                 k2: []
@@ -557,9 +582,16 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
                         seq_rows["dedup_cluster"].append(cluster_of[r["piece_id"]])
                         offsets.append(pos + s0 + ln)
                     pos += length
-            if pos != len(arr):
-                raise RuntimeError(f"seq_lengths of the {sp} rows sum to {pos}, ids hold {len(arr)}")
-            tokens_b = _npy_bytes(arr.astype(dtype))
+            ids_sql = (
+                f"SELECT t.{ids_col} AS ids FROM tokens t JOIN snapshot_wanted w USING (piece_id, transpose) "
+                f"WHERE {tok_filter} AND w.split = ? "
+                "QUALIFY row_number() OVER (PARTITION BY t.piece_id, t.transpose ORDER BY t.run_id) = 1 "
+                "ORDER BY t.piece_id, t.transpose"
+            )
+            shape = (pos, len(vocab_sizes)) if multi else (pos,)
+            files[f"{sp}/tokens.npy"] = _stream_tokens(
+                con.execute(ids_sql, [*params, sp]), out_dir / sp / "tokens.npy", shape, dtype, spec.scheme
+            )
             index_b = _npy_bytes(np.asarray(offsets, dtype=np.int64))
             seq_tbl = pa.table(
                 {
@@ -577,7 +609,6 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
             buf = io.BytesIO()
             pq.write_table(seq_tbl, buf, compression="zstd")
             for rel, blob in (
-                (f"{sp}/tokens.npy", tokens_b),
                 (f"{sp}/index.npy", index_b),
                 (f"{sp}/sequences.parquet", buf.getvalue()),
             ):
@@ -587,10 +618,11 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
                 "pieces": len(n_pieces),
                 "rows": len(rows),
                 "sequences": len(offsets) - 1,
-                "tokens": int(len(arr)),
+                "tokens": int(pos),
             }
     finally:
         con.close()
+        shutil.rmtree(spill, ignore_errors=True)
 
     # tokenizer, attribution
     _write(out_dir / "tokenizer.json", tok_text.encode())
