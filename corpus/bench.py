@@ -108,8 +108,11 @@ def worker_memory() -> dict[str, Any]:
         hwm = _hwm_mb(child.pid)
         if hwm is not None:
             children[child.pid] = hwm
-    return {"worker_mb": round(me, 1), "children_mb": [round(v, 1) for v in children.values()],
-            "total_mb": round(me + sum(children.values()), 1)}
+    return {
+        "worker_mb": round(me, 1),
+        "children_mb": [round(v, 1) for v in children.values()],
+        "total_mb": round(me + sum(children.values()), 1),
+    }
 
 
 def _engine_memory(engine: Any) -> dict[str, Any] | None:
@@ -178,8 +181,13 @@ def bench_curate_piece(datas: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
             continue
         times.append(t)
         per_file[name] = t
-    return {"pieces": len(times), "failed": failed, "files_per_s": _rate(len(times), sum(times)),
-            "median_ms": _median_ms(times), "per_file_s": per_file}
+    return {
+        "pieces": len(times),
+        "failed": failed,
+        "files_per_s": _rate(len(times), sum(times)),
+        "median_ms": _median_ms(times),
+        "per_file_s": per_file,
+    }
 
 
 def key_subset(paths: Sequence[Path], n: int) -> list[Path]:
@@ -232,8 +240,11 @@ def bench_queries(lake: Any, repeat: int = 3) -> dict[str, Any]:
     try:
         for name, sql in QUERIES.items():
             t, rows, err = _best(lambda s=sql: con.execute(s).fetchall(), repeat)
-            out[name] = {"ms": round(1000 * t, 2), "rows": len(rows) if rows is not None else None,
-                         "error": f"{type(err).__name__}: {err}" if err else None}
+            out[name] = {
+                "ms": round(1000 * t, 2),
+                "rows": len(rows) if rows is not None else None,
+                "error": f"{type(err).__name__}: {err}" if err else None,
+            }
     finally:
         con.close()
     return out
@@ -294,10 +305,16 @@ def bench_tokenize(lake: Any, scheme: str = "remi", echo: Echo = print) -> dict[
             done = sum(x.pieces for x in s.schemes)
             toks = sum(x.tokens for x in s.schemes)
             runs[f"{w}{'-fast' if fast else ''}"] = {
-                "seconds": round(secs, 3), "pieces": done, "tokens": toks,
-                "rejected": sum(x.rejected for x in s.schemes), "files_per_s": _rate(done, secs), "memory": mem,
+                "seconds": round(secs, 3),
+                "pieces": done,
+                "tokens": toks,
+                "rejected": sum(x.rejected for x in s.schemes),
+                "files_per_s": _rate(done, secs),
+                "memory": mem,
             }
-            echo(f"  tokenize {scheme} ({'fast path' if fast else 'miditok'}) with {w} worker(s): {done} pieces in {secs:.1f} s")
+            echo(
+                f"  tokenize {scheme} ({'fast path' if fast else 'miditok'}) with {w} worker(s): {done} pieces in {secs:.1f} s"
+            )
         finally:
             shutil.rmtree(root, ignore_errors=True)
     base = _tokenize_baseline([lake.get_raw(p) for p in pids], scheme)
@@ -306,11 +323,15 @@ def bench_tokenize(lake: Any, scheme: str = "remi", echo: Echo = print) -> dict[
         "runs": {str(k): v for k, v in runs.items()},
         "baseline_symusic_miditok_s": round(base, 3),
         "overhead_vs_miditok": round(runs["1"]["seconds"] / base, 3) if base > 0 else None,
-        "scaling_2_workers": round(runs["1"]["seconds"] / runs["2"]["seconds"], 3) if runs["2"]["seconds"] > 0 else None,
+        "scaling_2_workers": round(runs["1"]["seconds"] / runs["2"]["seconds"], 3)
+        if runs["2"]["seconds"] > 0
+        else None,
         "fastpath_stage_speedup_1_worker": round(runs["1"]["seconds"] / runs["1-fast"]["seconds"], 3)
-        if runs["1-fast"]["seconds"] > 0 else None,
+        if runs["1-fast"]["seconds"] > 0
+        else None,
         "fastpath_scaling_2_workers": round(runs["1-fast"]["seconds"] / runs["2-fast"]["seconds"], 3)
-        if runs["2-fast"]["seconds"] > 0 else None,
+        if runs["2-fast"]["seconds"] > 0
+        else None,
     }
 
 
@@ -352,8 +373,9 @@ def _items(paths: Sequence[Path], root: Path, source: str) -> Iterator[Any]:
         yield SourceItem(source=source, uri=str(p.relative_to(root)), data=p.read_bytes(), name=p.name)
 
 
-def run_pipeline(lake: Any, items: Any, workers: int, echo: Echo = print,
-                 tokenize_scheme: str | None = None) -> dict[str, Any]:
+def run_pipeline(
+    lake: Any, items: Any, workers: int, echo: Echo = print, tokenize_scheme: str | None = None
+) -> dict[str, Any]:
     """Ingest + curate (+ tokenize ``tokenize_scheme`` when given) ``items`` into ``lake`` on a
     fresh engine; times and peak memory."""
     from corpus.curate import curate
@@ -378,16 +400,26 @@ def run_pipeline(lake: Any, items: Any, workers: int, echo: Echo = print,
             done = sum(x.pieces + x.rejected for x in ts.schemes)
             echo(f"  tokenize {tokenize_scheme}: {'; '.join(ts.lines())} in {ts.seconds:.1f} s")
             mem = _engine_memory(engine)
-            tok = {"scheme": tokenize_scheme, "pieces": sum(x.pieces for x in ts.schemes),
-                   "rejected": sum(x.rejected for x in ts.schemes), "tokens": sum(x.tokens for x in ts.schemes),
-                   "seconds": round(ts.seconds, 3), "files_per_s": _rate(done, ts.seconds)}
+            tok = {
+                "scheme": tokenize_scheme,
+                "pieces": sum(x.pieces for x in ts.schemes),
+                "rejected": sum(x.rejected for x in ts.schemes),
+                "tokens": sum(x.tokens for x in ts.schemes),
+                "seconds": round(ts.seconds, 3),
+                "files_per_s": _rate(done, ts.seconds),
+            }
     new = s.inputs - s.unchanged
     return {
         "workers": workers,
         "cluster_start_s": round(start_s, 3),
         "ingest": {**s.as_dict(), "files_per_s": _rate(new, s.seconds)},
-        "curate": {"analysed": c.analysed, "failed": c.failed, "clusters": c.clusters, "seconds": round(c.seconds, 3),
-                   "files_per_s": _rate(c.analysed + c.failed, c.seconds)},
+        "curate": {
+            "analysed": c.analysed,
+            "failed": c.failed,
+            "clusters": c.clusters,
+            "seconds": round(c.seconds, 3),
+            "files_per_s": _rate(c.analysed + c.failed, c.seconds),
+        },
         "memory_after_ingest": mem_ingest,
         "memory_after_curate": mem_curate,
         "tokenize": tok,
@@ -420,8 +452,11 @@ def _lakh_projection(result: dict[str, Any], lakh_factor: dict[str, float]) -> d
             continue
         hours[stage] = round(LAKH_FILES / rate * lakh_factor.get(stage, 1.0) / 3600, 3)
     total = sum(h for h in hours.values() if h is not None)
-    return {"by_stage_hours": hours, "total_hours": round(total, 3),
-            "complete": all(h is not None for h in hours.values())}
+    return {
+        "by_stage_hours": hours,
+        "total_hours": round(total, 3),
+        "complete": all(h is not None for h in hours.values()),
+    }
 
 
 def _factor(per_file: dict[str, float], pick: Callable[[str], bool]) -> float:
@@ -528,9 +563,13 @@ def run_bench(
         },
         "pipeline": pipe,
         "tokenize": tok,
-        "machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-                    "python": platform.python_version(), "platform": platform.platform(),
-                    "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        },
         "files_dir": str(files_dir),
         "files": len(paths),
         "lake_reused": reused,
@@ -543,8 +582,12 @@ def run_bench(
     sample["tokenize"] = sample["curate"]  # same notes, same scaling: an assumption, said here
     proj = _lakh_projection(result, {})
     alt = _lakh_projection(result, sample)
-    proj["lakh_sample"] = {"files": sum(1 for n, _ in datas if is_lakh(n)), "relative_cost": sample,
-                           "total_hours": alt["total_hours"], "by_stage_hours": alt["by_stage_hours"]}
+    proj["lakh_sample"] = {
+        "files": sum(1 for n, _ in datas if is_lakh(n)),
+        "relative_cost": sample,
+        "total_hours": alt["total_hours"],
+        "by_stage_hours": alt["by_stage_hours"],
+    }
     result["lakh_projection_hours"] = proj["total_hours"]
     result["lakh_projection"] = proj
     del result["pipeline"], result["tokenize"]
@@ -574,28 +617,83 @@ def format_table(r: dict[str, Any]) -> str:
     runs = tok.get("runs", {})
     rows = [
         ("stage", "files", "files/s", "median ms/file", "note"),
-        ("symusic parse (1 core)", st["parse"]["files"], _f(st["parse"]["symusic_files_per_s"]),
-         _f(st["parse"]["symusic_median_ms"], ".3f"), "lower bound"),
-        ("parse+validate+facts (1 core)", st["parse"]["files"], _f(st["parse"]["files_per_s"]),
-         _f(st["parse"]["median_ms"], ".3f"), f"x{_f(r['parse_overhead_vs_symusic'], '.2f')} symusic"),
-        ("curate analysis (1 core)", st["curate_piece"]["pieces"], _f(st["curate_piece"]["files_per_s"]),
-         _f(st["curate_piece"]["median_ms"], ".3f"), "texture+key+windows+dedup sig"),
-        ("key vs music21", st["key"]["measured"], "-", _f(st["key"]["ours_ms_per_file"], ".3f"),
-         f"x{_f(r['key_speedup_vs_music21'])} faster, agree {_f(r['key_agreement_music21'], '.3f')}"),
-        ("tokenize fastpath vs miditok", st["fastpath"]["schemes"][next(iter(st["fastpath"]["schemes"]))]["files"], "-", "-",
-         f"x{_f(r['fastpath_speedup_vs_miditok'])} faster, identical {_f(r['fastpath_identical_ids'])}"),
-        (f"ingest ({pipe['workers']} workers)", pipe["ingest"]["inputs"], _f(pipe["ingest"]["files_per_s"]), "-",
-         f"{pipe['ingest']['seconds']} s + cluster start {pipe['cluster_start_s']} s"),
-        (f"curate ({pipe['workers']} workers)", pipe["curate"]["analysed"], _f(pipe["curate"]["files_per_s"]), "-",
-         f"{pipe['curate']['seconds']} s incl. dedup clustering"),
-        ("tokenize stage, miditok (1 worker)", (runs.get("1") or {}).get("pieces", "-"), _f((runs.get("1") or {}).get("files_per_s")), "-",
-         f"x{_f(r['tokenize_overhead_vs_miditok'], '.2f')} bare symusic+miditok"),
-        ("tokenize stage, miditok (2 workers)", (runs.get("2") or {}).get("pieces", "-"), _f((runs.get("2") or {}).get("files_per_s")), "-",
-         f"scaling x{_f(r['tokenize_scaling_2_workers'], '.2f')}"),
-        ("tokenize stage, fast path (1 worker)", (runs.get("1-fast") or {}).get("pieces", "-"),
-         _f((runs.get("1-fast") or {}).get("files_per_s")), "-", "the default"),
-        ("tokenize stage, fast path (2 workers)", (runs.get("2-fast") or {}).get("pieces", "-"),
-         _f((runs.get("2-fast") or {}).get("files_per_s")), "-", f"scaling x{_f(r['tokenize_fastpath_scaling_2_workers'], '.2f')}"),
+        (
+            "symusic parse (1 core)",
+            st["parse"]["files"],
+            _f(st["parse"]["symusic_files_per_s"]),
+            _f(st["parse"]["symusic_median_ms"], ".3f"),
+            "lower bound",
+        ),
+        (
+            "parse+validate+facts (1 core)",
+            st["parse"]["files"],
+            _f(st["parse"]["files_per_s"]),
+            _f(st["parse"]["median_ms"], ".3f"),
+            f"x{_f(r['parse_overhead_vs_symusic'], '.2f')} symusic",
+        ),
+        (
+            "curate analysis (1 core)",
+            st["curate_piece"]["pieces"],
+            _f(st["curate_piece"]["files_per_s"]),
+            _f(st["curate_piece"]["median_ms"], ".3f"),
+            "texture+key+windows+dedup sig",
+        ),
+        (
+            "key vs music21",
+            st["key"]["measured"],
+            "-",
+            _f(st["key"]["ours_ms_per_file"], ".3f"),
+            f"x{_f(r['key_speedup_vs_music21'])} faster, agree {_f(r['key_agreement_music21'], '.3f')}",
+        ),
+        (
+            "tokenize fastpath vs miditok",
+            st["fastpath"]["schemes"][next(iter(st["fastpath"]["schemes"]))]["files"],
+            "-",
+            "-",
+            f"x{_f(r['fastpath_speedup_vs_miditok'])} faster, identical {_f(r['fastpath_identical_ids'])}",
+        ),
+        (
+            f"ingest ({pipe['workers']} workers)",
+            pipe["ingest"]["inputs"],
+            _f(pipe["ingest"]["files_per_s"]),
+            "-",
+            f"{pipe['ingest']['seconds']} s + cluster start {pipe['cluster_start_s']} s",
+        ),
+        (
+            f"curate ({pipe['workers']} workers)",
+            pipe["curate"]["analysed"],
+            _f(pipe["curate"]["files_per_s"]),
+            "-",
+            f"{pipe['curate']['seconds']} s incl. dedup clustering",
+        ),
+        (
+            "tokenize stage, miditok (1 worker)",
+            (runs.get("1") or {}).get("pieces", "-"),
+            _f((runs.get("1") or {}).get("files_per_s")),
+            "-",
+            f"x{_f(r['tokenize_overhead_vs_miditok'], '.2f')} bare symusic+miditok",
+        ),
+        (
+            "tokenize stage, miditok (2 workers)",
+            (runs.get("2") or {}).get("pieces", "-"),
+            _f((runs.get("2") or {}).get("files_per_s")),
+            "-",
+            f"scaling x{_f(r['tokenize_scaling_2_workers'], '.2f')}",
+        ),
+        (
+            "tokenize stage, fast path (1 worker)",
+            (runs.get("1-fast") or {}).get("pieces", "-"),
+            _f((runs.get("1-fast") or {}).get("files_per_s")),
+            "-",
+            "the default",
+        ),
+        (
+            "tokenize stage, fast path (2 workers)",
+            (runs.get("2-fast") or {}).get("pieces", "-"),
+            _f((runs.get("2-fast") or {}).get("files_per_s")),
+            "-",
+            f"scaling x{_f(r['tokenize_fastpath_scaling_2_workers'], '.2f')}",
+        ),
         ("snapshot loader", "-", "-", "-", f"{_f(r['loader_tokens_per_s'], '.0f')} tokens/s"),
     ]
     for name, q in st["duckdb"].items():
@@ -608,12 +706,16 @@ def format_table(r: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"peak RSS per worker (worker + parser child, any stage): {_f(r['peak_rss_mb_per_worker'])} MB")
     by = ", ".join(f"{k} {_f(v, '.2f')} h" for k, v in proj["by_stage_hours"].items())
-    lines.append(f"Lakh ({LAKH_FILES:,} files) projection on this machine: {_f(proj['total_hours'], '.2f')} h ({by})"
-                 + ("" if proj["complete"] else " [incomplete: stages missing]"))
+    lines.append(
+        f"Lakh ({LAKH_FILES:,} files) projection on this machine: {_f(proj['total_hours'], '.2f')} h ({by})"
+        + ("" if proj["complete"] else " [incomplete: stages missing]")
+    )
     ls = proj.get("lakh_sample") or {}
     if ls.get("files"):
-        lines.append(f"  weighted by the {ls['files']} Lakh files of this set (relative cost {ls['relative_cost']}): "
-                     f"{_f(ls['total_hours'], '.2f')} h")
+        lines.append(
+            f"  weighted by the {ls['files']} Lakh files of this set (relative cost {ls['relative_cost']}): "
+            f"{_f(ls['total_hours'], '.2f')} h"
+        )
     if r["missing"]:
         lines.append("missing (reported as null): " + ", ".join(r["missing"]))
     return "\n".join(lines)
@@ -662,37 +764,63 @@ def run_scale(
             lake_root = work_dir / f"lake-{n}"
             shutil.rmtree(lake_root, ignore_errors=True)
             echo(f"scale: N = {n}")
-            res = run_pipeline(Lake(lake_root), _items(paths[:n], files_dir, "synthetic"), workers, echo,
-                               tokenize_scheme=tokenize_scheme)
+            res = run_pipeline(
+                Lake(lake_root),
+                _items(paths[:n], files_dir, "synthetic"),
+                workers,
+                echo,
+                tokenize_scheme=tokenize_scheme,
+            )
             size_mb = sum(f.stat().st_size for f in lake_root.rglob("*") if f.is_file()) / 2**20
-            rows.append({
-                "n": n,
-                "ingest_files_per_s": res["ingest"]["files_per_s"],
-                "ingest_s": res["ingest"]["seconds"],
-                "ingest_ok": res["ingest"]["ok"],
-                "ingest_duplicate": res["ingest"]["duplicate"],
-                "curate_files_per_s": res["curate"]["files_per_s"],
-                "curate_s": res["curate"]["seconds"],
-                "clusters": res["curate"]["clusters"],
-                "peak_rss_mb_per_worker": res["peak_rss_mb_per_worker"],
-                "peak_rss_mb_per_worker_after_ingest": (res["memory_after_ingest"] or {}).get("peak_rss_mb_per_worker"),
-                "peak_rss_mb_per_worker_after_curate": (res["memory_after_curate"] or {}).get("peak_rss_mb_per_worker"),
-                "tokenize_files_per_s": (res.get("tokenize") or {}).get("files_per_s"),
-                "tokenize_s": (res.get("tokenize") or {}).get("seconds"),
-                "tokenize_pieces": (res.get("tokenize") or {}).get("pieces"),
-                "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                "lake_mb": round(size_mb, 1),
-            })
+            rows.append(
+                {
+                    "n": n,
+                    "ingest_files_per_s": res["ingest"]["files_per_s"],
+                    "ingest_s": res["ingest"]["seconds"],
+                    "ingest_ok": res["ingest"]["ok"],
+                    "ingest_duplicate": res["ingest"]["duplicate"],
+                    "curate_files_per_s": res["curate"]["files_per_s"],
+                    "curate_s": res["curate"]["seconds"],
+                    "clusters": res["curate"]["clusters"],
+                    "peak_rss_mb_per_worker": res["peak_rss_mb_per_worker"],
+                    "peak_rss_mb_per_worker_after_ingest": (res["memory_after_ingest"] or {}).get(
+                        "peak_rss_mb_per_worker"
+                    ),
+                    "peak_rss_mb_per_worker_after_curate": (res["memory_after_curate"] or {}).get(
+                        "peak_rss_mb_per_worker"
+                    ),
+                    "tokenize_files_per_s": (res.get("tokenize") or {}).get("files_per_s"),
+                    "tokenize_s": (res.get("tokenize") or {}).get("seconds"),
+                    "tokenize_pieces": (res.get("tokenize") or {}).get("pieces"),
+                    "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                    "lake_mb": round(size_mb, 1),
+                }
+            )
             if not keep_lakes:
                 shutil.rmtree(lake_root, ignore_errors=True)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    result = {"workers": workers, "seed": seed, "generate_s": round(gen_s, 2),
-              "generate_files_per_s": _rate(len(paths), gen_s), "runs": rows}
+    result = {
+        "workers": workers,
+        "seed": seed,
+        "generate_s": round(gen_s, 2),
+        "generate_files_per_s": _rate(len(paths), gen_s),
+        "runs": rows,
+    }
     head = ("N", "ingest files/s", "curate files/s", "tokenize files/s", "clusters", "peak RSS MB/worker", "lake MB")
-    table = [head] + [(r["n"], _f(r["ingest_files_per_s"]), _f(r["curate_files_per_s"]), _f(r["tokenize_files_per_s"]),
-                       r["clusters"], _f(r["peak_rss_mb_per_worker"]), _f(r["lake_mb"])) for r in rows]
+    table = [head] + [
+        (
+            r["n"],
+            _f(r["ingest_files_per_s"]),
+            _f(r["curate_files_per_s"]),
+            _f(r["tokenize_files_per_s"]),
+            r["clusters"],
+            _f(r["peak_rss_mb_per_worker"]),
+            _f(r["lake_mb"]),
+        )
+        for r in rows
+    ]
     widths = [max(len(str(t[i])) for t in table) for i in range(len(head))]
     echo("\n".join("  ".join(str(c).ljust(w) for c, w in zip(t, widths)).rstrip() for t in table))
     if out is not None:

@@ -95,8 +95,11 @@ def run_songs(arrangements_dir: Path, data_dir: Path | None, workers: int = 2, e
         halves = {}
         for name, pick in (("first_half", lambda s: int(s) <= 75), ("second_half", lambda s: int(s) > 75)):
             sel = [s for s in songs if pick(s)]
-            halves[name] = {"songs": len(sel), "whole": sum(1 for s in sel if s in whole),
-                            "share": round(sum(1 for s in sel if s in whole) / max(1, len(sel)), 4)}
+            halves[name] = {
+                "songs": len(sel),
+                "whole": sum(1 for s in sel if s in whole),
+                "share": round(sum(1 for s in sel if s in whole) / max(1, len(sel)), 4),
+            }
         mixed = sorted(sorted(s) for s in groups.values() if len(s) > 1)
         # do the mixed songs share their melody track (the same song under two POP909 ids)?
         same_melody = []
@@ -136,8 +139,12 @@ def run_songs(arrangements_dir: Path, data_dir: Path | None, workers: int = 2, e
         "groups_mixing_songs_detail": same_melody,
         "goldberg_variations_groups": {"variations": gold[0], "groups": gold[1]},
         "folk_tunes_groups": {"tunes": folk[0], "groups": folk[1]},
-        "leakage_songs_in_two_splits": {"per_song_group": leak_now, "per_dedup_cluster": leak_before,
-                                        "seeds": list(LEAK_SEEDS), "fractions": list(LEAK_FRACTIONS)},
+        "leakage_songs_in_two_splits": {
+            "per_song_group": leak_now,
+            "per_dedup_cluster": leak_before,
+            "seeds": list(LEAK_SEEDS),
+            "fractions": list(LEAK_FRACTIONS),
+        },
         "curate_s": round(c.seconds, 2),
     }
     echo(format_songs(result))
@@ -173,7 +180,11 @@ def _rss_mb() -> float:
 
 
 def run_delta(
-    n: int = 20_000, delta: int = 200, src_dir: Path | None = None, workers: int = 2, echo: Echo = print,
+    n: int = 20_000,
+    delta: int = 200,
+    src_dir: Path | None = None,
+    workers: int = 2,
+    echo: Echo = print,
     work_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Curate time of a nightly delta: ``n`` synthetic pieces curated, then ``delta`` new ones, then nothing new."""
@@ -198,7 +209,9 @@ def run_delta(
 
         def items(sel: list[Path]) -> Any:
             for p in sel:
-                yield SourceItem(source="synthetic", uri=str(p.relative_to(files_dir)), data=p.read_bytes(), name=p.name)
+                yield SourceItem(
+                    source="synthetic", uri=str(p.relative_to(files_dir)), data=p.read_bytes(), name=p.name
+                )
 
         lake = Lake(Path(work_dir) / "lake")
         with lake.lock("bench"), Engine(workers=workers) as e:

@@ -8,6 +8,7 @@ to the lake unless the command gets that far.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -100,7 +101,7 @@ class Ctx:
         from corpus.lake import Lake
 
         self.args = args
-        self.lake = Lake(args.lake or os.environ.get("MIDICORPUS_LAKE") or "./lake")
+        self.lake = Lake(args.lake or os.environ.get("MIDICORPUS_LAKE") or "./lake", catalog=args.catalog)
 
     def engine(self) -> Any:
         from corpus.engine import Engine
@@ -134,7 +135,6 @@ def _run_ingest(ctx: Ctx, source_factory: Callable[[Any], Any], label: str) -> A
         prog = Progress(f"ingest {label}")
         summary = ingest(ctx.lake, source, engine, ctx.ingest_config(), progress=prog, command=f"ingest {label}")
         prog.done()
-        ctx.lake.write_catalog()
     _print_ingest(summary, f"ingest {label}")
     return summary
 
@@ -212,7 +212,6 @@ def run_curate(ctx: Ctx) -> Any:
             min_melody_notes=getattr(a, "min_melody_notes", None),
             **({"song_threshold": a.song_threshold} if getattr(a, "song_threshold", None) is not None else {}),
         )
-        ctx.lake.write_catalog()
     prog.done()
     print(f"curate: {s.line()} in {s.seconds:.1f} s")
     return s
@@ -332,7 +331,6 @@ def run_tokenize(
             )
         except (TokenizeError, presets.PresetError) as exc:
             raise UserError(str(exc)) from None
-        ctx.lake.write_catalog()
     prog.done()
     for line in s.lines():
         print(f"tokenize {line}")
@@ -350,7 +348,6 @@ def cmd_tokenizer_train(ctx: Ctx) -> int:
             reg = train_tokenizer(ctx.lake, a.scheme, a.vocab_size, a.model, a.where)
         except TokenizeError as exc:
             raise UserError(str(exc)) from None
-        ctx.lake.write_catalog()
     print(
         f"tokenizer train: registered {reg.scheme} [{reg.hash}] in {time.perf_counter() - t0:.1f} s; "
         f"use it with: midicorpus tokenize --scheme {reg.scheme}"
@@ -384,7 +381,6 @@ def cmd_crawl_mutopia(ctx: Ctx) -> int:
         except ValueError as exc:
             raise UserError(str(exc)) from None
         prog.done()
-        ctx.lake.write_catalog()
     _print_ingest(summary, "crawl mutopia")
     print(f"crawl mutopia: {stats.line()}")
     return 0
@@ -414,7 +410,6 @@ def cmd_snapshot_create(ctx: Ctx) -> int:
         spec.validate()
         with ctx.lake.lock("snapshot create"):
             res = snapshot.create(ctx.lake, spec)
-            ctx.lake.write_catalog()
     except snapshot.SnapshotError as exc:
         raise UserError(str(exc)) from None
     print(res.line())
@@ -549,7 +544,18 @@ def cmd_sql(ctx: Ctx) -> int:
     import duckdb
 
     a = ctx.args
-    con = ctx.lake.connect()
+    at = None
+    if a.at is not None:
+        if a.at.isdigit():
+            at = int(a.at)
+        else:
+            from corpus import snapshot
+
+            try:
+                at = snapshot.lake_version_of(ctx.lake, a.at)
+            except snapshot.SnapshotError as exc:
+                raise UserError(str(exc)) from None
+    con = ctx.lake.connect(at=at)
     try:
         try:
             rel = con.sql(a.query)
@@ -565,6 +571,55 @@ def cmd_sql(ctx: Ctx) -> int:
     finally:
         con.close()
     print(render(names, rows, a.format))
+    return 0
+
+
+def _need_lake(ctx: Ctx) -> None:
+    if not ctx.lake.exists():
+        raise UserError(f"no lake at {ctx.lake.location!r} (create one with 'midicorpus ingest ...' or give --lake)")
+
+
+def cmd_lake_versions(ctx: Ctx) -> int:
+    _need_lake(ctx)
+    rows = ctx.lake.commits()
+    out = [
+        (
+            r["snapshot_id"],
+            r["committed_at"][:19].replace("T", " "),
+            r["meta"].get("command") or r["meta"].get("stage") or "",
+            ", ".join(f"{t} {n:,}" for t, n in sorted(r["tables"].items())),
+        )
+        for r in rows[-max(1, ctx.args.last) :]
+    ]
+    print(render(["version", "committed_at (UTC)", "command", "rows written"], out, "table"))
+    return 0
+
+
+def cmd_lake_maintain(ctx: Ctx) -> int:
+    from corpus import snapshot
+
+    _need_lake(ctx)
+    t0 = time.perf_counter()
+    with ctx.lake.lock("lake maintain"):
+        keep = []
+        for row in snapshot.list_snapshots(ctx.lake):
+            with contextlib.suppress(snapshot.SnapshotError):
+                keep.append(snapshot.lake_version_of(ctx.lake, f"{row['name']}@{row['version']}"))
+        res = ctx.lake.maintain(keep_days=ctx.args.keep_days, keep_versions=keep)
+    print(
+        f"lake maintain: data files {res['files_before']:,} -> {res['files_after']:,}, versions "
+        f"{res['snapshots_before']:,} -> {res['snapshots_after']:,} ({res['expired']:,} expired; "
+        f"{len(set(keep))} kept for dataset snapshots) in {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+def cmd_lake_upgrade(ctx: Ctx) -> int:
+    from corpus.lake_upgrade import _main_line, upgrade
+
+    t0 = time.perf_counter()
+    res = upgrade(ctx.lake.location, ctx.args.catalog)
+    print(f"{_main_line(res, ctx.lake.location)} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -605,7 +660,6 @@ def run_snapshot_and_train(ctx: Ctx) -> None:
     spec = snapshot.SnapshotSpec(name="default", scheme="remi")
     with ctx.lake.lock("snapshot create"):
         res = snapshot.create(ctx.lake, spec)
-        ctx.lake.write_catalog()
     print(res.line())
     out = local_home(ctx.lake) / "runs" / f"default-{res.version}"
     m = train(res.path, out, TrainConfig(steps=ctx.args.train_steps, batch_size=8, seq_len=256), device="auto")
@@ -684,6 +738,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"midicorpus {__version__}")
     p.add_argument(
         "--lake", default=None, help="lake root (env MIDICORPUS_LAKE, default ./lake; serve: the config file's)"
+    )
+    p.add_argument(
+        "--catalog",
+        default=None,
+        help="DuckLake catalog of an object-store lake, postgres://USER@HOST:PORT/DB (env MIDICORPUS_CATALOG); "
+        "a local lake's is its catalog.sqlite",
     )
     p.add_argument(
         "--scheduler",
@@ -865,7 +925,27 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sql", help="run SQL over the lake's DuckDB views")
     s.add_argument("query")
     s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    s.add_argument(
+        "--at",
+        default=None,
+        metavar="VERSION|SNAPSHOT",
+        help="query the lake as it was: a lake version (DuckLake snapshot id) or a dataset snapshot NAME[@VERSION]",
+    )
     s.set_defaults(func=cmd_sql)
+
+    lm = sub.add_parser("lake", help="the lake itself: versions, maintenance, upgrade")
+    lmsub = lm.add_subparsers(dest="lake_command", metavar="ACTION", parser_class=_Parser)
+    lmsub.required = True
+    lmv = lmsub.add_parser("versions", help="every committed lake version (DuckLake snapshot) with what it wrote")
+    lmv.add_argument("--last", type=int, default=20, help="show the newest N (default 20)")
+    lmv.set_defaults(func=cmd_lake_versions)
+    lmm = lmsub.add_parser(
+        "maintain", help="compact small files, expire old versions (keeping those snapshots use), delete unread files"
+    )
+    lmm.add_argument("--keep-days", type=float, default=7.0, help="keep every version younger than this (default 7)")
+    lmm.set_defaults(func=cmd_lake_maintain)
+    lmu = lmsub.add_parser("upgrade", help="move a lake of the layout before DuckLake (tables/ + _log/) into DuckLake")
+    lmu.set_defaults(func=cmd_lake_upgrade)
 
     rp = sub.add_parser("report", help="static HTML corpus report with plots (every figure with its SQL)")
     rp.add_argument("--out", default="report", help="folder for index.html (default ./report)")

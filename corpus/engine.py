@@ -52,7 +52,13 @@ class Engine:
         from distributed import Client, LocalCluster
 
         dask.config.set({"distributed.worker.daemon": False, "distributed.scheduler.allowed-failures": 3})
-        for name in ("distributed", "distributed.worker", "distributed.nanny", "distributed.scheduler", "distributed.core"):
+        for name in (
+            "distributed",
+            "distributed.worker",
+            "distributed.nanny",
+            "distributed.scheduler",
+            "distributed.core",
+        ):
             logging.getLogger(name).setLevel(logging.ERROR)
         if self.scheduler:
             try:

@@ -63,7 +63,9 @@ class IngestSummary:
         }
 
 
-def parse_batch(batch: list[tuple[str, bytes]], target: str, timeout_s: float, memory_mb: int, policy: str) -> list[tuple[str, tuple[Any, ...]]]:
+def parse_batch(
+    batch: list[tuple[str, bytes]], target: str, timeout_s: float, memory_mb: int, policy: str
+) -> list[tuple[str, tuple[Any, ...]]]:
     """Dask task: parse each file in the worker's sandboxed parser child."""
     parser = shared_parser(target, timeout_s, memory_mb, policy=policy)
     return [(sha, parser.run(data)) for sha, data in batch]
@@ -142,7 +144,9 @@ def ingest(
     seen, status = known_state(lake)
     waiting: dict[str, list[SourceItem]] = {}  # sha -> items with these bytes, first one is the original
 
-    def provenance(item: SourceItem, sha: str | None, data: bytes | None, st: str, reason: str | None, dup: bool) -> dict[str, Any]:
+    def provenance(
+        item: SourceItem, sha: str | None, data: bytes | None, st: str, reason: str | None, dup: bool
+    ) -> dict[str, Any]:
         row: dict[str, Any] = {
             "piece_id": sha,
             "source": item.source,
@@ -183,8 +187,15 @@ def ingest(
             st, reason, detail = "rejected", outcome[1], outcome[2]
             writer.add(
                 "rejects",
-                {"piece_id": sha, "stage": STAGE_PARSE, "reason": reason, "detail": detail,
-                 "source_uri": first.uri, "created_at": now_utc(), "run_id": run_id},
+                {
+                    "piece_id": sha,
+                    "stage": STAGE_PARSE,
+                    "reason": reason,
+                    "detail": detail,
+                    "source_uri": first.uri,
+                    "created_at": now_utc(),
+                    "run_id": run_id,
+                },
             )
         status[sha] = (st, reason)
         for k, it in enumerate(items_):
@@ -207,8 +218,15 @@ def ingest(
                 writer.add("pieces", provenance(item, None, None, "rejected", reason, dup=False))
                 writer.add(
                     "rejects",
-                    {"piece_id": None, "stage": STAGE_SOURCE, "reason": reason, "detail": detail,
-                     "source_uri": item.uri, "created_at": now_utc(), "run_id": run_id},
+                    {
+                        "piece_id": None,
+                        "stage": STAGE_SOURCE,
+                        "reason": reason,
+                        "detail": detail,
+                        "source_uri": item.uri,
+                        "created_at": now_utc(),
+                        "run_id": run_id,
+                    },
                 )
                 count("rejected", reason, dup=False)
                 seen.add((*key_uri, ""))

@@ -1,27 +1,31 @@
-"""The lake: a content-addressed raw store, transactional Parquet tables, DuckDB views.
+"""The lake: a content-addressed raw store and the tables in DuckLake, with DuckDB views.
 
-Layout under the root (see DESIGN.md):
+Layout under a local root (see DESIGN.md):
 
 - ``raw/<sha[:2]>/<sha>.mid``: original bytes, written once (temp file + rename).
-- ``tables/<table>/<key>=<value>/part-<txid>.parquet``: hive-partitioned Parquet.
-- ``_log/<txid>.json``: one commit record per transaction, listing its files.
-- ``_staging/<txid>/``: files of a transaction not yet committed.
-- ``catalog.duckdb``: DuckDB views over the tables, for the DuckDB shell and notebooks.
+- ``catalog.sqlite``: the DuckLake catalog (SQLite): tables, their schemas, every snapshot.
+- ``data/store/<table>/...``: the DuckLake data files (Parquet), hive-partitioned where a table
+  is (``pieces`` by source, ``rejects`` by stage, ``tokens`` by scheme and tokenizer).
+- ``snapshots/<name>/<version>/``: immutable dataset snapshots (:mod:`corpus.snapshot`).
 
-A transaction writes its files to staging, then writes its commit record (temp file +
-rename: the commit point), then moves the files into place. Readers through
-:meth:`Lake.connect` see exactly the committed files. A crash before the commit point leaves
-only staging, removed by the next writer; a crash after it is rolled forward by the next
-writer. So a kill -9 at any moment never shows a partial write, and re-running the command
-finishes the work.
+DuckLake (DuckDB's lakehouse format) gives what the hand-written layer before it had to build:
+multi-table ACID transactions (a :class:`Transaction` is one DuckLake transaction; a kill at
+any moment leaves the last committed snapshot, nothing half-written), snapshots with time travel
+(:meth:`Lake.connect` ``at=``), schema evolution (columns added by later versions or by sources),
+compaction and expiry (:meth:`Lake.maintain`). The catalog stores file paths relative to the
+data path, and the data path as ``data/``; every connection of ours passes the data path it sees
+now, so a copied or moved lake opens, and a plain DuckDB shell started in the lake folder opens
+it with ``ATTACH 'ducklake:sqlite:catalog.sqlite' AS lake; USE lake;``.
 
-The root may also be an object-store URL (``s3://bucket/lake``, any fsspec protocol; see
-:mod:`corpus.objectstore`). There is no rename on an object store, so a transaction writes its
-Parquet files straight to their final keys (invisible: readers only read files a commit record
-lists) after an intent marker ``_staging/<txid>.json``; the commit record is one PUT that
-refuses to overwrite (the commit point); the next writer deletes the files of markers that
-never committed. The writer lock is an object created with ``If-None-Match: *`` and renewed
-as a lease (:class:`corpus.objectstore.LeaseLock`).
+Tables live in the catalog's ``store`` schema; the views users query (``schemas/views.sql``)
+live in its ``main`` schema, so ``USE lake`` shows exactly the contract's views.
+
+The root may also be an object-store URL (``s3://bucket/lake``, see :mod:`corpus.objectstore`):
+the raw store and the data files are objects there, and the catalog is a database every user of
+the lake reaches, PostgreSQL (``--catalog postgres://user@host:port/db`` or
+``MIDICORPUS_CATALOG`` when the lake is created; ``_lake.json`` in the lake remembers it, without
+credentials, which come from the URL given again or libpq's ``PG*`` variables). One writer at a
+time holds the lake's lock (a file lock locally, a lease object on an object store).
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -42,10 +45,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from corpus import objectstore
-from schemas import PARTITIONS, PIECE_EXTRAS, TABLES, VIEWS_SQL
+from schemas import PARTITIONS, PIECE_EXTRAS, SCHEMA_VERSION, TABLES, VIEWS_SQL
 
 DEFAULT_LAKE = "./lake"
 
@@ -137,11 +139,15 @@ class Lake:
     """One lake root, a local folder or an object-store URL. Cheap to construct; writers take
     :meth:`lock` first."""
 
-    def __init__(self, root: str | os.PathLike[str] = DEFAULT_LAKE) -> None:
+    def __init__(self, root: str | os.PathLike[str] = DEFAULT_LAKE, catalog: str | None = None) -> None:
         self._lock_fh: Any = None
         self._lease: Any = None
-        self._records: dict[str, dict[str, Any]] = {}  # commit records read so far (immutable)
+        self._writer: Any = None  # the DuckDB connection of the lock holder, attached read-write
         self._raw_pending: dict[str, bytes] = {}
+        self._catalog_arg = catalog or os.environ.get("MIDICORPUS_CATALOG") or None
+        self._catalog_cache: str | None = None
+        self._catalog_file = "catalog.sqlite"
+        self._upgrading = False  # lake upgrade: writes the new catalog beside the old layout
         self.fs: Any = None
         if objectstore.is_url(root):
             self.location = str(root).rstrip("/")
@@ -176,20 +182,29 @@ class Lake:
         return self.root / "raw"
 
     @property
-    def tables_dir(self) -> Path:
-        return self.root / "tables"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.root / "_log"
-
-    @property
     def staging_dir(self) -> Path:
+        """Temp files of raw writes (emptied when the lock is released)."""
         return self.root / "_staging"
 
     @property
     def catalog_path(self) -> Path:
-        return self.root / "catalog.duckdb"
+        """The SQLite catalog of a local lake."""
+        return self.root / self._catalog_file
+
+    @property
+    def data_path(self) -> str:
+        """Where DuckLake keeps the data files, as DuckDB names it (ends with ``/``)."""
+        return f"{self.location}/data/" if self.remote else f"{self.root}/data/"
+
+    def _old_layout(self) -> bool:
+        """A lake written by the hand-written table layer (``_log/`` commit records), not yet upgraded."""
+        if self.remote:
+            try:
+                info = json.loads(self.read_bytes("_lake.json"))
+            except FileNotFoundError:
+                return bool(self.list_files("_log")[:1])
+            return int(info.get("format", 1)) < 2
+        return (self.root / "_log").is_dir() and not (self.root / "catalog.sqlite").exists()
 
     def _key(self, rel: str) -> str:
         return f"{self._base}/{rel}"
@@ -214,10 +229,20 @@ class Lake:
             ) from None
 
     def exists(self) -> bool:
+        """True when there is a lake here (also one in the old layout, which needs ``lake upgrade``)."""
         if self.remote:
             with self._io("looking for the lake", "nothing was changed"):
-                return bool(self.fs.exists(self._key("_lake.json")))
-        return self.log_dir.is_dir()
+                if self.fs.exists(self._key("_lake.json")):
+                    return True
+            return self._old_layout()
+        return self.catalog_path.is_file() or self._old_layout()
+
+    def _check_layout(self) -> None:
+        if not self._upgrading and self._old_layout():
+            raise LakeError(
+                f"lake {self.location!r} is in the layout of midicorpus before DuckLake (tables/ + _log/); "
+                "run 'midicorpus lake upgrade' once to move its tables into DuckLake"
+            )
 
     # ---------------------------------------------------------------- files (both kinds of root)
     def read_bytes(self, rel: str) -> bytes:
@@ -327,9 +352,10 @@ class Lake:
                 os.write(fh.fileno(), f"pid {os.getpid()} ({command or 'midicorpus'})".encode())
             except OSError as exc:
                 raise _write_error(exc, self.root, "taking the lock", "nothing was written") from None
-            self.recover()
+            self._open_writer()
             yield self
         finally:
+            self._close_writer()
             self._lock_fh = None
             shutil.rmtree(self.staging_dir / "tmp", ignore_errors=True)  # temp files of raw writes
             with contextlib.suppress(OSError):
@@ -351,10 +377,11 @@ class Lake:
             )
         self._lease = lease
         try:
-            self.recover()
+            self._open_writer()
             yield
             self._flush_raw()
         finally:
+            self._close_writer()
             self._lease = None
             self._raw_pending.clear()
             lease.release()
@@ -363,6 +390,9 @@ class Lake:
         return self._lock_fh is not None or self._lease is not None
 
     def create(self) -> None:
+        """Make the folders (or check the bucket) and remember the catalog; the tables are made
+        by the first writer (:meth:`_open_writer`)."""
+        self._check_layout()
         if self.remote:
             bucket = self._base.split("/", 1)[0]
             with self._io("creating the lake", "nothing was written"):
@@ -374,55 +404,23 @@ class Lake:
                             f"cannot create the lake at {self.location!r}: bucket {bucket!r} does not exist"
                         ) from None
                 if not self.fs.exists(self._key("_lake.json")):
+                    catalog = self._catalog_arg
+                    if not catalog:
+                        raise LakeError(
+                            f"a lake on an object store needs a catalog database that all its users reach: "
+                            f"give --catalog postgres://USER@HOST:PORT/DB (or MIDICORPUS_CATALOG) to create {self.location!r}"
+                        )
+                    body = {"format": 2, "catalog": catalog_public(catalog)}
                     with contextlib.suppress(FileExistsError):
-                        self.fs.pipe_file(self._key("_lake.json"), json.dumps({"format": 1}).encode(), mode="create")
+                        self.fs.pipe_file(self._key("_lake.json"), json.dumps(body).encode(), mode="create")
             return
         try:
-            for d in (self.raw_dir, self.tables_dir, self.log_dir, self.staging_dir):
+            for d in (self.raw_dir, self.staging_dir):
                 d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LakeError(f"cannot create the lake at {str(self.root)!r}: {exc.strerror or exc}") from None
         if not os.access(self.root, os.W_OK):
             raise LakeError(f"lake {str(self.root)!r} is not writable")
-
-    def recover(self) -> None:
-        """Finish committed transactions and drop uncommitted ones (after a crash)."""
-        if self.remote:
-            self._recover_remote()
-            return
-        if not self.staging_dir.is_dir():
-            return
-        for stage in sorted(self.staging_dir.iterdir()):
-            record = self.log_dir / f"{stage.name}.json"
-            if record.exists():
-                try:
-                    self._move_into_place(stage, json.loads(record.read_text()))
-                except OSError as exc:
-                    raise _write_error(
-                        exc,
-                        self.root,
-                        f"finishing the interrupted commit {stage.name}",
-                        "it stays readable from _staging and the next command finishes it",
-                    ) from None
-            shutil.rmtree(stage, ignore_errors=True)
-
-    def _recover_remote(self) -> None:
-        markers = [m for m in self.list_files("_staging") if m.endswith(".json")]
-        if not markers:
-            return
-        committed = {Path(m).stem for m in self.list_files("_log")}
-        orphans: list[str] = []
-        tables = None
-        for m in markers:
-            txid = Path(m).stem
-            if txid not in committed:
-                if tables is None:
-                    tables = self.list_files("tables")
-                orphans += [t for t in tables if Path(t).name.startswith(f"part-{txid}-")]
-        with self._io("dropping an interrupted transaction", "the next command drops it"):
-            if orphans:
-                self.fs.rm([self._key(o) for o in orphans])
-            self.fs.rm([self._key(m) for m in markers])
 
     # ---------------------------------------------------------------- raw store
     def raw_path(self, sha: str) -> Path:
@@ -480,9 +478,148 @@ class Lake:
         by_key = {str(k).split("://", 1)[-1]: v for k, v in got.items()}
         return [self._raw_pending[s] if s in self._raw_pending else bytes(by_key[keys[s]]) for s in shas]
 
+    # ---------------------------------------------------------------- catalog
+    @property
+    def catalog(self) -> str:
+        """The DuckLake catalog as ``sqlite:PATH`` or a ``postgres://`` URL."""
+        if not self.remote:
+            return f"sqlite:{self.catalog_path}"
+        if self._catalog_cache is None:
+            if self._catalog_arg:
+                self._catalog_cache = self._catalog_arg
+            else:
+                try:
+                    info = json.loads(self.read_bytes("_lake.json"))
+                except FileNotFoundError:
+                    raise LakeError(f"no lake at {self.location!r}") from None
+                if not info.get("catalog"):
+                    raise LakeError(f"lake {self.location!r} names no catalog; give --catalog (MIDICORPUS_CATALOG)")
+                self._catalog_cache = str(info["catalog"])
+        return self._catalog_cache
+
+    def _catalog_exists(self) -> bool:
+        return self.remote or self.catalog_path.is_file()
+
+    def _attach(self, con: Any, *, read_only: bool, at: int | None = None) -> None:
+        """ATTACH the DuckLake catalog as ``lake`` on ``con`` (with this lake's data path)."""
+        import duckdb
+
+        catalog = self.catalog
+        load_extensions(con, "postgres_scanner" if catalog.startswith("postgres") else "sqlite_scanner")
+        if self.remote:
+            self._duck_attach(con)
+        opts = [f"DATA_PATH {_q(self.data_path)}", "OVERRIDE_DATA_PATH true"]
+        if read_only:
+            opts.append("READ_ONLY")
+        if at is not None:
+            opts.append(f"SNAPSHOT_VERSION {int(at)}")
+        try:
+            con.execute(f"ATTACH {_q('ducklake:' + ducklake_catalog(catalog))} AS lake ({', '.join(opts)})")
+        except duckdb.Error as exc:
+            what = f"version {at} of the lake" if at is not None else "the lake's catalog"
+            raise LakeError(f"cannot open {what} {self.location!r}: {_cause(exc)}") from None
+
+    def _open_writer(self) -> None:
+        """The lock holder's connection: the catalog attached read-write, its tables and views
+        brought up to this version's schemas (one transaction; nothing when they are current)."""
+        import duckdb
+
+        self._check_layout()
+        if not self.remote and not self.catalog_path.exists():
+            # a new catalog stores its data path relative ('data/'): the lake can move
+            con = duckdb.connect()
+            try:
+                load_extensions(con, "sqlite_scanner")
+                con.execute(f"ATTACH {_q('ducklake:sqlite:' + str(self.catalog_path))} AS fresh (DATA_PATH 'data/')")
+            except duckdb.Error as exc:
+                raise LakeError(f"cannot create the catalog of {self.location!r}: {_cause(exc)}") from None
+            finally:
+                con.close()
+        con = duckdb.connect()
+        con.execute("SET threads TO 2")
+        try:
+            self._attach(con, read_only=False)
+            self._writer = con
+            self._ensure_schema()
+        except BaseException:
+            self._writer = None
+            con.close()
+            raise
+
+    def _close_writer(self) -> None:
+        con, self._writer = self._writer, None
+        if con is not None:
+            with contextlib.suppress(Exception):
+                con.execute("ROLLBACK")
+            con.close()
+
+    def _columns(self, con: Any) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for t, c in con.execute(
+            "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = 'lake' AND schema_name = 'store'"
+        ).fetchall():
+            out.setdefault(t, set()).add(c)
+        return out
+
+    def _ensure_schema(self) -> None:
+        con = self._writer
+        have = self._columns(con)
+        stmts: list[str] = []
+        if not con.execute(
+            "SELECT 1 FROM duckdb_schemas() WHERE database_name = 'lake' AND schema_name = 'store'"
+        ).fetchone():
+            stmts.append("CREATE SCHEMA lake.store")
+            stmts.append("CALL ducklake_set_option('lake', 'data_inlining_row_limit', 0)")
+        for table in TABLES:
+            fields = declared_fields(table)
+            if table not in have:
+                cols = ", ".join(f'"{f.name}" {_duck_type(f.type)}' for f in fields)
+                stmts.append(f'CREATE TABLE lake.store."{table}" ({cols})')
+                if PARTITIONS[table]:
+                    stmts.append(
+                        f'ALTER TABLE lake.store."{table}" SET PARTITIONED BY ({", ".join(PARTITIONS[table])})'
+                    )
+            else:
+                for f in fields:
+                    if f.name not in have[table]:
+                        stmts.append(f'ALTER TABLE lake.store."{table}" ADD COLUMN "{f.name}" {_duck_type(f.type)}')
+        stamp = views_stamp()
+        row = None
+        if con.execute(
+            "SELECT 1 FROM duckdb_views() WHERE database_name = 'lake' AND view_name = 'midicorpus_schema'"
+        ).fetchone():
+            row = con.execute("SELECT views_sha256 FROM lake.main.midicorpus_schema").fetchone()
+        views = not row or row[0] != stamp
+        if not stmts and not views:
+            return
+        try:
+            con.execute("BEGIN")
+            for sql in stmts:
+                con.execute(sql)
+            if views:
+                con.execute("USE lake.main")
+                con.execute(views_sql("store"))
+                con.execute(
+                    f"CREATE OR REPLACE VIEW midicorpus_schema AS SELECT {SCHEMA_VERSION} AS schema_version, "
+                    f"{_q(stamp)} AS views_sha256"
+                )
+                con.execute("USE memory")
+            con.execute(
+                "CALL ducklake_set_commit_message('lake', 'midicorpus', 'schema', extra_info => ?)",
+                [json.dumps({"schema": SCHEMA_VERSION, "views": stamp})],
+            )
+            con.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - DuckDB's and the catalog's errors; others pass through _cause/_failed
+            with contextlib.suppress(Exception):
+                con.execute("ROLLBACK")
+            raise LakeError(
+                f"cannot write the tables of {self.location!r}: {_cause(exc)}; nothing was changed"
+            ) from None
+
     # ---------------------------------------------------------------- transactions
     @contextlib.contextmanager
     def transaction(self, meta: Mapping[str, Any] | None = None) -> Iterator[Transaction]:
+        """One DuckLake transaction: every table written inside it commits at once, or none does."""
         if not self._holding_lock():
             raise RuntimeError("write to the lake inside Lake.lock()")
         tx = Transaction(self, dict(meta or {}))
@@ -493,66 +630,83 @@ class Lake:
             raise
         tx.commit()
 
-    def _move_into_place(self, stage: Path, record: Mapping[str, Any]) -> None:
-        for files in record["files"].values():
-            for rel in files:
-                src, dst = stage / rel, self.root / rel
-                if src.exists():
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(src, dst)
-
     def commits(self) -> list[dict[str, Any]]:
-        """Every committed transaction's record, oldest first."""
-        if self.remote:
-            names = [n for n in self.list_files("_log") if n.endswith(".json")]
-            missing = [n for n in names if Path(n).stem not in self._records]
-            if missing:
-                with self._io("reading commit records", "nothing was changed"):
-                    got = self.fs.cat([self._key(n) for n in missing], on_error="raise")
-                for k, v in got.items():
-                    self._records[Path(str(k)).stem] = json.loads(v)
-            return [self._records[Path(n).stem] for n in names]
-        if not self.log_dir.is_dir():
+        """Every data transaction committed, oldest first: its DuckLake snapshot id, time, rows per table."""
+        if not self._catalog_exists():
             return []
+        con = self._reader()
+        try:
+            rows = con.execute(
+                "SELECT snapshot_id, snapshot_time, commit_extra_info FROM ducklake_snapshots('lake') "
+                "WHERE author = 'midicorpus' AND commit_message = 'data' ORDER BY snapshot_id"
+            ).fetchall()
+        finally:
+            con.close()
         out = []
-        for p in sorted(self.log_dir.glob("*.json")):
-            out.append(json.loads(p.read_text()))
+        for sid, when, extra in rows:
+            info = json.loads(extra or "{}")
+            out.append(
+                {
+                    "snapshot_id": int(sid),
+                    "txid": info.get("txid"),
+                    "committed_at": when.isoformat(),
+                    "tables": info.get("tables", {}),
+                    "meta": info.get("meta", {}),
+                }
+            )
         return out
 
-    def table_files(self) -> dict[str, list[str]]:
-        """Committed files per table, as absolute paths (URLs on an object store), in commit order.
+    def current_version(self) -> int | None:
+        """The id of the lake's newest DuckLake snapshot (None before the first write)."""
+        if not self._catalog_exists():
+            return None
+        con = self._reader()
+        try:
+            return int(con.execute("SELECT id FROM ducklake_current_snapshot('lake')").fetchone()[0])
+        finally:
+            con.close()
 
-        A transaction interrupted after its commit point (killed, or its move failed) still
-        has files in ``_staging/<txid>/`` until the next writer moves them: they are read there.
-        """
-        files: dict[str, list[str]] = {}
-        if self.remote:
-            for rec in self.commits():
-                for table, rels in rec["files"].items():
-                    files.setdefault(table, []).extend(self.uri(r) for r in rels)
-            return files
-        staged = {p.name for p in self.staging_dir.iterdir()} if self.staging_dir.is_dir() else set()
+    def table_versions(self) -> dict[str, int]:
+        """Per table, the snapshot id of the last transaction that wrote it (absent: never written)."""
+        out: dict[str, int] = {}
         for rec in self.commits():
-            for table, rels in rec["files"].items():
-                paths = []
-                for r in rels:
-                    path = self.root / r
-                    if rec["txid"] in staged and not path.exists() and (self.staging_dir / rec["txid"] / r).exists():
-                        path = self.staging_dir / rec["txid"] / r
-                    paths.append(str(path))
-                files.setdefault(table, []).extend(paths)
-        return files
+            for t in rec["tables"]:
+                out[t] = rec["snapshot_id"]
+        return out
 
     # ---------------------------------------------------------------- reading
-    def connect(self, *, database: str = ":memory:") -> Any:
-        """A DuckDB connection with one view per table over the committed files."""
+    def _reader(self, at: int | None = None) -> Any:
         import duckdb
 
-        con = duckdb.connect(database)
+        self._check_layout()
+        con = duckdb.connect()
         con.execute("SET threads TO 2")
-        if self.remote:
-            self._duck_attach(con)
-        _create_views(con, self.table_files())
+        try:
+            self._attach(con, read_only=True, at=at)
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def connect(self, *, database: str = ":memory:", at: int | None = None) -> Any:
+        """A DuckDB connection with the lake attached read-only as ``lake`` and one view per table
+        of ``schemas/views.sql`` over it, at the newest snapshot or at snapshot ``at``."""
+        import duckdb
+
+        self._check_layout()
+        if not self._catalog_exists():
+            if at is not None:
+                raise LakeError(f"no lake at {self.location!r}, so no version {at} of it")
+            con = duckdb.connect(database)
+            _create_views(con, None)
+            return con
+        if database == ":memory:":
+            con = self._reader(at)
+        else:
+            self._check_layout()
+            con = duckdb.connect(database)
+            self._attach(con, read_only=True, at=at)
+        con.execute(views_sql("lake.store"))
         return con
 
     def _duck_attach(self, con: Any) -> str:
@@ -561,79 +715,82 @@ class Lake:
         except objectstore.ObjectStoreError as exc:
             raise LakeError(str(exc)) from None
 
-    def query(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
-        con = self.connect()
+    def query(self, sql: str, params: Sequence[Any] | None = None, at: int | None = None) -> pa.Table:
+        con = self.connect(at=at)
         try:
             return con.sql(sql, params=params).to_arrow_table() if params else con.sql(sql).to_arrow_table()
         finally:
             con.close()
 
-    def write_catalog(self) -> None:
-        """(Re)write ``catalog.duckdb`` with views over the tables' globs, atomically.
+    # ---------------------------------------------------------------- maintenance
+    def maintain(self, *, keep_days: float = 7.0, keep_versions: Sequence[int] = ()) -> dict[str, int]:
+        """Compact small files, expire snapshots older than ``keep_days`` (except the newest and
+        ``keep_versions``, the ones dataset snapshots were built from) and delete files no
+        snapshot reads. Lock held by the caller. Returns counts before and after."""
+        if self._writer is None:
+            raise RuntimeError("maintain the lake inside Lake.lock()")
+        con = self._writer
 
-        On an object store it is built locally and uploaded; opening it needs DuckDB's httpfs
-        and an S3 secret (see the README), since it holds no credentials.
-        """
-        import duckdb
+        def files() -> int:
+            return int(con.execute("SELECT count(*) FROM __ducklake_metadata_lake.ducklake_data_file").fetchone()[0])
 
-        if self.remote:
-            with tempfile.TemporaryDirectory(prefix="midicorpus-catalog-") as tmpdir:
-                path = Path(tmpdir) / "catalog.duckdb"
-                con = duckdb.connect(str(path))
-                try:
-                    self._duck_attach(con)
-                    present = self.table_files()
-                    _create_views(con, {t: [self.uri(f"tables/{t}/**/*.parquet")] for t in TABLES if present.get(t)})
-                finally:
-                    con.close()
-                with self._io(
-                    "writing catalog.duckdb", "the tables are committed, the next command rewrites the catalog"
-                ):
-                    self.fs.put_file(str(path), self._key("catalog.duckdb"))
-            return
-        tmp = self.root / f".catalog.{uuid.uuid4().hex[:8]}.duckdb"
+        def snaps() -> int:
+            return int(con.execute("SELECT count(*) FROM ducklake_snapshots('lake')").fetchone()[0])
+
+        before_files, before_snaps = files(), snaps()
+        newest = int(con.execute("SELECT id FROM ducklake_current_snapshot('lake')").fetchone()[0])
+        keep = {int(v) for v in keep_versions} | {newest}
+        cutoff = now_utc() - dt.timedelta(days=keep_days)
+        old = [
+            int(r[0])
+            for r in con.execute(
+                "SELECT snapshot_id FROM ducklake_snapshots('lake') WHERE snapshot_time < ? ORDER BY snapshot_id",
+                [cutoff],
+            ).fetchall()
+            if int(r[0]) not in keep
+        ]
         try:
-            con = duckdb.connect(str(tmp))
-            try:
-                globs = {}
-                for table in TABLES:
-                    d = self.tables_dir / table
-                    if any(d.rglob("*.parquet")) if d.is_dir() else False:
-                        globs[table] = [str(d / "**" / "*.parquet")]
-                _create_views(con, globs)
-            finally:
-                con.close()
-            os.replace(tmp, self.catalog_path)
-        except (OSError, duckdb.IOException, duckdb.TransactionException) as exc:  # a full disk, a read-only lake
-            for p in (tmp, Path(f"{tmp}.wal")):
-                with contextlib.suppress(OSError):
-                    os.remove(p)
-            if isinstance(exc, OSError) and exc.errno not in _WRITE_ERRNOS:
-                raise
-            raise LakeError(
-                f"cannot write to the lake {str(self.root)!r} while writing catalog.duckdb: {_cause(exc)}; "
-                "the tables are committed, the next command rewrites the catalog"
-            ) from None
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(str(tmp) + ".wal")
+            con.execute("CALL ducklake_merge_adjacent_files('lake')")
+            if old:
+                con.execute(f"CALL ducklake_expire_snapshots('lake', versions => [{', '.join(map(str, old))}])")
+            con.execute("CALL ducklake_cleanup_old_files('lake', cleanup_all => true)")
+            con.execute("CALL ducklake_delete_orphaned_files('lake', cleanup_all => true)")
+        except Exception as exc:  # noqa: BLE001 - DuckDB's and the catalog's errors; others pass through _cause/_failed
+            raise LakeError(f"maintenance of {self.location!r} failed: {_cause(exc)}; the lake is as it was") from None
+        return {
+            "files_before": before_files,
+            "files_after": files(),
+            "snapshots_before": before_snaps,
+            "snapshots_after": snaps(),
+            "expired": len(old),
+        }
 
 
 class Transaction:
-    """Files written together and committed at once (see the module docstring)."""
+    """Rows of several tables written together and committed at once: one DuckLake transaction
+    on the lock holder's connection. Rows go to Parquet files as they are written (memory stays
+    bounded by one write); the catalog records them only at :meth:`commit`."""
 
     def __init__(self, lake: Lake, meta: dict[str, Any]) -> None:
         self.lake = lake
         self.txid = new_txid()
         self.meta = meta
-        self.stage = lake.staging_dir / self.txid if not lake.remote else None
-        self.files: dict[str, list[str]] = {}
         self.rows: dict[str, int] = {}
-        self._marked = False
+        self._begun = False
+
+    def _con(self) -> Any:
+        con = self.lake._writer
+        if con is None:
+            raise RuntimeError("write to the lake inside Lake.lock()")
+        if not self._begun:
+            con.execute("BEGIN")
+            self._begun = True
+        return con
 
     def write(
         self, table: str, data: pa.Table | list[dict[str, Any]], partition: Mapping[str, str] | None = None
     ) -> None:
-        """Stage rows of ``table`` for this transaction, in one partition."""
+        """Add rows of ``table`` to this transaction, all in one partition."""
         if table not in TABLES:
             raise KeyError(f"unknown table {table!r}")
         keys = PARTITIONS[table]
@@ -646,102 +803,89 @@ class Transaction:
             data = rows_to_table(table, data)
         if data.num_rows == 0:
             return
-        sub = "/".join(f"{k}={_part_value(partition[k])}" for k in keys)
-        n = len(self.files.get(table, []))
-        rel = f"tables/{table}/{sub + '/' if sub else ''}part-{self.txid}-{n:04d}.parquet"
-        if self.lake.remote:
-            lake = self.lake
-            buf = pa.BufferOutputStream()
-            pq.write_table(data, buf, compression="zstd")
-            with lake._io(f"writing {table} rows"):
-                if not self._marked:  # the intent marker first: a crash leaves files the next writer finds
-                    lake.fs.pipe_file(lake._key(f"_staging/{self.txid}.json"), b"{}")
-                    self._marked = True
-                lake.fs.pipe_file(lake._key(rel), buf.getvalue().to_pybytes())
-        else:
-            assert self.stage is not None
-            dst = self.stage / rel
+        for k in keys:
+            data = data.append_column(k, pa.array([_part_value(partition[k])] * data.num_rows, pa.string()))
+        con = self._con()
+        try:
+            have = {
+                r[0]
+                for r in con.execute(
+                    "SELECT column_name FROM duckdb_columns() WHERE database_name = 'lake' AND schema_name = 'store' "
+                    "AND table_name = ?",
+                    [table],
+                ).fetchall()
+            }
+            for f in data.schema:
+                if f.name not in have:  # a source's extra provenance column: schema evolution
+                    con.execute(f'ALTER TABLE lake.store."{table}" ADD COLUMN "{f.name}" {_duck_type(f.type)}')
+            con.register("_midicorpus_rows", data)
             try:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                pq.write_table(data, dst, compression="zstd")
-            except OSError as exc:  # the caller's ``with lake.transaction()`` drops the stage
-                raise _write_error(exc, self.lake.root, f"staging {table} rows", _NOT_COMMITTED) from None
-        self.files.setdefault(table, []).append(rel)
+                con.execute(f'INSERT INTO lake.store."{table}" BY NAME SELECT * FROM _midicorpus_rows')
+            finally:
+                con.unregister("_midicorpus_rows")
+        except Exception as exc:  # noqa: BLE001 - DuckDB's and the catalog's errors; others pass through _cause/_failed
+            raise self._failed(exc, f"writing {table} rows") from None
         self.rows[table] = self.rows.get(table, 0) + data.num_rows
 
-    def abort(self) -> None:
-        """Drop what this transaction wrote (best effort: the next writer finishes the job)."""
-        if self.stage is not None:
-            shutil.rmtree(self.stage, ignore_errors=True)
-            return
-        with contextlib.suppress(Exception):
-            keys = [self.lake._key(r) for rels in self.files.values() for r in rels]
-            if keys:
-                self.lake.fs.rm(keys)
-            if self._marked:
-                self.lake.fs.rm_file(self.lake._key(f"_staging/{self.txid}.json"))
+    def write_select(self, table: str, select_sql: str) -> int:
+        """Add the rows of a DuckDB SELECT (columns by name) to ``table``, streamed by DuckDB (no
+        Arrow copy in Python); returns the number of rows. For bulk moves such as ``lake upgrade``."""
+        if table not in TABLES:
+            raise KeyError(f"unknown table {table!r}")
+        con = self._con()
+        try:
+            n = con.execute(f'INSERT INTO lake.store."{table}" BY NAME {select_sql}').fetchone()[0]
+        except Exception as exc:  # noqa: BLE001 - DuckDB's and the catalog's errors; others pass through _failed
+            raise self._failed(exc, f"writing {table} rows") from None
+        self.rows[table] = self.rows.get(table, 0) + int(n)
+        return int(n)
 
-    def _record(self) -> dict[str, Any]:
-        return {
-            "txid": self.txid,
-            "committed_at": now_utc().isoformat(),
-            "files": self.files,
-            "rows": self.rows,
-            "meta": self.meta,
-        }
+    def _failed(self, exc: BaseException, what: str) -> BaseException:
+        import duckdb
+
+        if isinstance(exc, LakeError):
+            return exc
+        if not isinstance(exc, duckdb.Error | OSError):
+            return exc
+        return LakeError(
+            f"cannot write to the lake {self.lake.location!r} while {what}: {_cause(exc)}; {_NOT_COMMITTED}"
+        )
+
+    def abort(self) -> None:
+        """Drop what this transaction wrote (DuckLake forgets it; its files go at the next maintenance)."""
+        if self._begun:
+            self._begun = False
+            with contextlib.suppress(Exception):
+                self.lake._writer.execute("ROLLBACK")
 
     def commit(self) -> None:
-        if self.lake.remote:
-            self._commit_remote()
+        if not self._begun:
             return
-        assert self.stage is not None
-        if not self.files:
-            shutil.rmtree(self.stage, ignore_errors=True)
-            return
-        record = self._record()
-        try:
-            for files in self.files.values():
-                for rel in files:
-                    with open(self.stage / rel, "rb") as fh:
-                        os.fsync(fh.fileno())
-            atomic_write_bytes(self.lake.log_dir / f"{self.txid}.json", json.dumps(record, sort_keys=True).encode())
-        except OSError as exc:
-            shutil.rmtree(self.stage, ignore_errors=True)
-            raise _write_error(exc, self.lake.root, "writing the commit record", _NOT_COMMITTED) from None
-        try:
-            self.lake._move_into_place(self.stage, record)
-        except OSError as exc:  # after the commit point: committed, readable from staging, finished by the next writer
-            raise _write_error(
-                exc,
-                self.lake.root,
-                "moving committed files into place",
-                "the transaction is committed and readable; the next command finishes the move",
-            ) from None
-        shutil.rmtree(self.stage, ignore_errors=True)
-
-    def _commit_remote(self) -> None:
         lake = self.lake
-        if not self.files:
-            return
-        lease = lake._lease
-        if lease is not None and lease.lost:
-            self.abort()
-            raise LakeError(
-                f"lost the lock of {lake.location!r} (its lease expired and another writer took it); {_NOT_COMMITTED}"
-            )
+        if lake.remote:
+            lease = lake._lease
+            if lease is not None and lease.lost:
+                self.abort()
+                raise LakeError(
+                    f"lost the lock of {lake.location!r} (its lease expired and another writer took it); {_NOT_COMMITTED}"
+                )
+            try:
+                lake._flush_raw()  # no committed row names a raw file that is not stored
+            except LakeError:
+                self.abort()
+                raise
+        con = lake._writer
+        info = {"txid": self.txid, "tables": self.rows, "meta": self.meta}
         try:
-            lake._flush_raw()
-        except LakeError:
-            self.abort()
-            raise
-        record = self._record()
-        with lake._io("writing the commit record"):
-            lake.fs.pipe_file(
-                lake._key(f"_log/{self.txid}.json"), json.dumps(record, sort_keys=True).encode(), mode="create"
+            con.execute(
+                "CALL ducklake_set_commit_message('lake', 'midicorpus', 'data', extra_info => ?)",
+                [json.dumps(info, sort_keys=True, default=str)],
             )
-        lake._records[self.txid] = json.loads(json.dumps(record, sort_keys=True))
-        with contextlib.suppress(Exception):  # a stale marker of a committed tx is only removed by recover()
-            lake.fs.rm_file(lake._key(f"_staging/{self.txid}.json"))
+            con.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - DuckDB's and the catalog's errors; others pass through _cause/_failed
+            self.abort()
+            raise self._failed(exc, "committing") from None
+        self._begun = False
 
 
 def _part_value(value: str) -> str:
@@ -794,24 +938,109 @@ def _duck_type(t: pa.DataType) -> str:
     raise TypeError(f"no DuckDB type for {t}")
 
 
-def _table_sql(table: str, files: list[str] | None) -> str:
-    """SQL for one table: its committed files, with every declared column present even when
-    no file has it yet (an empty typed SELECT joined BY NAME)."""
-    keys = PARTITIONS[table]
-    fields = list(TABLES[table]) + ([pa.field(k, t) for k, t in PIECE_EXTRAS.items()] if table == "pieces" else [])
-    cols = [f"CAST(NULL AS {_duck_type(f.type)}) AS {f.name}" for f in fields]
-    cols += [f"CAST(NULL AS VARCHAR) AS {k}" for k in keys]
-    empty = f"SELECT {', '.join(cols)} WHERE false"
-    if not files:
-        return f"({empty})"
-    flist = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-    hive = ", hive_partitioning = true, hive_types_autocast = false" if keys else ", hive_partitioning = false"
-    return f"(SELECT * FROM read_parquet([{flist}], union_by_name = true{hive}) UNION ALL BY NAME {empty})"
+def declared_fields(table: str) -> list[pa.Field]:
+    """The columns of ``table`` in the catalog: its schema, its partition keys (VARCHAR), and for
+    ``pieces`` the typed provenance columns sources add."""
+    fields = list(TABLES[table]) + [pa.field(k, pa.string()) for k in PARTITIONS[table]]
+    if table == "pieces":
+        fields += [pa.field(k, t) for k, t in PIECE_EXTRAS.items()]
+    return fields
 
 
-def _create_views(con: Any, files: Mapping[str, list[str]]) -> None:
-    subs = {t: _table_sql(t, files.get(t)) for t in TABLES}
+def _q(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def views_sql(prefix: str) -> str:
+    """``schemas/views.sql`` with each ``{table}`` read from ``prefix.table``."""
     sql = VIEWS_SQL.read_text()
-    for t, s in subs.items():
-        sql = sql.replace("{" + t + "}", s)
+    for t in TABLES:
+        sql = sql.replace("{" + t + "}", f'{prefix}."{t}"')
+    return sql
+
+
+def views_stamp() -> str:
+    """What the views in a catalog were made from: a hash of the views' SQL and the tables' columns."""
+    h = hashlib.sha256(VIEWS_SQL.read_bytes())
+    for t in TABLES:
+        h.update(f"\0{t}:".encode() + ",".join(f"{f.name} {f.type}" for f in declared_fields(t)).encode())
+    return h.hexdigest()
+
+
+def load_extensions(con: Any, *names: str) -> None:
+    """LOAD ducklake and the named catalog extensions: installed ones, else the files of the
+    ``duckdb-extension-<name>`` packages (no network needed), else an INSTALL."""
+    import duckdb
+
+    version = duckdb.__version__.split("-")[0]
+    for name in ("ducklake", *names):
+        try:
+            con.execute(f"LOAD {name}")
+            continue
+        except duckdb.Error:
+            pass
+        loaded = False
+        with contextlib.suppress(ImportError):
+            import importlib
+
+            mod = importlib.import_module(f"duckdb_extension_{name}")
+            for f in Path(mod.__file__).parent.rglob(f"{name}.duckdb_extension"):
+                if f.parent.name.lstrip("v") == version:
+                    try:
+                        con.execute(f"LOAD {_q(str(f))}")
+                        loaded = True
+                    except duckdb.Error:
+                        pass
+                    break
+        if loaded:
+            continue
+        try:
+            con.execute(f"INSTALL {name}")
+            con.execute(f"LOAD {name}")
+        except duckdb.Error:
+            raise LakeError(
+                f"DuckDB's {name} extension cannot be loaded for duckdb {version}: "
+                f"pip install duckdb-extension-{name}=={version}"
+            ) from None
+
+
+def ducklake_catalog(catalog: str) -> str:
+    """A catalog as DuckLake's ATTACH wants it: ``sqlite:PATH`` as it is, a ``postgres://`` URL as
+    libpq keywords (``postgres:dbname=... host=...``)."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    if catalog.startswith(("sqlite:", "duckdb:")) or catalog.startswith("postgres:") and "://" not in catalog:
+        return catalog
+    u = urlsplit(catalog)
+    if u.scheme not in {"postgres", "postgresql"}:
+        raise LakeError(f"catalog {catalog!r} must be sqlite:PATH or postgres://USER@HOST:PORT/DB")
+    parts = {"dbname": u.path.lstrip("/") or None, "host": u.hostname, "port": u.port, "user": u.username}
+    if u.password:
+        parts["password"] = unquote(u.password)
+    parts.update(dict(parse_qsl(u.query)))
+    kw = " ".join(f"{k}={unquote(str(v))}" for k, v in parts.items() if v not in (None, ""))
+    return f"postgres:{kw}"
+
+
+def catalog_public(catalog: str) -> str:
+    """The catalog URL without its password (what the lake stores about itself)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    u = urlsplit(catalog)
+    if u.scheme in {"postgres", "postgresql"} and u.password:
+        netloc = (u.username or "") + "@" + (u.hostname or "") + (f":{u.port}" if u.port else "")
+        return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
+    return catalog
+
+
+def _table_sql(table: str) -> str:
+    """An empty typed SELECT of one table (the views of a lake with no catalog yet)."""
+    cols = [f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in declared_fields(table)]
+    return f"(SELECT {', '.join(cols)} WHERE false)"
+
+
+def _create_views(con: Any, _: None) -> None:
+    sql = VIEWS_SQL.read_text()
+    for t in TABLES:
+        sql = sql.replace("{" + t + "}", _table_sql(t))
     con.execute(sql)

@@ -159,7 +159,9 @@ def _scan_track(d: bytes, i: int, end: int, index: int, warnings: list[str]) -> 
         status = d[i]
         if status < 0x80:  # running status
             if not running:
-                raise Reject("bad_running_status", f"track {index}: data byte 0x{status:02x} at {i} with no running status", i)
+                raise Reject(
+                    "bad_running_status", f"track {index}: data byte 0x{status:02x} at {i} with no running status", i
+                )
             if after_sysex:
                 warnings.append("running_status_after_sysex")
                 after_sysex = False
@@ -171,7 +173,9 @@ def _scan_track(d: bytes, i: int, end: int, index: int, warnings: list[str]) -> 
                 raise Reject("truncated", f"track {index}: event at {i} runs past the track")
             for j in range(i, i + nd):
                 if d[j] & 0x80:
-                    raise Reject("bad_data_byte", f"track {index}: data byte 0x{d[j]:02x} at {j} (status 0x{running:02x})", j)
+                    raise Reject(
+                        "bad_data_byte", f"track {index}: data byte 0x{d[j]:02x} at {j} (status 0x{running:02x})", j
+                    )
             i += nd
         elif status < 0xF0:
             running = status
@@ -182,7 +186,9 @@ def _scan_track(d: bytes, i: int, end: int, index: int, warnings: list[str]) -> 
                 raise Reject("truncated", f"track {index}: event at {i - 1} runs past the track")
             for j in range(i, i + nd):
                 if d[j] & 0x80:
-                    raise Reject("bad_data_byte", f"track {index}: data byte 0x{d[j]:02x} at {j} (status 0x{status:02x})", j)
+                    raise Reject(
+                        "bad_data_byte", f"track {index}: data byte 0x{d[j]:02x} at {j} (status 0x{status:02x})", j
+                    )
             i += nd
         elif status == 0xFF:
             if i + 2 > end:
@@ -190,9 +196,14 @@ def _scan_track(d: bytes, i: int, end: int, index: int, warnings: list[str]) -> 
             mtype = d[i + 1]
             i, length = _vlq(d, i + 2, end, index)
             if i + length > end:
-                raise Reject("bad_meta_event", f"track {index}: meta 0x{mtype:02x} of {length} bytes runs past the track")
+                raise Reject(
+                    "bad_meta_event", f"track {index}: meta 0x{mtype:02x} of {length} bytes runs past the track"
+                )
             if mtype == 0x51 and (length != 3 or not any(d[i : i + 3])):
-                raise Reject("bad_meta_event", f"track {index}: set tempo of {length} bytes, value {d[i : i + length].hex() or 'none'} at {i}")
+                raise Reject(
+                    "bad_meta_event",
+                    f"track {index}: set tempo of {length} bytes, value {d[i : i + length].hex() or 'none'} at {i}",
+                )
             i += length
             after_meta = bool(running)
             if mtype == 0x2F:
@@ -227,7 +238,9 @@ def _as_cut_download(rej: Reject) -> Reject:
     at = rej.offset
     boundary = at - at % BLOCK
     if boundary and at - boundary < 8:
-        return Reject("truncated", f"not MIDI from byte {boundary} on (a download cut at a block boundary): {rej.detail}")
+        return Reject(
+            "truncated", f"not MIDI from byte {boundary} on (a download cut at a block boundary): {rej.detail}"
+        )
     return rej
 
 
@@ -310,8 +323,10 @@ def analyse(data: bytes, policy: Policy = "lenient") -> dict[str, Any]:
         raise Reject("implausible_length", f"{n_notes} notes > {MAX_NOTES}")
     end_ticks = int(score.end())
     tempos = score.tempos.numpy()
-    duration_s = float(score.to("second").end()) if len(tempos["time"]) > 1 else end_ticks / header.division * (
-        (tempos["mspq"][0] / 1e6) if len(tempos["time"]) else 0.5
+    duration_s = (
+        float(score.to("second").end())
+        if len(tempos["time"]) > 1
+        else end_ticks / header.division * ((tempos["mspq"][0] / 1e6) if len(tempos["time"]) else 0.5)
     )
     if duration_s > MAX_DURATION_S:
         raise Reject("implausible_length", f"{duration_s:.0f} s > {MAX_DURATION_S:.0f} s")

@@ -133,7 +133,12 @@ class ParserProcess:
 _local = threading.local()
 
 
-def shared_parser(target: str = DEFAULT_TARGET, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB, **kwargs: Any) -> ParserProcess:
+def shared_parser(
+    target: str = DEFAULT_TARGET,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    **kwargs: Any,
+) -> ParserProcess:
     """The calling thread's parser child for these settings (started on first use)."""
     key = (target, timeout_s, memory_mb, tuple(sorted(kwargs.items())))
     cache = getattr(_local, "parsers", None)

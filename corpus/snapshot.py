@@ -313,15 +313,10 @@ def _library_versions() -> dict[str, str]:
     return out
 
 
-def _table_versions(lake: Lake) -> tuple[dict[str, str | None], str | None]:
-    versions: dict[str, str | None] = {t: None for t in SOURCE_TABLES}
-    last = None
-    for rec in lake.commits():
-        last = rec["txid"]
-        for t in rec["files"]:
-            if t in versions:
-                versions[t] = rec["txid"]
-    return versions, last
+def _table_versions(lake: Lake) -> tuple[dict[str, int | None], int | None]:
+    """Per source table the DuckLake snapshot id that last wrote it, and the lake's newest snapshot id."""
+    written = lake.table_versions()
+    return {t: written.get(t) for t in SOURCE_TABLES}, lake.current_version()
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
@@ -363,7 +358,9 @@ def _stream_tokens(result: Any, path: Path, shape: tuple[int, ...], dtype: np.dt
         os.fsync(fh.fileno())
     want = int(np.prod(shape))
     if written != want:
-        raise RuntimeError(f"seq_lengths sum to {shape[0]} tokens, the ids hold {written // max(1, int(np.prod(shape[1:])))}")
+        raise RuntimeError(
+            f"seq_lengths sum to {shape[0]} tokens, the ids hold {written // max(1, int(np.prod(shape[1:])))}"
+        )
     return {"sha256": h.hexdigest(), "bytes": path.stat().st_size}
 
 
@@ -679,7 +676,7 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
         "files": {k2: v["sha256"] for k2, v in sorted(files.items())},
     }
     version = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-    table_versions, lake_commit = _table_versions(lake)
+    table_versions, lake_version = _table_versions(lake)
     counts: dict[str, Any] = {
         "pieces": len(in_snapshot),
         "rows": sum(c["rows"] for c in split_counts.values()),
@@ -695,7 +692,7 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
         "version": version,
         "created_at": now_utc().isoformat(),
         "source_tables": table_versions,
-        "lake_commit": lake_commit,
+        "lake_version": lake_version,  # the DuckLake snapshot it was built from: sql --at NAME@VERSION
         "selection": recipe["selection"],
         "scheme": spec.scheme,
         "tokenizer": {
@@ -994,6 +991,15 @@ def resolve(lake: Lake, ref: str) -> Path | str:
     """
     row = _find(lake, ref)
     return str(row["path"]) if lake.remote else Path(row["path"])
+
+
+def lake_version_of(lake: Lake, ref: str) -> int:
+    """The lake version (DuckLake snapshot id) the dataset snapshot ``NAME[@VERSION]`` was built from."""
+    row = _find(lake, ref)
+    manifest = json.loads(_read(lake, row, "manifest.json"))
+    if manifest.get("lake_version") is None:
+        raise SnapshotError(f"snapshot {ref!r} was built before lake versions were recorded (no lake_version)")
+    return int(manifest["lake_version"])
 
 
 def load_manifest(path: Path) -> dict[str, Any]:

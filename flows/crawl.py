@@ -50,7 +50,6 @@ def crawl_and_ingest(
             lk, engine, base_url=base_url, max_pieces=max_pieces, delay=delay, user_agent=user_agent,
             **(crawler_options or {}),
         )
-        lk.write_catalog()
     logger.info(summary.line())
     logger.info(stats.line())
     if stats.stopped_because.startswith(RETRYABLE_STOPS):

@@ -93,12 +93,11 @@ def retry_on_network(task: Any, task_run: Any, state: Any) -> bool:
 
 
 def lake_fingerprint(lake: Lake, tables: tuple[str, ...]) -> str:
-    """A hash of the committed files of ``tables`` (changes whenever one of them is written)."""
-    files = lake.table_files() if lake.exists() else {}
+    """A hash of the lake versions that last wrote ``tables`` (changes whenever one of them is written)."""
+    versions = lake.table_versions() if lake.exists() else {}
     h = hashlib.sha256(lake.location.encode())
     for t in tables:
-        for f in files.get(t, []):
-            h.update(b"\0" + f.encode())
+        h.update(f"\0{t}={versions.get(t)}".encode())
     return h.hexdigest()
 
 
@@ -229,7 +228,6 @@ def ingest_task(
         if kind == "lpd":
             src.engine = engine  # piano rolls convert in the workers
         summary = ingest(lk, src, engine, cfg, command=f"ingest {label}")
-        lk.write_catalog()
     _log("info", f"ingest {label} {path}: {summary.line()}")
     return {**summary.as_dict(), "line": summary.line(), "kind": kind, "path": str(path)}
 
@@ -286,7 +284,6 @@ def curate_task(
     lk = Lake(lake)
     with locked(lk, "curate (prefect)", lock_wait_s), Engine(scheduler, workers) as engine:
         s = curate(lk, engine, key_backend=key_backend, extract_melodies=extract_melodies)
-        lk.write_catalog()
     _log("info", f"curate: {s.line()}")
     return {
         "analysed": s.analysed,
@@ -351,7 +348,6 @@ def tokenize_task(
     conf = DEFAULT_MIN_KEY_CONFIDENCE if min_key_confidence is None else min_key_confidence
     with locked(lk, "tokenize (prefect)", lock_wait_s), Engine(scheduler, workers) as engine:
         s = tokenize(lk, engine, list(schemes), transpose, config_file, conf)
-        lk.write_catalog()
     for line in s.lines():
         _log("info", f"tokenize {line}")
     return {
@@ -427,7 +423,6 @@ def snapshot_task(
     lk = Lake(lake)
     with locked(lk, f"snapshot {name} (prefect)", lock_wait_s):
         r = create(lk, spec)
-        lk.write_catalog()
     _log("info", r.line())
     return {
         "name": r.name,

@@ -107,15 +107,121 @@ def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 @pytest.fixture
-def s3_lake_url(s3_env: dict[str, str]) -> str:
-    """``s3://<fresh bucket>/lake`` on the moto server."""
+def s3_lake_url(s3_env: dict[str, str], pg_catalog, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``s3://<fresh bucket>/lake`` on the moto server, its DuckLake catalog a fresh PostgreSQL
+    database (``MIDICORPUS_CATALOG`` in the environment, also for subprocesses)."""
     import uuid
 
     import boto3
 
     bucket = f"lake-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=bucket)
+    monkeypatch.setenv("MIDICORPUS_CATALOG", pg_catalog())
     return f"s3://{bucket}/lake"
+
+
+# ------------------------------------------------------------------ PostgreSQL (DuckLake catalogs)
+def _pg_bin() -> Path | None:
+    import shutil
+
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server (Debian's ``postgresql``) on 127.0.0.1, own data folder, stopped
+    at the end; yields ``(bin_dir, port, user)``. As root, the server runs as user ``postgres``."""
+    import os
+    import shutil
+    import subprocess
+
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql; .ci/run does)")
+    import tempfile
+
+    # not under pytest's own temp folder: that one is closed to other users, and the server runs as postgres
+    base = Path(tempfile.mkdtemp(prefix="midicorpus-pg-"))
+    data = base / "data"
+    as_user: list[str] = []
+    user = os.environ.get("USER") or "postgres"
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        user = "postgres"
+        shutil.chown(base, "postgres")
+    with socket_port() as port:
+        pass
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off -c max_connections=200"
+    r = subprocess.run(
+        [
+            *as_user,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(base / "log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            opts,
+            "start",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        pytest.fail(f"PostgreSQL did not start: {r.stdout}{r.stderr}{(base / 'log').read_text()[-2000:]}")
+    try:
+        yield bindir, port, user
+    finally:
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_catalog(pg_server):
+    """A function that creates a fresh database on the test server and returns its URL."""
+    import subprocess
+    import uuid
+
+    bindir, port, user = pg_server
+
+    def make() -> str:
+        name = f"lake_{uuid.uuid4().hex[:12]}"
+        subprocess.run(
+            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", user, name],
+            check=True,
+            capture_output=True,
+        )
+        return f"postgres://{user}@127.0.0.1:{port}/{name}"
+
+    return make
+
+
+class socket_port:
+    """A free TCP port on 127.0.0.1 (as a context manager: the socket is closed on exit)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.s = socket.socket()
+        self.s.bind(("127.0.0.1", 0))
+        return int(self.s.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.s.close()
 
 
 # ------------------------------------------------------------------ a real dask cluster on 127.0.0.1

@@ -232,11 +232,26 @@ class MutopiaSite:
         start = int((query.get("startat") or ["0"])[0] or 0)
         want_id = (query.get("id") or [""])[0]
         comp = (query.get("Composer") or [""])[0]
-        hits = [p for p in self.pieces if (not want_id or str(p.id) == want_id) and p.folder.split("/")[1].startswith(comp)]
+        hits = [
+            p for p in self.pieces if (not want_id or str(p.id) == want_id) and p.folder.split("/")[1].startswith(comp)
+        ]
         page = hits[start : start + 10]
         body = "".join(self._result_table(p) for p in page) or "<p>Sorry, no matches were found</p>\n"
         if start + 10 < len(hits):
-            keys = ["searchingfor", "Composer", "Instrument", "Style", "collection", "id", "solo", "recent", "timelength", "timeunit", "lilyversion", "preview"]
+            keys = [
+                "searchingfor",
+                "Composer",
+                "Instrument",
+                "Style",
+                "collection",
+                "id",
+                "solo",
+                "recent",
+                "timelength",
+                "timeunit",
+                "lilyversion",
+                "preview",
+            ]
             rest = "&amp;".join(f"{k}={(query.get(k) or [''])[0]}" for k in keys)
             body += f'<p><a href="make-table.cgi?startat={start + 10}&amp;{rest}">Next 10</a></p>\n'
         return f"<html><head><title>Mutopia search</title></head><body>\n{body}</body></html>\n"
@@ -284,14 +299,18 @@ class MutopiaSite:
     # --- HTTP -------------------------------------------------------------------------
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         with self._lock:
-            self.requests.append(Seen(time.monotonic(), h.command, h.path, {k.lower(): v for k, v in h.headers.items()}))
+            self.requests.append(
+                Seen(time.monotonic(), h.command, h.path, {k.lower(): v for k, v in h.headers.items()})
+            )
         if self.slow and h.path.startswith(self.slow_prefix):
             time.sleep(self.slow)
         split = urlsplit(h.path)
         path, query = split.path, parse_qs(split.query, keep_blank_values=True)
         if path == "/robots.txt":
             if self.robots_status != 200 or self.robots is None:
-                return self._send(h, self.robots_status if self.robots is not None else 404, b"no robots\n", "text/plain")
+                return self._send(
+                    h, self.robots_status if self.robots is not None else 404, b"no robots\n", "text/plain"
+                )
             return self._send(h, 200, self.robots.encode(), "text/plain")
         if (self.fail_prefix is not None and path.startswith(self.fail_prefix)) or self.fail_next > 0:
             with self._lock:
@@ -324,10 +343,23 @@ class MutopiaSite:
                 parsed = email.utils.parsedate_to_datetime(ims)
                 if parsed >= email.utils.parsedate_to_datetime(LAST_MODIFIED):
                     return self._send(h, 304, b"", None, headers)
-        ctype = "application/zip" if name.endswith(".zip") else "audio/midi" if name.endswith(".mid") else "application/rdf+xml"
+        ctype = (
+            "application/zip"
+            if name.endswith(".zip")
+            else "audio/midi"
+            if name.endswith(".mid")
+            else "application/rdf+xml"
+        )
         return self._send(h, 200, data, ctype, headers)
 
-    def _send(self, h: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str | None, headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        h: BaseHTTPRequestHandler,
+        status: int,
+        body: bytes,
+        ctype: str | None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         try:
             h.send_response(status)
             if ctype:

@@ -16,7 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 def cli(*args: str, lake: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run(
-        [sys.executable, "-m", "corpus.cli", "--lake", str(lake), *args], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-m", "corpus.cli", "--lake", str(lake), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
 
 
@@ -45,7 +49,18 @@ def test_bad_input_is_one_line(args: tuple[str, ...], needle: str, tmp_path: Pat
 
 def test_sql_formats(tmp_path: Path, data_dir: Path) -> None:
     lake = tmp_path / "lake"
-    r = cli("--workers", "1", "ingest", "dir", str(data_dir / "midi/magenta"), "--source", "magenta", "--license", "Apache-2.0", lake=lake)
+    r = cli(
+        "--workers",
+        "1",
+        "ingest",
+        "dir",
+        str(data_dir / "midi/magenta"),
+        "--source",
+        "magenta",
+        "--license",
+        "Apache-2.0",
+        lake=lake,
+    )
     assert r.returncode == 0, r.stderr
     assert "11 inputs = 11 ok + 0 rejected + 0 duplicate" in r.stdout
     q = "SELECT name, license, status FROM pieces ORDER BY name LIMIT 2"
@@ -57,7 +72,11 @@ def test_sql_formats(tmp_path: Path, data_dir: Path) -> None:
     csv = cli("sql", q, "--format", "csv", lake=lake).stdout.splitlines()
     assert csv == ["name,license,status", "english1.mid,Apache-2.0,ok", "english2.mid,Apache-2.0,ok"]
     table = cli("sql", q, lake=lake).stdout.splitlines()
-    assert table[0].split() == ["name", "license", "status"] and table[2].split() == ["english1.mid", "Apache-2.0", "ok"]
+    assert table[0].split() == ["name", "license", "status"] and table[2].split() == [
+        "english1.mid",
+        "Apache-2.0",
+        "ok",
+    ]
     # the catalog file works from a plain DuckDB connection
     import duckdb
 
@@ -96,6 +115,14 @@ def test_music21_source_converts_and_skips_what_is_there(tmp_path: Path) -> None
     assert "5 inputs = 5 ok + 0 rejected + 0 duplicate" in r.stdout
     r = cli("--workers", "1", "ingest", "music21", "--limit", "6", lake=lake)
     assert "1 inputs = 1 ok + 0 rejected + 0 duplicate" in r.stdout, r.stdout
-    cols = json.loads(cli("sql", "SELECT DISTINCT music21_collection AS c, license FROM pieces ORDER BY c", "--format", "json", lake=lake).stdout)
+    cols = json.loads(
+        cli(
+            "sql",
+            "SELECT DISTINCT music21_collection AS c, license FROM pieces ORDER BY c",
+            "--format",
+            "json",
+            lake=lake,
+        ).stdout
+    )
     assert [c["c"] for c in cols] == ["bach", "monteverdi", "palestrina", "ryansMammoth", "trecento"]
     assert {c["license"] for c in cols} == {"PD"}

@@ -43,16 +43,25 @@ def q(lake: Lake, sql: str) -> list[tuple]:
 def test_every_ok_piece_is_curated(curated: Lake) -> None:
     (missing,) = q(curated, "SELECT count(*) FROM features WHERE texture IS NULL")[0]
     assert missing == 0
-    (no_key,) = q(curated, "SELECT count(*) FROM features WHERE key_mode IS NULL AND texture NOT IN ('drums_only', 'empty')")[0]
+    (no_key,) = q(
+        curated, "SELECT count(*) FROM features WHERE key_mode IS NULL AND texture NOT IN ('drums_only', 'empty')"
+    )[0]
     assert no_key == 0
 
 
 def test_melodies_are_monophonic_and_chorales_polyphonic(curated: Lake) -> None:
     # MeloForm's extracted melodies: most are strictly one line; five keep chords from their source
     # (PROVENANCE.tsv: symusic max polyphony 3-4 per track), and those must not pass as monophonic
-    rows = dict(q(curated, "SELECT f.texture, count(*) FROM pieces p JOIN features f USING (piece_id) WHERE p.source = 'meloform' GROUP BY 1"))
+    rows = dict(
+        q(
+            curated,
+            "SELECT f.texture, count(*) FROM pieces p JOIN features f USING (piece_id) WHERE p.source = 'meloform' GROUP BY 1",
+        )
+    )
     assert rows == {"monophonic": 32, "polyphonic": 5}
-    rows = q(curated, "SELECT DISTINCT f.texture FROM pieces p JOIN features f USING (piece_id) WHERE p.source = 'mutopia'")
+    rows = q(
+        curated, "SELECT DISTINCT f.texture FROM pieces p JOIN features f USING (piece_id) WHERE p.source = 'mutopia'"
+    )
     assert rows == [("polyphonic",)]
     # the monophonic corpus is selectable per track too
     (mono_tracks,) = q(curated, "SELECT count(*) FROM tracks WHERE is_monophonic AND NOT is_drum")[0]

@@ -86,7 +86,10 @@ def test_derived_pieces_are_curated_monophonic_single_tracks(lake: Lake) -> None
         "FROM pieces p JOIN features f USING (piece_id) WHERE p.source = 'melody'",
     )
     assert rows and set(rows) == {("monophonic", 1, 1, 0, True, True, "ok")}
-    (mono,) = q(lake, "SELECT count(*) FROM tracks t JOIN pieces p USING (piece_id) WHERE p.source = 'melody' AND t.is_monophonic")[0]
+    (mono,) = q(
+        lake,
+        "SELECT count(*) FROM tracks t JOIN pieces p USING (piece_id) WHERE p.source = 'melody' AND t.is_monophonic",
+    )[0]
     assert mono == len(rows)
 
 
@@ -132,7 +135,9 @@ def test_rerun_adds_nothing(lake: Lake) -> None:
     assert len(lake.commits()) == before
     assert q(lake, "SELECT count(*) FROM pieces")[0][0] == n
     # ingesting the same derived items again is "unchanged" too (ingest's own idempotence)
-    pid, parent, track = q(lake, "SELECT piece_id, parent_piece_id, parent_track FROM pieces WHERE source = 'melody' LIMIT 1")[0]
+    pid, parent, track = q(
+        lake, "SELECT piece_id, parent_piece_id, parent_track FROM pieces WHERE source = 'melody' LIMIT 1"
+    )[0]
     from corpus.sources.base import SourceItem
 
     item = SourceItem(source="melody", uri=melody.melody_uri(parent, track), data=lake.get_raw(pid))
@@ -154,8 +159,16 @@ def test_extract_batch_rechecks(data_dir: Path) -> None:
     data = (data_dir / "midi" / "miditok" / "Funkytown.mid").read_bytes()
     score = symusic.Score.from_midi(data)
     drums = [i for i, t in enumerate(score.tracks) if t.is_drum]
-    poly = [i for i, t in enumerate(score.tracks) if not t.is_drum and not track_texture(t.notes.numpy(), score.tpq)["is_monophonic"]]
-    mono = [i for i, t in enumerate(score.tracks) if not t.is_drum and len(t.notes) and track_texture(t.notes.numpy(), score.tpq)["is_monophonic"]]
+    poly = [
+        i
+        for i, t in enumerate(score.tracks)
+        if not t.is_drum and not track_texture(t.notes.numpy(), score.tpq)["is_monophonic"]
+    ]
+    mono = [
+        i
+        for i, t in enumerate(score.tracks)
+        if not t.is_drum and len(t.notes) and track_texture(t.notes.numpy(), score.tpq)["is_monophonic"]
+    ]
     assert drums and poly and mono
     ((pid, (status, got, skipped)),) = melody.extract_batch([("p", data, [*drums, *poly, *mono, 99])], 16)
     assert status == "ok" and [g[0] for g in got] == [i for i in mono if len(score.tracks[i].notes) >= 16]

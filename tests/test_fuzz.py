@@ -43,7 +43,11 @@ def fixtures() -> tuple[tuple[str, bytes], ...]:
         return ()
     out = []
     for p in sorted(DATA.rglob("*")):
-        if p.is_file() and p.suffix.lower() in (".mid", ".midi", ".kar", ".rmi") and 0 < p.stat().st_size <= MAX_FIXTURE_BYTES:
+        if (
+            p.is_file()
+            and p.suffix.lower() in (".mid", ".midi", ".kar", ".rmi")
+            and 0 < p.stat().st_size <= MAX_FIXTURE_BYTES
+        ):
             out.append((str(p.relative_to(DATA)), p.read_bytes()))
     return tuple(out)
 
@@ -235,7 +239,9 @@ def test_parse_survives_mutants(fuzz_fixtures: tuple) -> None:
         spent = time.perf_counter() - t0
         if spent > PER_FILE_LIMIT_S:
             slow.append(f"mutant({SEED}, {i}) [{what}] took {spent:.1f} s")
-    assert not bugs, f"{len(bugs)} mutants broke analyse (reproduce with tests.test_fuzz.mutant):\n" + "\n".join(bugs[:20])
+    assert not bugs, f"{len(bugs)} mutants broke analyse (reproduce with tests.test_fuzz.mutant):\n" + "\n".join(
+        bugs[:20]
+    )
     assert not slow, "\n".join(slow[:20])
     # the mutator reaches many distinct defects, and some mutants still parse
     assert outcomes["ok"] > 100 and len(outcomes) >= 10, outcomes

@@ -49,7 +49,9 @@ def ingested(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[
 
 def test_every_input_accounted_for(ingested: tuple[Lake, object], data_dir: Path) -> None:
     lake, s = ingested
-    n_files = sum(1 for p in data_dir.rglob("*") if p.is_file() and p.suffix.lower() in {".mid", ".midi", ".kar", ".rmi"})
+    n_files = sum(
+        1 for p in data_dir.rglob("*") if p.is_file() and p.suffix.lower() in {".mid", ".midi", ".kar", ".rmi"}
+    )
     assert s.inputs == n_files == s.ok + s.rejected + s.duplicate
     con = lake.connect()
     (rows,) = con.execute("SELECT count(*) FROM pieces").fetchone()
@@ -67,9 +69,9 @@ def test_every_input_accounted_for(ingested: tuple[Lake, object], data_dir: Path
 def test_reject_codes_in_the_lake(ingested: tuple[Lake, object]) -> None:
     lake, _ = ingested
     got = dict(
-        lake.connect().execute(
-            "SELECT p.source_uri, r.reason FROM rejects r JOIN pieces p USING (piece_id) WHERE NOT p.is_duplicate"
-        ).fetchall()
+        lake.connect()
+        .execute("SELECT p.source_uri, r.reason FROM rejects r JOIN pieces p USING (piece_id) WHERE NOT p.is_duplicate")
+        .fetchall()
     )
     assert {k.removeprefix("data/"): v for k, v in got.items()} == EXPECTED_REJECTS
 
@@ -77,10 +79,14 @@ def test_reject_codes_in_the_lake(ingested: tuple[Lake, object]) -> None:
 def test_same_bytes_one_piece_all_provenances(ingested: tuple[Lake, object]) -> None:
     lake, _ = ingested
     # a Goldberg variation that is both in mutopia/ftp and in the site mirror
-    rows = lake.connect().execute(
-        "SELECT source_uri, is_duplicate FROM pieces WHERE piece_id = "
-        "(SELECT piece_id FROM pieces WHERE source_uri = 'data/mutopia/ftp/BachJS/BWV988/bwv-988-v28/bwv-988-v28.mid')"
-    ).fetchall()
+    rows = (
+        lake.connect()
+        .execute(
+            "SELECT source_uri, is_duplicate FROM pieces WHERE piece_id = "
+            "(SELECT piece_id FROM pieces WHERE source_uri = 'data/mutopia/ftp/BachJS/BWV988/bwv-988-v28/bwv-988-v28.mid')"
+        )
+        .fetchall()
+    )
     uris = sorted(r[0] for r in rows)
     assert uris == [
         "data/mutopia-site/site_mirror/ftp/BachJS/BWV988/bwv-988-v28/bwv-988-v28.mid",
@@ -111,13 +117,17 @@ def test_second_run_adds_nothing(ingested: tuple[Lake, object], data_dir: Path) 
     assert s.seconds < first.seconds / 2
 
 
-def test_lakh_columns_and_cross_source_duplicates(ingested: tuple[Lake, object], data_dir: Path, tmp_path: Path) -> None:
+def test_lakh_columns_and_cross_source_duplicates(
+    ingested: tuple[Lake, object], data_dir: Path, tmp_path: Path
+) -> None:
     lake, _ = ingested
     s = run_ingest(lake, LakhSource(data_dir / "lakh" / "lmd_full"))
     assert s.inputs == 11 and s.duplicate == 11  # same bytes came in through 'shared' already
-    rows = lake.connect().execute(
-        "SELECT lmd_md5, md5, lmd_layout, name FROM pieces WHERE source = 'lakh' ORDER BY lmd_md5"
-    ).fetchall()
+    rows = (
+        lake.connect()
+        .execute("SELECT lmd_md5, md5, lmd_layout, name FROM pieces WHERE source = 'lakh' ORDER BY lmd_md5")
+        .fetchall()
+    )
     assert len(rows) == 11 and all(r[0] == r[1] and r[2] == "lmd_full" for r in rows)
 
 
@@ -144,9 +154,11 @@ def test_lakh_matched_tree_with_sidecars(tmp_path: Path, data_dir: Path) -> None
     lake = Lake(tmp_path / "lake")
     s = run_ingest(lake, LakhSource(tar), workers=1)
     assert (s.inputs, s.ok, s.duplicate) == (2, 1, 1)
-    rows = lake.connect().execute(
-        "SELECT lmd_layout, msd_ids, max_match_score, original_names, lmd_md5 FROM pieces ORDER BY source_uri"
-    ).fetchall()
+    rows = (
+        lake.connect()
+        .execute("SELECT lmd_layout, msd_ids, max_match_score, original_names, lmd_md5 FROM pieces ORDER BY source_uri")
+        .fetchall()
+    )
     for layout, msd_ids, score, names, lmd in rows:
         assert layout == "lmd_matched" and lmd == md5 and score == 0.71
         assert msd_ids == ["TRAAAGR128F425B14B", "TRZZZZZ128F4212345"]
@@ -169,7 +181,9 @@ def test_parser_crash_in_a_dask_worker_costs_one_file(data_dir: Path, tmp_path: 
     items.insert(3, SourceItem("t", "crash.mid", b"SEGV" + b"\x00" * 10, "crash.mid"))
     items.insert(5, SourceItem("t", "hang.mid", b"HANG", "hang.mid"))
     lake = Lake(tmp_path / "lake")
-    s = run_ingest(lake, items, workers=2, parser_target="tests.helpers.faulty_parser:faulty", timeout_s=2.0, batch_files=2)
+    s = run_ingest(
+        lake, items, workers=2, parser_target="tests.helpers.faulty_parser:faulty", timeout_s=2.0, batch_files=2
+    )
     assert s.inputs == 8
     reasons = dict(lake.connect().execute("SELECT source_uri, reason FROM rejects").fetchall())
     assert reasons["crash.mid"] == "parser_crash" and reasons["hang.mid"] == "parse_timeout"

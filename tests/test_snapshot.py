@@ -43,7 +43,9 @@ def test_same_selection_same_version_and_bytes(lake, tmp_path: Path) -> None:
     assert S.verify(lake, f"mt@{a.version}").ok
     assert S.resolve(lake, "mt") == c.path
     assert {r["version"] for r in S.list_snapshots(lake) if r["name"] == "mt"} == {a.version, c.version}
-    rows = lake.query("SELECT version, n_pieces, n_tokens FROM snapshots WHERE name = 'mt' ORDER BY version").to_pylist()
+    rows = lake.query(
+        "SELECT version, n_pieces, n_tokens FROM snapshots WHERE name = 'mt' ORDER BY version"
+    ).to_pylist()
     assert {r["version"] for r in rows} == {a.version, c.version}
     assert not list((lake.root / "snapshots").glob(".build-*"))
 
@@ -71,14 +73,18 @@ def test_splits_follow_clusters_and_copies_stay_with_original(lake) -> None:
     assert max(nt for _, _, nt in per_piece) == 3  # -1, 0, +1 together
     assert {s for s in S.SPLITS if r.manifest["counts"][s]["rows"]} == set(S.SPLITS)
     # a piece keeps its split in another version (different selection, same seed and fractions)
-    r2 = _create(lake, S.SnapshotSpec("aug", "remi_multitrack", transpose="none", split=(0.5, 0.25, 0.25), where="n_notes > 50"))
+    r2 = _create(
+        lake, S.SnapshotSpec("aug", "remi_multitrack", transpose="none", split=(0.5, 0.25, 0.25), where="n_notes > 50")
+    )
     d = S.diff(lake, f"aug@{r.version}", f"aug@{r2.version}")
     assert d["rows_moved_split"] == [] and d["tokens_removed"] > 0 and d["rows_added"] == []
     assert S.split_of("cluster:x", 0, (0.9, 0.05, 0.05)) == S.split_of("cluster:x", 0, (0.9, 0.05, 0.05))
 
 
 def test_song_groups_union_msd_and_clusters() -> None:
-    g = S.song_groups({"a": ["cluster:a", "msd:TR1"], "b": ["cluster:b", "msd:TR1"], "c": ["cluster:a"], "d": ["cluster:d"]})
+    g = S.song_groups(
+        {"a": ["cluster:a", "msd:TR1"], "b": ["cluster:b", "msd:TR1"], "c": ["cluster:a"], "d": ["cluster:d"]}
+    )
     assert g["a"] == g["b"] == g["c"] == "msd:TR1" and g["d"] == "cluster:d"
 
 
@@ -97,11 +103,18 @@ def test_shards_readable_with_numpy_and_pyarrow_only(lake) -> None:
     assert whole.tolist() == ids
     manifest = json.loads((r.path / "manifest.json").read_text())
     assert manifest["counts"]["train"]["tokens"] == len(tok)
-    assert manifest["source_tables"]["tokens"] and manifest["tokenizer"]["hash"] and manifest["library_versions"]["miditok"]
+    assert (
+        manifest["source_tables"]["tokens"]
+        and manifest["tokenizer"]["hash"]
+        and manifest["library_versions"]["miditok"]
+    )
     import miditok
 
     doc = json.loads((r.path / "tokenizer.json").read_text())
-    assert len(getattr(miditok, doc["tokenization"])(params=r.path / "tokenizer.json")) == manifest["tokenizer"]["vocab_size"]
+    assert (
+        len(getattr(miditok, doc["tokenization"])(params=r.path / "tokenizer.json"))
+        == manifest["tokenizer"]["vocab_size"]
+    )
     card = S.show(lake, f"plain@{r.version}")
     assert "Apache-2.0" in card and "MIT" in card and "attribution" in card.lower()
 
@@ -155,8 +168,9 @@ def test_bad_input_is_one_clear_error(lake, spec, message) -> None:
 
 
 def test_streamed_tokens_are_the_bytes_of_np_save(tmp_path: Path) -> None:
-    import duckdb
     import io
+
+    import duckdb
 
     rng = np.random.default_rng(0)
     rows = [rng.integers(0, 300, size=int(n)).tolist() for n in rng.integers(0, 5000, size=40)]
@@ -166,7 +180,9 @@ def test_streamed_tokens_are_the_bytes_of_np_save(tmp_path: Path) -> None:
     old = S.STREAM_BATCH_ROWS
     try:
         S.STREAM_BATCH_ROWS = 7  # several batches
-        meta = S._stream_tokens(con.execute("SELECT ids FROM t"), tmp_path / "tokens.npy", (total,), np.dtype(np.uint16), "x")
+        meta = S._stream_tokens(
+            con.execute("SELECT ids FROM t"), tmp_path / "tokens.npy", (total,), np.dtype(np.uint16), "x"
+        )
     finally:
         S.STREAM_BATCH_ROWS = old
     want = io.BytesIO()

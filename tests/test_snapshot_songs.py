@@ -91,7 +91,9 @@ def test_verify_fails_when_a_song_group_spans_two_splits(pop_lake: Lake, tmp_pat
     valid = pq.read_table(copy / rel)
     groups = valid.column("song_group").to_pylist()
     groups[0] = train.column("song_group")[0].as_py()
-    pq.write_table(valid.set_column(valid.schema.get_field_index("song_group"), "song_group", pa.array(groups)), copy / rel)
+    pq.write_table(
+        valid.set_column(valid.schema.get_field_index("song_group"), "song_group", pa.array(groups)), copy / rel
+    )
     m = json.loads((copy / "manifest.json").read_text())
     m["files"][rel] = {"sha256": S._sha256_file(copy / rel), "bytes": (copy / rel).stat().st_size}
     (copy / "manifest.json").write_text(json.dumps(m))
@@ -115,14 +117,22 @@ def test_pieces_keep_their_split_when_the_lake_grows(tmp_path: Path, arrangement
     spec = S.SnapshotSpec("grow", "remi", split=(0.5, 0.25, 0.25), seed=7)
     first = _create(lake, spec)
     assert first.manifest["split"]["previous_version"] is None and first.manifest["split"]["kept_from_version"] is None
-    before = {r["piece_id"]: r["split"] for r in lake.query(
-        f"SELECT DISTINCT piece_id, split FROM snapshot_pieces WHERE version = '{first.version}'").to_pylist()}
+    before = {
+        r["piece_id"]: r["split"]
+        for r in lake.query(
+            f"SELECT DISTINCT piece_id, split FROM snapshot_pieces WHERE version = '{first.version}'"
+        ).to_pylist()
+    }
     _add(lake, _songs(arrangements_dir, 11, 20, tmp_path / "b"))
     second = _create(lake, spec)
     assert second.version != first.version
     assert second.manifest["split"]["previous_version"] == first.version
-    after = {r["piece_id"]: r["split"] for r in lake.query(
-        f"SELECT DISTINCT piece_id, split FROM snapshot_pieces WHERE version = '{second.version}'").to_pylist()}
+    after = {
+        r["piece_id"]: r["split"]
+        for r in lake.query(
+            f"SELECT DISTINCT piece_id, split FROM snapshot_pieces WHERE version = '{second.version}'"
+        ).to_pylist()
+    }
     assert len(after) > len(before)
     assert {p: after[p] for p in before} == before
     assert second.manifest["split"]["moved"] == [] and "pieces moved" not in S.show(lake, "grow")
@@ -149,7 +159,10 @@ def test_the_card_names_the_pieces_that_moved_when_groups_merged(tmp_path: Path,
     second = _create(lake, spec)
     moved = second.manifest["split"]["moved"]
     assert moved and len({(m["from"], m["to"]) for m in moved}) == 1
-    assert second.manifest["leakage"]["song_groups"] == 1 and second.manifest["leakage"]["song_groups_spanning_splits"] == 0
+    assert (
+        second.manifest["leakage"]["song_groups"] == 1
+        and second.manifest["leakage"]["song_groups_spanning_splits"] == 0
+    )
     card = S.show(lake, "m")
     assert f"{len(moved)} pieces moved since version {first.version}" in card
     for m in moved:

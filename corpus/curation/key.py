@@ -313,9 +313,9 @@ def note_weights(score: symusic.Score, *, quantize: bool = True):
     time_ = np.concatenate([a["time"] for a in arrays]).astype(np.int64)
     pitch = np.concatenate([a["pitch"] for a in arrays]).astype(np.int64)
     # music21 ends a re-struck note at the first note-off after it (symusic: first in, first out)
-    dur = np.concatenate(
-        [retrigger_ends(a["time"], a["duration"], a["pitch"]) - a["time"] for a in arrays]
-    ).astype(np.int64)
+    dur = np.concatenate([retrigger_ends(a["time"], a["duration"], a["pitch"]) - a["time"] for a in arrays]).astype(
+        np.int64
+    )
     if not quantize:
         return pitch, time_ * (12.0 / tpq), dur * (12.0 / tpq)
     track = np.repeat(np.arange(len(arrays)), [len(a["time"]) for a in arrays])
@@ -466,9 +466,7 @@ def _m21_histogram_values(pc: np.ndarray, w12: np.ndarray) -> list:
     touched = np.bincount(pc, minlength=12)[:12] > 0
     floaty = np.bincount(pc[np.rint(w12).astype(np.int64) % 3 == 0], minlength=12)[:12] > 0
     out: list = []
-    for c, t, f in zip(
-        np.rint(counts).astype(np.int64).tolist(), touched.tolist(), floaty.tolist()
-    ):
+    for c, t, f in zip(np.rint(counts).astype(np.int64).tolist(), touched.tolist(), floaty.tolist()):
         out.append(0 if not t else (c / 12 if f else Fraction(c, 12)))
     return out
 
@@ -512,9 +510,7 @@ def bar_starts(score: symusic.Score, end: int | None = None) -> np.ndarray:
     stop = int(score.end()) if end is None else int(end)
     ts = score.time_signatures.numpy()
     changes = [(0, 4, 4)]
-    for t, num, den in zip(
-        ts["time"].tolist(), ts["numerator"].tolist(), ts["denominator"].tolist()
-    ):
+    for t, num, den in zip(ts["time"].tolist(), ts["numerator"].tolist(), ts["denominator"].tolist()):
         if num <= 0 or den <= 0:
             continue
         if t <= 0:
@@ -530,9 +526,7 @@ def bar_starts(score: symusic.Score, end: int | None = None) -> np.ndarray:
     return np.asarray(sorted(set(out)), dtype=np.int64)
 
 
-def windowed_keys(
-    score: symusic.Score, bars: int = 8, profile: Profile = "aarden"
-) -> list[WindowKey]:
+def windowed_keys(score: symusic.Score, bars: int = 8, profile: Profile = "aarden") -> list[WindowKey]:
     """Key of every ``bars``-bar window (non-overlapping), notes clipped to their window.
 
     Uses the same quantized note weights as :func:`estimate_key`; a note held across a window
@@ -553,11 +547,7 @@ def windowed_keys(
         a12, b12 = a * 12.0 / tpq, b * 12.0 / tpq
         part = np.clip(np.minimum(on12 + w12, b12) - np.maximum(on12, a12), 0.0, None)
         hist = np.bincount(pc, weights=part, minlength=12)[:12] / 12.0
-        out.append(
-            WindowKey(
-                bar=k * bars, n_bars=bars, start=a, end=b, key=key_from_histogram(hist, profile)
-            )
-        )
+        out.append(WindowKey(bar=k * bars, n_bars=bars, start=a, end=b, key=key_from_histogram(hist, profile)))
     return out
 
 
@@ -633,9 +623,7 @@ def agreement_corpus(data_root: str | Path) -> list[Path]:
     return out
 
 
-def measure_agreement(
-    paths: Iterable[str | Path], profile: Profile = "aarden", *, repeat: int = 3
-) -> dict:
+def measure_agreement(paths: Iterable[str | Path], profile: Profile = "aarden", *, repeat: int = 3) -> dict:
     """Agreement (same tonic pitch class and mode) with music21, and the speed of both.
 
     Files symusic cannot parse, without pitched notes, or that music21 refuses are skipped

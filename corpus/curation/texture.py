@@ -172,9 +172,7 @@ def piece_texture(score: symusic.Score) -> tuple[dict, list[dict]]:
             texture = "monophonic" if tex["is_monophonic"] else "polyphonic"
         else:
             texture = "empty"
-        tracks.append(
-            {"index": i, "is_drum": False, "program": track.program, "texture": texture, **tex}
-        )
+        tracks.append({"index": i, "is_drum": False, "program": track.program, "texture": texture, **tex})
     piece_texture_: PieceTexture
     if starts:
         piece = _measures(np.concatenate(starts), np.concatenate(ends), tpq)
@@ -198,7 +196,5 @@ def melody_tracks(score: symusic.Score) -> list[int]:
     return [
         i
         for i, track in enumerate(score.tracks)
-        if not track.is_drum
-        and len(track.notes)
-        and track_texture(track.notes.numpy(), tpq)["is_monophonic"]
+        if not track.is_drum and len(track.notes) and track_texture(track.notes.numpy(), tpq)["is_monophonic"]
     ]

@@ -173,7 +173,9 @@ def _walk_zip(path: Path, rel: str, want: Callable[[str], bool], limits: Limits)
                 yield Entry(mrel, None, ("archive_bomb", f"compression ratio {ratio:.0f} > {limits.max_ratio:.0f}"))
                 continue
             if total + info.file_size > limits.max_archive_bytes:
-                yield Entry(mrel, None, ("archive_bomb", f"archive exceeds {limits.max_archive_bytes} bytes decompressed"))
+                yield Entry(
+                    mrel, None, ("archive_bomb", f"archive exceeds {limits.max_archive_bytes} bytes decompressed")
+                )
                 return
             try:
                 with zf.open(info) as fh:
@@ -208,19 +210,29 @@ def _walk_tar(path: Path, rel: str, want: Callable[[str], bool], limits: Limits)
                     continue
                 if not member.isreg():
                     kind = (
-                        "symbolic link" if member.issym() else "hard link" if member.islnk()
-                        else "device" if member.ischr() or member.isblk()
-                        else "fifo" if member.isfifo() else f"type {member.type!r}"
+                        "symbolic link"
+                        if member.issym()
+                        else "hard link"
+                        if member.islnk()
+                        else "device"
+                        if member.ischr() or member.isblk()
+                        else "fifo"
+                        if member.isfifo()
+                        else f"type {member.type!r}"
                     )
                     yield Entry(mrel, None, ("not_regular_file", kind))
                     continue
                 if not want(PurePosixPath(name).name):
                     continue
                 if member.size > limits.max_file_bytes:
-                    yield Entry(mrel, None, ("archive_bomb", f"member of {member.size} bytes > {limits.max_file_bytes}"))
+                    yield Entry(
+                        mrel, None, ("archive_bomb", f"member of {member.size} bytes > {limits.max_file_bytes}")
+                    )
                     continue
                 if total + member.size > limits.max_archive_bytes:
-                    yield Entry(mrel, None, ("archive_bomb", f"archive exceeds {limits.max_archive_bytes} bytes decompressed"))
+                    yield Entry(
+                        mrel, None, ("archive_bomb", f"archive exceeds {limits.max_archive_bytes} bytes decompressed")
+                    )
                     return
                 fh = tf.extractfile(member)
                 data = fh.read() if fh is not None else b""

@@ -12,7 +12,9 @@ from corpus.sources.files import Limits, walk
 class DirSource:
     """Every ``.mid/.midi/.kar/.rmi`` file (any case) in a folder or archive, recursively."""
 
-    def __init__(self, path: str | os.PathLike[str], name: str = "dir", license: str | None = None, limits: Limits = Limits()) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], name: str = "dir", license: str | None = None, limits: Limits = Limits()
+    ) -> None:
         self.path = path
         self.name = name
         self.license = license

@@ -61,7 +61,9 @@ MAX_STEPS: Final = 2**31 - 2  # symusic ticks are int32
 N_PITCHES: Final = 128
 
 # Reject codes this source needs (to be listed in corpus.reasons.REASONS).
-LPD_REASONS: Final[dict[str, str]] = {k: REASONS[k] for k in ("npz_corrupt", "npz_missing_info", "npz_bad_info", "npz_bad_shape")}
+LPD_REASONS: Final[dict[str, str]] = {
+    k: REASONS[k] for k in ("npz_corrupt", "npz_missing_info", "npz_bad_info", "npz_bad_shape")
+}
 
 _MSD_ID = re.compile(r"^TR[A-Z0-9]{16}$")
 _MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
@@ -365,7 +367,9 @@ class LpdSource:
 
     name = "lpd"
 
-    def __init__(self, path: str | os.PathLike[str], limits: Limits = Limits(), engine: Any = None, batch: int = 16) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], limits: Limits = Limits(), engine: Any = None, batch: int = 16
+    ) -> None:
         self.path = path
         self.limits = limits
         self.engine = engine  # with an engine, the conversion runs in its workers

@@ -61,7 +61,9 @@ def convert(batch: list[str]) -> list[tuple[str, bytes | None, str | None]]:
 class Music21Source:
     name = "music21"
 
-    def __init__(self, engine: Engine, limit: int | None = DEFAULT_LIMIT, skip: set[str] | None = None, batch: int = 4) -> None:
+    def __init__(
+        self, engine: Engine, limit: int | None = DEFAULT_LIMIT, skip: set[str] | None = None, batch: int = 4
+    ) -> None:
         self.engine = engine
         self.limit = limit
         self.skip = skip or set()
@@ -74,6 +76,8 @@ class Music21Source:
             for rel, data, error in results:
                 meta: dict[str, Any] = {"music21_collection": rel.split("/", 1)[0]}
                 if data is None:
-                    yield SourceItem(self.name, rel, None, rel.rsplit("/", 1)[-1], LICENSE, meta, ("convert_error", error or ""))
+                    yield SourceItem(
+                        self.name, rel, None, rel.rsplit("/", 1)[-1], LICENSE, meta, ("convert_error", error or "")
+                    )
                 else:
                     yield SourceItem(self.name, rel, data, rel.rsplit("/", 1)[-1], LICENSE, meta)

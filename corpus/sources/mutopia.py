@@ -66,8 +66,19 @@ NEW_REASONS: Final[dict[str, str]] = {k: REASONS[k] for k in ("http_not_found", 
 
 # pieces.meta columns, all VARCHAR (movement and zip_url NULL for single .mid files)
 META_KEYS: Final = (
-    "mutopia_id", "title", "composer", "composer_name", "opus", "instrument", "style", "date",
-    "license_text", "source_page", "file_url", "movement", "zip_url",
+    "mutopia_id",
+    "title",
+    "composer",
+    "composer_name",
+    "opus",
+    "instrument",
+    "style",
+    "date",
+    "license_text",
+    "source_page",
+    "file_url",
+    "movement",
+    "zip_url",
 )
 
 
@@ -452,7 +463,12 @@ class MutopiaCrawler:
             state = {}
         if state.get("version") != STATE_VERSION or state.get("base_url") != self.base:
             state = {
-                "version": STATE_VERSION, "base_url": self.base, "urls": {}, "max_id": 0, "crawl": None, "history": [],
+                "version": STATE_VERSION,
+                "base_url": self.base,
+                "urls": {},
+                "max_id": 0,
+                "crawl": None,
+                "history": [],
             }
         self.state = state
 
@@ -744,7 +760,11 @@ class MutopiaCrawler:
         yield from self._midi(crawl, mid_url, normalize_license(license_text), meta)
 
     def _item(
-        self, uri: str, data: bytes | None, license: str | None, meta: dict[str, Any],
+        self,
+        uri: str,
+        data: bytes | None,
+        license: str | None,
+        meta: dict[str, Any],
         reject: tuple[str, str] | None = None,
     ) -> SourceItem:
         name = PurePosixPath(uri.split("!", 1)[1]).name if "!" in uri else PurePosixPath(urlsplit(uri).path).name

@@ -329,9 +329,7 @@ class FastTokenizer:
         is_ts = np.concatenate([g_is_ts[g_rep], np.zeros(len(onsets), dtype=bool)])
         zeros = np.zeros(len(g_rep), dtype=np.int64)
         false = np.zeros(len(g_rep), dtype=bool)
-        ids = [np.concatenate([g_ids[g_rep], note_ids[0]])] + [
-            np.concatenate([zeros, col]) for col in note_ids[1:]
-        ]
+        ids = [np.concatenate([g_ids[g_rep], note_ids[0]])] + [np.concatenate([zeros, col]) for col in note_ids[1:]]
         masks = [np.concatenate([np.ones(len(g_rep), dtype=bool), note_masks[0]])] + [
             np.concatenate([false, col]) for col in note_masks[1:]
         ]

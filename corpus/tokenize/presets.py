@@ -40,25 +40,35 @@ PRESETS: dict[str, Preset] = {
         Preset("remi", "REMI", doc="miditok defaults (one sequence per track)"),
         Preset("tsd", "TSD", doc="miditok defaults (one sequence per track)"),
         Preset("midilike", "MIDILike", doc="miditok defaults"),
-        Preset("structured", "Structured", doc="miditok defaults; time shifts cap at 12 beats, so longer gaps lose notes: verified", verify=True),
+        Preset(
+            "structured",
+            "Structured",
+            doc="miditok defaults; time shifts cap at 12 beats, so longer gaps lose notes: verified",
+            verify=True,
+        ),
         Preset("cpword", "CPWord", doc="miditok defaults (multi-vocabulary)"),
         Preset(
-            "octuple", "Octuple",
+            "octuple",
+            "Octuple",
             {"max_bar_embedding": MAX_BAR_EMBEDDING},
             doc="defaults, bar limit raised from 60 (longer pieces were cut silently); verified",
             verify=True,
         ),
         Preset(
-            "mumidi", "MuMIDI",
+            "mumidi",
+            "MuMIDI",
             {"max_bar_embedding": MAX_BAR_EMBEDDING},
             doc="defaults, bar limit raised from 60",
         ),
         Preset(
-            "mmm", "MMM", {"base_tokenizer": "REMI"},
+            "mmm",
+            "MMM",
+            {"base_tokenizer": "REMI"},
             doc="MMM needs a base tokenizer: REMI",
         ),
         Preset(
-            "pertok", "PerTok",
+            "pertok",
+            "PerTok",
             {
                 "use_programs": True,
                 "use_time_signatures": False,  # PerTok fails on some time signatures in miditok 3.1
@@ -72,17 +82,30 @@ PRESETS: dict[str, Preset] = {
             verify=True,
         ),
         Preset(
-            "remi_multitrack", "REMI",
-            {"use_programs": True, "one_token_stream_for_programs": True, "use_tempos": True, "use_time_signatures": True},
+            "remi_multitrack",
+            "REMI",
+            {
+                "use_programs": True,
+                "one_token_stream_for_programs": True,
+                "use_tempos": True,
+                "use_time_signatures": True,
+            },
             doc="one stream for all tracks, Program tokens, tempos and time signatures",
         ),
         Preset(
-            "tsd_multitrack", "TSD",
-            {"use_programs": True, "one_token_stream_for_programs": True, "use_tempos": True, "use_time_signatures": True},
+            "tsd_multitrack",
+            "TSD",
+            {
+                "use_programs": True,
+                "one_token_stream_for_programs": True,
+                "use_tempos": True,
+                "use_time_signatures": True,
+            },
             doc="one stream for all tracks, Program tokens, tempos and time signatures",
         ),
         Preset(
-            "performance", "MIDILike",
+            "performance",
+            "MIDILike",
             {
                 # Oore et al. 2018, "This Time with Feeling": 128 note-on, 128 note-off,
                 # 100 time shifts of 10 ms, 32 velocity bins, sustain pedal events.
@@ -97,7 +120,8 @@ PRESETS: dict[str, Preset] = {
             "pitched tracks merged into one piano part as in the paper (drums dropped)",
         ),
         Preset(
-            "note_duration", "TSD",
+            "note_duration",
+            "TSD",
             {"use_velocities": False, "beat_res": {(0, 4): 4, (4, 12): 1}, "use_time_signatures": False},
             doc="note/duration pairs on a 16th grid, like MusicAutobot's encoding",
         ),

@@ -60,6 +60,8 @@ def decode_ids(tok: Any, ids: Any, multi: list[list[int]] | None, lengths: list[
     return tok.decode(seqs[0] if tok.one_token_stream else seqs)
 
 
-def check(tok: Any, score: Any, ids: list[int], multi: list[list[int]] | None, lengths: list[int], tol: float = DEFAULT_TOL_Q) -> float:
+def check(
+    tok: Any, score: Any, ids: list[int], multi: list[list[int]] | None, lengths: list[int], tol: float = DEFAULT_TOL_Q
+) -> float:
     ref = tok.preprocess_score(score.copy())
     return match_rate(ref, decode_ids(tok, ids, multi, lengths), tol)

@@ -118,11 +118,18 @@ def register(lake: Lake, scheme: str, config_file: str | None = None) -> Registe
         with lake.transaction({"command": "tokenizer register", "scheme": scheme}) as tx:
             tx.write(
                 "tokenizers",
-                [{
-                    "scheme": scheme, "tokenizer_hash": h, "tokenization": type(tok).__name__,
-                    "config_json": text, "miditok_version": version("miditok"), "vocab_size": _vocab_size(tok),
-                    "is_multi_vocab": bool(tok.is_multi_voc), "created_at": now_utc(),
-                }],
+                [
+                    {
+                        "scheme": scheme,
+                        "tokenizer_hash": h,
+                        "tokenization": type(tok).__name__,
+                        "config_json": text,
+                        "miditok_version": version("miditok"),
+                        "vocab_size": _vocab_size(tok),
+                        "is_multi_vocab": bool(tok.is_multi_voc),
+                        "created_at": now_utc(),
+                    }
+                ],
             )
     return Registered(scheme, text, h, tok, transform)
 
@@ -142,7 +149,9 @@ def registered_tokenizer(lake: Lake, scheme: str) -> tuple[str, str]:
     finally:
         con.close()
     if row is None:
-        raise TokenizeError(f"no tokenizer registered under scheme {scheme!r}; run 'midicorpus tokenize --scheme {scheme}' first")
+        raise TokenizeError(
+            f"no tokenizer registered under scheme {scheme!r}; run 'midicorpus tokenize --scheme {scheme}' first"
+        )
     return row[0], f"tokenizers/{row[0]}/tokenizer.json"
 
 
@@ -154,7 +163,9 @@ def _is_registered(lake: Lake, scheme: str) -> bool:
         con.close()
 
 
-def train_tokenizer(lake: Lake, scheme: str, vocab_size: int, model: str = "bpe", where: str | None = None) -> Registered:
+def train_tokenizer(
+    lake: Lake, scheme: str, vocab_size: int, model: str = "bpe", where: str | None = None
+) -> Registered:
     """Train a subword vocabulary (miditok's training) on the corpus and register it.
 
     Trains on the curated pieces' raw files (optionally a ``where`` selection over
@@ -171,14 +182,21 @@ def train_tokenizer(lake: Lake, scheme: str, vocab_size: int, model: str = "bpe"
     if transform:
         raise TokenizeError(f"scheme {scheme!r} re-times scores before encoding; train on a scheme without a transform")
     if tok.is_multi_voc:
-        raise TokenizeError(f"scheme {scheme!r} has several vocabularies; miditok trains single-vocabulary schemes only")
+        raise TokenizeError(
+            f"scheme {scheme!r} has several vocabularies; miditok trains single-vocabulary schemes only"
+        )
     base = len(tok.vocab)
     if vocab_size <= base:
         raise TokenizeError(f"--vocab-size must exceed the base vocabulary of {scheme} ({base}), got {vocab_size}")
     con = lake.connect()
     try:
         cond = f"AND ({where})" if where else ""
-        pids = [r[0] for r in con.execute(f"SELECT piece_id FROM features WHERE texture IS NOT NULL {cond} ORDER BY 1").fetchall()]
+        pids = [
+            r[0]
+            for r in con.execute(
+                f"SELECT piece_id FROM features WHERE texture IS NOT NULL {cond} ORDER BY 1"
+            ).fetchall()
+        ]
     finally:
         con.close()
     if not pids:
@@ -204,11 +222,21 @@ def train_tokenizer(lake: Lake, scheme: str, vocab_size: int, model: str = "bpe"
 
     if not _is_registered(lake, name) or registered_tokenizer(lake, name)[0] != h:
         with lake.transaction({"command": "tokenizer train", "scheme": name}) as tx:
-            tx.write("tokenizers", [{
-                "scheme": name, "tokenizer_hash": h, "tokenization": type(tok).__name__, "config_json": text,
-                "miditok_version": version("miditok"), "vocab_size": _vocab_size(tok), "is_multi_vocab": False,
-                "created_at": now_utc(),
-            }])
+            tx.write(
+                "tokenizers",
+                [
+                    {
+                        "scheme": name,
+                        "tokenizer_hash": h,
+                        "tokenization": type(tok).__name__,
+                        "config_json": text,
+                        "miditok_version": version("miditok"),
+                        "vocab_size": _vocab_size(tok),
+                        "is_multi_vocab": False,
+                        "created_at": now_utc(),
+                    }
+                ],
+            )
     return Registered(name, text, h, tok, None)
 
 
@@ -245,7 +273,13 @@ def encode_piece(tok: Any, fast: Any, score: Any) -> tuple[Any, list[list[int]] 
 
 
 def tokenize_batch(
-    batch: list[tuple[str, bytes, list[int]]], text: str, h: str, low: int, high: int, verify: bool = False, use_fastpath: bool = True
+    batch: list[tuple[str, bytes, list[int]]],
+    text: str,
+    h: str,
+    low: int,
+    high: int,
+    verify: bool = False,
+    use_fastpath: bool = True,
 ) -> list[tuple[str, int, tuple[Any, ...]]]:
     """Dask task: every (piece, shift) of the batch -> ("ok", ids, multi, lengths) or ("reject", reason, detail)."""
     import symusic
@@ -281,7 +315,13 @@ def tokenize_batch(
                 elif sum(lengths) == 0:
                     out.append((pid, sh, ("reject", "no_tokens", f"{type(tok).__name__} produced no token")))
                 elif verify and (rate := roundtrip.check(tok, score, ids, multi, lengths)) < 1.0:
-                    out.append((pid, sh, ("reject", "lossy_encoding", f"{rate:.1%} of the notes decode back ({type(tok).__name__})")))
+                    out.append(
+                        (
+                            pid,
+                            sh,
+                            ("reject", "lossy_encoding", f"{rate:.1%} of the notes decode back ({type(tok).__name__})"),
+                        )
+                    )
                 else:
                     out.append((pid, sh, ("ok", ids, multi, lengths)))
             except Exception as exc:  # noqa: BLE001 - the tokenizer's failure is this combination's reject
@@ -290,7 +330,9 @@ def tokenize_batch(
 
 
 # ---------------------------------------------------------------------------------- driver side
-def _wanted(lake: Lake, reg: Registered, mode: str, k: int, min_conf: float, where: str | None) -> tuple[dict[str, list[int]], list[dict[str, Any]], int]:
+def _wanted(
+    lake: Lake, reg: Registered, mode: str, k: int, min_conf: float, where: str | None
+) -> tuple[dict[str, list[int]], list[dict[str, Any]], int]:
     """Shifts still to do per piece, rejects decided in the driver, and how many exist already."""
     from corpus.curation.transpose import augment_shifts, normalize_shift
 
@@ -338,8 +380,15 @@ def _wanted(lake: Lake, reg: Registered, mode: str, k: int, min_conf: float, whe
 
 def _reject(pid: str, reg: Registered, shift: int | None, reason: str, detail: str) -> dict[str, Any]:
     return {
-        "piece_id": pid, "reason": reason, "detail": detail, "source_uri": None, "created_at": now_utc(),
-        "run_id": None, "scheme": reg.scheme, "tokenizer_hash": reg.hash, "transpose": shift,
+        "piece_id": pid,
+        "reason": reason,
+        "detail": detail,
+        "source_uri": None,
+        "created_at": now_utc(),
+        "run_id": None,
+        "scheme": reg.scheme,
+        "tokenizer_hash": reg.hash,
+        "transpose": shift,
     }
 
 
@@ -376,7 +425,9 @@ def _flush(lake: Lake, reg: Registered, run_id: str, rows: list[dict[str, Any]],
     """Commit the buffered token rows and rejects of one scheme in one transaction, then clear them."""
     if not rows and not rejects:
         return
-    with lake.transaction({"command": "tokenize", "run_id": run_id, "scheme": reg.scheme, "tokenizer_hash": reg.hash}) as tx:
+    with lake.transaction(
+        {"command": "tokenize", "run_id": run_id, "scheme": reg.scheme, "tokenizer_hash": reg.hash}
+    ) as tx:
         rows.sort(key=lambda r: (r["piece_id"], r["transpose"]))
         tx.write("tokens", _tokens_table(rows), {"scheme": reg.scheme, "tokenizer_hash": reg.hash})
         for r in rejects:
@@ -405,13 +456,19 @@ def tokenize(
     mode, k = parse_transpose(transpose)
     for sch in schemes:
         if not config_file and sch not in presets.PRESETS and not _is_registered(lake, sch):
-            raise TokenizeError(f"unknown scheme {sch!r}; known: {', '.join(presets.PRESETS)}, tokenizers trained in this lake, or --config FILE")
+            raise TokenizeError(
+                f"unknown scheme {sch!r}; known: {', '.join(presets.PRESETS)}, tokenizers trained in this lake, or --config FILE"
+            )
     t0 = time.perf_counter()
     summary = TokenizeSummary()
     run_id = new_txid()
     for sch in schemes:
         reg = register(lake, sch, config_file)
-        check = verify if verify is not None else (sch in presets.PRESETS and presets.PRESETS[sch].verify and not config_file)
+        check = (
+            verify
+            if verify is not None
+            else (sch in presets.PRESETS and presets.PRESETS[sch].verify and not config_file)
+        )
         ss = SchemeSummary(sch, reg.hash)
         summary.schemes.append(ss)
         todo, pre_rejects, ss.skipped_existing = _wanted(lake, reg, mode, k, min_key_confidence, where)
@@ -422,6 +479,7 @@ def tokenize(
             ss.reasons[r["reason"]] = ss.reasons.get(r["reason"], 0) + 1
 
         pids = sorted(todo)
+
         def fetch(chunk: list[str], todo: dict[str, Any] = todo) -> list[tuple[str, bytes, Any]]:
             return [(pid, raw, todo[pid]) for pid, raw in zip(chunk, lake.get_raws(chunk))]
 
@@ -434,10 +492,18 @@ def tokenize(
                 if res[0] == "ok":
                     _, ids, multi, lengths = res
                     n = sum(lengths)
-                    rows.append({
-                        "piece_id": pid, "transpose": sh, "n_tokens": n, "n_sequences": len(lengths),
-                        "seq_lengths": lengths, "ids": ids if multi is None else None, "ids_multi": multi, "run_id": run_id,
-                    })
+                    rows.append(
+                        {
+                            "piece_id": pid,
+                            "transpose": sh,
+                            "n_tokens": n,
+                            "n_sequences": len(lengths),
+                            "seq_lengths": lengths,
+                            "ids": ids if multi is None else None,
+                            "ids_multi": multi,
+                            "run_id": run_id,
+                        }
+                    )
                     ss.pieces += 1
                     ss.tokens += n
                 else:

@@ -117,9 +117,7 @@ def test_music21_backend_same_from_bytes_and_path():
 
 
 def _slow_requested(config: pytest.Config) -> bool:
-    return (
-        "slow" in (config.getoption("markexpr") or "") or os.environ.get("MIDICORPUS_SLOW") == "1"
-    )
+    return "slow" in (config.getoption("markexpr") or "") or os.environ.get("MIDICORPUS_SLOW") == "1"
 
 
 @pytest.mark.slow

@@ -73,7 +73,9 @@ def test_group_songs_joins_links_and_shared_ids_and_names_groups_stably() -> Non
     assert g.group_of == {"a": "a", "b": "a", "c": "a", "d": "msd:TR1", "e": "msd:TR1"}
     assert g.joined_by == {"a": "dedup", "b": "melody", "c": "dedup", "d": "msd", "e": "msd"}
     # the order links and pieces arrive in does not change the names
-    h = songs.group_songs(list(reversed(ids)), [("c", "a", "dedup"), ("b", "a", "melody")], {"e": ["msd:TR1"], "d": ["msd:TR1"]})
+    h = songs.group_songs(
+        list(reversed(ids)), [("c", "a", "dedup"), ("b", "a", "melody")], {"e": ["msd:TR1"], "d": ["msd:TR1"]}
+    )
     assert h.group_of == g.group_of
     assert songs.group_songs(["x"], [], {}).joined_by == {"x": "self"}
 
@@ -105,7 +107,10 @@ def q(lake: Lake, sql: str, params: list | None = None) -> list[tuple]:
 
 
 def groups_by_song(lake: Lake) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-    rows = q(lake, "SELECT DISTINCT p.source_uri, f.song_group FROM features f JOIN pieces p USING (piece_id) WHERE p.source = 'pop909'")
+    rows = q(
+        lake,
+        "SELECT DISTINCT p.source_uri, f.song_group FROM features f JOIN pieces p USING (piece_id) WHERE p.source = 'pop909'",
+    )
     by_song: dict[str, set[str]] = {}
     by_group: dict[str, set[str]] = {}
     for uri, g in rows:
@@ -125,13 +130,20 @@ def test_every_arrangement_of_a_song_is_in_one_group_and_no_group_mixes_songs(so
 
 
 def test_a_dedup_cluster_lies_inside_one_song_group(song_lake: Lake) -> None:
-    (n,) = q(song_lake, "SELECT count(*) FROM (SELECT dedup_cluster FROM features GROUP BY 1 HAVING count(DISTINCT song_group) > 1)")[0]
+    (n,) = q(
+        song_lake,
+        "SELECT count(*) FROM (SELECT dedup_cluster FROM features GROUP BY 1 HAVING count(DISTINCT song_group) > 1)",
+    )[0]
     assert n == 0
 
 
 def test_goldberg_variations_folk_tunes_and_pop_grooves_stay_apart(song_lake: Lake) -> None:
     def n_groups(like: str, key: str) -> tuple[int, int]:
-        return q(song_lake, f"SELECT count(DISTINCT {key}), count(DISTINCT f.song_group) FROM features f JOIN pieces p USING (piece_id) WHERE p.source_uri LIKE ?", [like])[0]
+        return q(
+            song_lake,
+            f"SELECT count(DISTINCT {key}), count(DISTINCT f.song_group) FROM features f JOIN pieces p USING (piece_id) WHERE p.source_uri LIKE ?",
+            [like],
+        )[0]
 
     # thirty variations over one bass line: thirty compositions for the song rule
     assert n_groups("%bwv-988-v%.mid", "regexp_extract(p.source_uri, 'bwv-988-v(\\d+)', 1)") == (30, 30)
@@ -139,8 +151,19 @@ def test_goldberg_variations_folk_tunes_and_pop_grooves_stay_apart(song_lake: La
     tunes, groups = n_groups("%Nottingham%", "p.source_uri")
     assert tunes == groups and tunes > 30
     # pop songs of one era, several over the same drum groove and four-chord loops
-    pop = ["All The Small Things", "I Gotta Feeling", "Girls Just Want to Have Fun", "Shut Up", "Funkytown", "In Too Deep", "Mr. Blue Sky"]
-    rows = q(song_lake, "SELECT DISTINCT p.source_uri, f.song_group FROM features f JOIN pieces p USING (piece_id) WHERE p.source_uri LIKE '%/miditok/%'")
+    pop = [
+        "All The Small Things",
+        "I Gotta Feeling",
+        "Girls Just Want to Have Fun",
+        "Shut Up",
+        "Funkytown",
+        "In Too Deep",
+        "Mr. Blue Sky",
+    ]
+    rows = q(
+        song_lake,
+        "SELECT DISTINCT p.source_uri, f.song_group FROM features f JOIN pieces p USING (piece_id) WHERE p.source_uri LIKE '%/miditok/%'",
+    )
     groups_of = {uri.rsplit("/", 1)[-1][:-4]: g for uri, g in rows}
     assert len({groups_of[t] for t in pop}) == len(pop)
 
@@ -164,8 +187,11 @@ def test_melody_matches_join_only_the_same_composition(song_lake: Lake) -> None:
     ]
     # two arrangements of "Mary Had a Little Lamb": too few distinct n-grams once repeated notes merge
     # (no track identity), one song through their whole-piece vectors (one dedup cluster)
-    rows = q(song_lake, "SELECT DISTINCT f.song_group FROM features f JOIN pieces p USING (piece_id) "
-             "WHERE p.source_uri LIKE '%/mary.mid' OR p.source_uri LIKE '%/test-karaoke-kar.mid'")
+    rows = q(
+        song_lake,
+        "SELECT DISTINCT f.song_group FROM features f JOIN pieces p USING (piece_id) "
+        "WHERE p.source_uri LIKE '%/mary.mid' OR p.source_uri LIKE '%/test-karaoke-kar.mid'",
+    )
     assert len(rows) == 1
 
 
@@ -182,7 +208,9 @@ def test_index_matches_what_is_stored(song_lake: Lake) -> None:
     from corpus.curate import load_index
 
     idx = load_index(song_lake, "tracks", songs.TRACK_CONFIG)
-    keys = {f"{p}:{t}" for p, t in q(song_lake, "SELECT piece_id, track_index FROM track_signatures WHERE has_identity")}
+    keys = {
+        f"{p}:{t}" for p, t in q(song_lake, "SELECT piece_id, track_index FROM track_signatures WHERE has_identity")
+    }
     assert isinstance(idx, NearDupIndex) and set(idx.piece_ids) == keys and idx.meta["pairs_stored"]
 
 
@@ -262,25 +290,43 @@ def test_similar_shows_both_levels_and_the_matched_tracks(song_lake: Lake) -> No
     import sys
 
     repo = Path(__file__).resolve().parents[2]
-    rows = q(song_lake, "SELECT piece_id, source_uri FROM pieces WHERE source = 'pop909' AND source_uri LIKE '%032/versions/032-v1.mid'")
+    rows = q(
+        song_lake,
+        "SELECT piece_id, source_uri FROM pieces WHERE source = 'pop909' AND source_uri LIKE '%032/versions/032-v1.mid'",
+    )
     pid = rows[0][0]
-    peers = {p for (p,) in q(song_lake, "SELECT piece_id FROM features WHERE song_group = (SELECT song_group FROM features WHERE piece_id = ?) AND piece_id <> ?", [pid, pid])}
+    peers = {
+        p
+        for (p,) in q(
+            song_lake,
+            "SELECT piece_id FROM features WHERE song_group = (SELECT song_group FROM features WHERE piece_id = ?) AND piece_id <> ?",
+            [pid, pid],
+        )
+    }
     r = subprocess.run(
         [sys.executable, "-m", "corpus.cli", "--lake", str(song_lake.root), "similar", pid[:12], "--k", "8"],
-        env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    assert f"song group " in out and f"({len(peers) + 1} pieces)" in out and "dedup cluster " in out
+    assert "song group " in out and f"({len(peers) + 1} pieces)" in out and "dedup cluster " in out
     evidence = out.split("song evidence (verified track matches, rule song-v1):")[1].split("song group members")[0]
     shown = {line.split()[1] for line in evidence.strip().splitlines()[2:]}
     assert shown and shown <= peers
     assert all(line.split()[6] == "True" for line in evidence.strip().splitlines()[2:])
     bad = subprocess.run(
         [sys.executable, "-m", "corpus.cli", "--lake", str(song_lake.root), "similar", "zzzz"],
-        env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["midicorpus: error: no curated piece with id 'zzzz'; give more of the sha256"]
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "midicorpus: error: no curated piece with id 'zzzz'; give more of the sha256"
+    ]
 
 
 def test_a_lake_curated_before_song_groups_gets_its_signatures_once(

@@ -181,9 +181,7 @@ def test_meloform_folder_present():
     assert len(meloform_files()) == 37
 
 
-@pytest.mark.parametrize(
-    "folder", ["midi/muspy/Nottingham_recon", "mutopia/ftp"], ids=["nottingham", "mutopia"]
-)
+@pytest.mark.parametrize("folder", ["midi/muspy/Nottingham_recon", "mutopia/ftp"], ids=["nottingham", "mutopia"])
 def test_multi_voice_collections_are_polyphonic(folder: str):
     files = sorted(need(DATA / folder).rglob("*.mid"))
     assert files

@@ -30,7 +30,11 @@ def test_crawl_flow_ingests_and_resumes(prefect_harness: None, data_dir: Path, t
         assert out["crawl"]["resumed"] and out["crawl"]["stopped_because"].startswith("done")
         paths = [p for p in site.paths() if p != "/robots.txt"]
         assert len(paths) == len(set(paths))  # the second run refetched nothing
-        n = Lake(lake).query("SELECT count(*) n FROM pieces WHERE source = 'mutopia' AND status = 'ok'").to_pylist()[0]["n"]
+        n = (
+            Lake(lake)
+            .query("SELECT count(*) n FROM pieces WHERE source = 'mutopia' AND status = 'ok'")
+            .to_pylist()[0]["n"]
+        )
         assert n == 6  # 3 single MIDIs + 3 zip members
 
         site.robots_status = 503  # the site is down: the task fails (and would be retried)

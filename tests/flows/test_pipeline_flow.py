@@ -178,7 +178,9 @@ def test_nightly_pipeline_crawls_then_curates_and_tokenizes(
     assert out["tokenize"]["schemes"]["remi"]["pieces"] >= 1
 
 
-def test_pipeline_on_an_object_store_lake_then_cached_rerun(prefect_harness: None, s3_lake_url: str, data_dir: Path) -> None:
+def test_pipeline_on_an_object_store_lake_then_cached_rerun(
+    prefect_harness: None, s3_lake_url: str, data_dir: Path
+) -> None:
     """The same flows with the lake in a bucket (moto's S3 server on 127.0.0.1)."""
     from flows.pipeline import pipeline_flow
 
@@ -188,7 +190,9 @@ def test_pipeline_on_an_object_store_lake_then_cached_rerun(prefect_harness: Non
     assert out["ingest"][0]["ok"] == 11 and out["snapshot"]["created"]
     assert out["snapshot"]["path"] == f"{s3_lake_url}/snapshots/t/{out['snapshot']['version']}"
     lake = Lake(s3_lake_url)
-    assert lake.query("SELECT count(*) n FROM tokens").to_pylist()[0]["n"] == out["tokenize"]["schemes"]["remi"]["pieces"]
+    assert (
+        lake.query("SELECT count(*) n FROM tokens").to_pylist()[0]["n"] == out["tokenize"]["schemes"]["remi"]["pieces"]
+    )
     again = pipeline_flow(s3_lake_url, inputs=inputs, workers=0, snapshot=snap)
     assert again["curate"]["cached"] and again["tokenize"]["cached"] and again["snapshot"]["cached"]
     lake.remove(f"snapshots/t/{out['snapshot']['version']}/manifest.json")  # the output is gone: it runs again

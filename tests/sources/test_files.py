@@ -70,11 +70,16 @@ def test_zip_members_and_bomb(tmp_path: Path, data_dir: Path) -> None:
         zf.writestr("../up.mid", midi)
         zf.writestr("bomb.mid", b"\x00" * (4 << 20))  # 4 MB of zeros, compresses ~1000x
         link = zipfile.ZipInfo("link.mid")
-        link.external_attr = (0o120777 << 16)  # a symbolic link
+        link.external_attr = 0o120777 << 16  # a symbolic link
         zf.writestr(link, "a.kar")
     limits = Limits(max_file_bytes=1 << 20)
     got = {e.relpath.split("!", 1)[1]: e.reject[0] if e.reject else "ok" for e in walk(arc, limits=limits)}
-    assert got == {"a.kar": "ok", "../up.mid": "unsafe_path", "bomb.mid": "archive_bomb", "link.mid": "not_regular_file"}
+    assert got == {
+        "a.kar": "ok",
+        "../up.mid": "unsafe_path",
+        "bomb.mid": "archive_bomb",
+        "link.mid": "not_regular_file",
+    }
 
 
 def test_ratio_bomb_under_size_limit(tmp_path: Path) -> None:

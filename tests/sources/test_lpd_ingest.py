@@ -31,9 +31,11 @@ def test_engine_conversion_equals_in_process(tmp_path: Path, data_dir: Path) -> 
         assert viaengine == plain
         s = ingest(lake, LpdSource(tree, engine=e), e, IngestConfig())
     assert (s.inputs, s.ok, s.rejected) == (3, 2, 1)
-    rows = lake.connect().execute(
-        "SELECT name, status, reason, lpd_variant, lpd_subset, lmd_md5 IS NOT NULL FROM pieces ORDER BY name"
-    ).fetchall()
+    rows = (
+        lake.connect()
+        .execute("SELECT name, status, reason, lpd_variant, lpd_subset, lmd_md5 IS NOT NULL FROM pieces ORDER BY name")
+        .fetchall()
+    )
     assert rows[0] == ("b97c529ab9ef783a849b896816001748.npz", "ok", None, "lpd_17", "cleansed", True)
     assert rows[1][:3] == ("broken.npz", "rejected", "npz_corrupt")
     (stage,) = lake.connect().execute("SELECT stage FROM rejects").fetchone()

@@ -113,7 +113,12 @@ def test_full_crawl_order_politeness_and_items(lake: Lake, site: MutopiaSite) ->
     assert by_uri["/ftp/ChopinFF/O28/Chop-28-1/Chop-28-1.mid"].reject[0] == "http_not_found"
     assert by_uri["/ftp/ChopinFF/O28/Chop-28-1/Chop-28-1.mid"].data is None
     sor = by_uri["/ftp/SorF/O2/sor_op2_nr5/sor_op2_nr5.mid"]  # no RDF: metadata from the listing
-    assert sor.data and sor.meta["mutopia_id"] == "590" and sor.meta["composer"] == "SorF" and sor.license == "CC-BY-SA-2.5"
+    assert (
+        sor.data
+        and sor.meta["mutopia_id"] == "590"
+        and sor.meta["composer"] == "SorF"
+        and sor.license == "CC-BY-SA-2.5"
+    )
     members = [it for it in items if it.meta["mutopia_id"] == "1826"]
     assert [it.name for it in members] == ["piano-mov1.mid", "piano-mov2.mid", "piano-mov3.mid"]
     assert all(it.meta["zip_url"] == site.url + "/ftp/BachJS/BWV971/piano/piano-mids.zip" for it in members)

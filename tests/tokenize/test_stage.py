@@ -24,7 +24,12 @@ def base_lake(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Lake:
     with lake.lock(), Engine(workers=2) as e:
         ingest(lake, LakhSource(data_dir / "lakh" / "lmd_full"), e, IngestConfig())
         ingest(lake, DirSource(data_dir / "midi" / "magenta", name="magenta"), e, IngestConfig())
-        ingest(lake, DirSource(data_dir / "mutopia" / "ftp" / "BachJS" / "BWV988" / "bwv-988-v01", name="mutopia"), e, IngestConfig())
+        ingest(
+            lake,
+            DirSource(data_dir / "mutopia" / "ftp" / "BachJS" / "BWV988" / "bwv-988-v01", name="mutopia"),
+            e,
+            IngestConfig(),
+        )
         curate(lake, e)
     return lake
 
@@ -48,7 +53,9 @@ def test_every_piece_accounted_for_in_every_scheme(tokenized: tuple[Lake, object
     lake, s = tokenized
     (n_pieces,) = q(lake, "SELECT count(*) FROM features")[0]
     for ss in s.schemes:
-        (tok,) = q(lake, "SELECT count(*) FROM tokens WHERE scheme = ? AND tokenizer_hash = ?", [ss.scheme, ss.tokenizer_hash])[0]
+        (tok,) = q(
+            lake, "SELECT count(*) FROM tokens WHERE scheme = ? AND tokenizer_hash = ?", [ss.scheme, ss.tokenizer_hash]
+        )[0]
         (rej,) = q(lake, "SELECT count(*) FROM rejects WHERE stage = 'tokenize' AND scheme = ?", [ss.scheme])[0]
         assert tok + rej == n_pieces, ss.scheme
         assert tok == ss.pieces and rej == ss.rejected
@@ -63,7 +70,9 @@ def test_every_piece_accounted_for_in_every_scheme(tokenized: tuple[Lake, object
     perf = next(x for x in s.schemes if x.scheme == "performance")
     assert perf.reasons.get("lossy_encoding", 0) >= 5
     # miditok's own failures are recorded with its message, not raised or dropped
-    details = q(lake, "SELECT detail FROM rejects WHERE stage = 'tokenize' AND scheme = 'mumidi' AND reason = 'tokenize_error'")
+    details = q(
+        lake, "SELECT detail FROM rejects WHERE stage = 'tokenize' AND scheme = 'mumidi' AND reason = 'tokenize_error'"
+    )
     assert all(d[0] for d in details)
 
 
@@ -77,7 +86,11 @@ def test_tokens_round_trip_to_the_notes(tokenized: tuple[Lake, object], data_dir
     for ss in s.schemes:
         tok = presets.from_json(lake.root / "tokenizers" / ss.tokenizer_hash / "tokenizer.json")
         transform = presets.PRESETS[ss.scheme].transform
-        rows = q(lake, "SELECT piece_id, ids, ids_multi, seq_lengths FROM tokens WHERE scheme = ? ORDER BY piece_id", [ss.scheme])
+        rows = q(
+            lake,
+            "SELECT piece_id, ids, ids_multi, seq_lengths FROM tokens WHERE scheme = ? ORDER BY piece_id",
+            [ss.scheme],
+        )
         assert rows, ss.scheme
         for pid, ids, multi, lengths in rows:
             score = presets.apply_transform(symusic.Score.from_midi(check_structure(lake.get_raw(pid))[0]), transform)
@@ -114,7 +127,9 @@ def test_one_and_two_workers_give_identical_ids(base_lake: Lake, tmp_path: Path)
         lake = Lake(dst)
         with lake.lock(), Engine(workers=workers) as e:
             tokenize(lake, e, ["tsd", "octuple"], transpose="augment:1", batch_size=3 if workers == 1 else 2)
-        copies.append(q(lake, "SELECT scheme, tokenizer_hash, piece_id, transpose, ids, ids_multi FROM tokens ORDER BY ALL"))
+        copies.append(
+            q(lake, "SELECT scheme, tokenizer_hash, piece_id, transpose, ids, ids_multi FROM tokens ORDER BY ALL")
+        )
     assert copies[0] == copies[1] and len(copies[0]) > 30
 
 
@@ -135,8 +150,11 @@ def test_transposition_normalize_and_augment(base_lake: Lake, tmp_path: Path) ->
             r[0] for r in q(lake, "SELECT transpose FROM rejects WHERE piece_id = ? AND stage = 'tokenize'", [_pid])
         )
     # the normalized copy really is in C major / A minor
-    (pid, shift) = q(lake, "SELECT t.piece_id, t.transpose FROM tokens t JOIN features f USING (piece_id) "
-                          "WHERE f.key_mode = 'major' AND f.key_tonic_pc = 7 LIMIT 1")[0] or (None, None)
+    (pid, shift) = q(
+        lake,
+        "SELECT t.piece_id, t.transpose FROM tokens t JOIN features f USING (piece_id) "
+        "WHERE f.key_mode = 'major' AND f.key_tonic_pc = 7 LIMIT 1",
+    )[0] or (None, None)
     assert shift in (5, -7 + 12, -7) or shift == 0 or pid is not None
 
 

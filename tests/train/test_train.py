@@ -12,8 +12,19 @@ from corpus import snapshot as S  # noqa: E402
 from tests.train import DATA, build_test_lake  # noqa: E402
 from train.loop import TrainConfig, TrainError, train  # noqa: E402
 
-TINY = dict(steps=30, batch_size=4, seq_len=64, d_model=48, n_layers=2, n_heads=4, lr=3e-3, warmup=5, eval_batches=2,
-            generate_tokens=32, checkpoint_every=1000)
+TINY = dict(
+    steps=30,
+    batch_size=4,
+    seq_len=64,
+    d_model=48,
+    n_layers=2,
+    n_heads=4,
+    lr=3e-3,
+    warmup=5,
+    eval_batches=2,
+    generate_tokens=32,
+    checkpoint_every=1000,
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +42,15 @@ def test_tiny_model_learns_and_writes_metrics_and_midi(snap, tmp_path) -> None:
     assert m["train_loss_last"] < m["train_loss_first"] - 1.0
     assert m["valid_loss"] is not None and m["valid_loss"] < m["train_loss_first"]
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    for key in ("device", "steps", "train_loss_first", "train_loss_last", "valid_loss", "tokens_per_s", "data_wait_share"):
+    for key in (
+        "device",
+        "steps",
+        "train_loss_first",
+        "train_loss_last",
+        "valid_loss",
+        "tokens_per_s",
+        "data_wait_share",
+    ):
         assert saved[key] is not None, key
     assert (tmp_path / "run" / "generated.mid").stat().st_size > 0, saved.get("generation_error")
 
