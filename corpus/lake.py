@@ -148,6 +148,7 @@ class Lake:
         self._catalog_cache: str | None = None
         self._catalog_file = "catalog.sqlite"
         self._upgrading = False  # lake upgrade: writes the new catalog beside the old layout
+        self._remote_catalog_made = False
         self.fs: Any = None
         if objectstore.is_url(root):
             self.location = str(root).rstrip("/")
@@ -498,7 +499,22 @@ class Lake:
         return self._catalog_cache
 
     def _catalog_exists(self) -> bool:
-        return self.remote or self.catalog_path.is_file()
+        """Whether the catalog has been made (a lake no writer has written yet has none)."""
+        if not self.remote:
+            return self.catalog_path.is_file()
+        if not self._remote_catalog_made:
+            import duckdb
+
+            con = duckdb.connect()
+            try:
+                self._attach(con, read_only=True)
+                self._remote_catalog_made = True
+            except LakeError as exc:
+                if "creating a new DuckLake is explicitly disabled" not in str(exc):
+                    raise
+            finally:
+                con.close()
+        return self._remote_catalog_made
 
     def _attach(self, con: Any, *, read_only: bool, at: int | None = None) -> None:
         """ATTACH the DuckLake catalog as ``lake`` on ``con`` (with this lake's data path)."""
@@ -710,10 +726,24 @@ class Lake:
         return con
 
     def _duck_attach(self, con: Any) -> str:
+        """Let ``con`` read and write the lake's ``s3://`` data files. DuckLake does that through
+        DuckDB's httpfs only (its data path must be a file system DuckDB knows), so the fsspec
+        fallback of :func:`corpus.objectstore.duckdb_attach` is refused here."""
+        if os.environ.get("MIDICORPUS_DUCKDB_S3") == "fsspec" and self.protocol in {"s3", "s3a"}:
+            raise LakeError(
+                "the tables of an object-store lake are DuckLake, which reads s3:// only through DuckDB's httpfs "
+                "extension: unset MIDICORPUS_DUCKDB_S3=fsspec (pip install duckdb-extension-httpfs)"
+            )
         try:
-            return objectstore.duckdb_attach(con, self.fs, self.protocol)
+            how = objectstore.duckdb_attach(con, self.fs, self.protocol)
         except objectstore.ObjectStoreError as exc:
             raise LakeError(str(exc)) from None
+        if how != "httpfs" and self.protocol in {"s3", "s3a"}:
+            raise LakeError(
+                "DuckDB's httpfs extension cannot be loaded, and the lake's DuckLake tables on s3:// need it: "
+                "pip install duckdb-extension-httpfs matching your duckdb"
+            )
+        return how
 
     def query(self, sql: str, params: Sequence[Any] | None = None, at: int | None = None) -> pa.Table:
         con = self.connect(at=at)
