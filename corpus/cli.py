@@ -8,7 +8,6 @@ to the lake unless the command gets that far.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -599,18 +598,12 @@ def cmd_lake_maintain(ctx: Ctx) -> int:
     from corpus import snapshot
 
     _need_lake(ctx)
+    if ctx.args.keep_days < 0:
+        raise UserError(f"--keep-days must be >= 0, got {ctx.args.keep_days:g}")
     t0 = time.perf_counter()
     with ctx.lake.lock("lake maintain"):
-        keep = []
-        for row in snapshot.list_snapshots(ctx.lake):
-            with contextlib.suppress(snapshot.SnapshotError):
-                keep.append(snapshot.lake_version_of(ctx.lake, f"{row['name']}@{row['version']}"))
-        res = ctx.lake.maintain(keep_days=ctx.args.keep_days, keep_versions=keep)
-    print(
-        f"lake maintain: data files {res['files_before']:,} -> {res['files_after']:,}, versions "
-        f"{res['snapshots_before']:,} -> {res['snapshots_after']:,} ({res['expired']:,} expired; "
-        f"{len(set(keep))} kept for dataset snapshots) in {time.perf_counter() - t0:.1f} s"
-    )
+        res = snapshot.maintain_lake(ctx.lake, ctx.args.keep_days)
+    print(snapshot.maintain_line(res, time.perf_counter() - t0))
     return 0
 
 

@@ -70,6 +70,7 @@ class CurateSummary:
     song_groups: int = 0
     song_pairs: int = 0  # verified track matches that join two pieces
     signed: int = 0  # pieces curated before song-v1 given their track signatures in this run
+    dedup_rows_changed: int = 0  # dedup rows replaced in this run (a piece whose cluster changed, or new)
 
     def line(self) -> str:
         s = (
@@ -580,36 +581,42 @@ def _recluster(
             [{"piece_a": a, "piece_b": b, "score": round(sc, 6), "run_id": run_id} for a, b, sc in new_dup_pairs],
         )
         tx.write("song_pairs", [m.row(run_id) for m in matches])
-        if new != [tuple(r) for r in latest]:
-            tx.write(
-                "dedup",
-                [
-                    {
-                        "piece_id": pid,
-                        "dedup_cluster": c,
-                        "is_representative": pid == c,
-                        "dedup_run": run_id,
-                        "threshold": threshold,
-                    }
-                    for pid, c in new
-                ],
-            )
-        if new_songs != [tuple(r) for r in latest_songs]:
-            tx.write(
-                "song_groups",
-                [
-                    {
-                        "piece_id": p,
-                        "song_group": g,
-                        "joined_by": j,
-                        "rule": songs.SONG_RULE,
-                        "threshold": t,
-                        "min_shared": songs.MIN_SHARED,
-                        "song_run": run_id,
-                    }
-                    for p, g, j, t in new_songs
-                ],
-            )
+        # only the rows that changed are replaced (one row per piece): work in proportion to the change
+        was = dict(latest)
+        changed = [(pid, c) for pid, c in new if was.get(pid) != c]
+        tx.replace_rows(
+            "dedup",
+            "piece_id",
+            [
+                {
+                    "piece_id": pid,
+                    "dedup_cluster": c,
+                    "is_representative": pid == c,
+                    "dedup_run": run_id,
+                    "threshold": threshold,
+                }
+                for pid, c in changed
+            ],
+        )
+        was_songs = {r[0]: tuple(r) for r in latest_songs}
+        tx.replace_rows(
+            "song_groups",
+            "piece_id",
+            [
+                {
+                    "piece_id": p,
+                    "song_group": g,
+                    "joined_by": j,
+                    "rule": songs.SONG_RULE,
+                    "threshold": t,
+                    "min_shared": songs.MIN_SHARED,
+                    "song_run": run_id,
+                }
+                for p, g, j, t in new_songs
+                if was_songs.get(p) != (p, g, j, t)
+            ],
+        )
+        s.dedup_rows_changed = len(changed)
     # the indexes last: one that holds a piece promises that the piece's pairs are stored
     if new_pieces:
         pidx.meta = {**pidx.meta, "pairs_stored": True}

@@ -780,6 +780,7 @@ class Lake:
             if int(r[0]) not in keep
         ]
         try:
+            con.execute("CALL ducklake_rewrite_data_files('lake')")  # apply the deletes of replaced rows
             con.execute("CALL ducklake_merge_adjacent_files('lake')")
             if old:
                 con.execute(f"CALL ducklake_expire_snapshots('lake', versions => [{', '.join(map(str, old))}])")
@@ -856,6 +857,26 @@ class Transaction:
         except Exception as exc:  # noqa: BLE001 - DuckDB's and the catalog's errors; others pass through _cause/_failed
             raise self._failed(exc, f"writing {table} rows") from None
         self.rows[table] = self.rows.get(table, 0) + data.num_rows
+
+    def replace_rows(self, table: str, key: str, data: pa.Table | list[dict[str, Any]]) -> None:
+        """Replace the rows of ``table`` whose ``key`` is among the new rows' keys with the new rows
+        (a DELETE and an INSERT in this transaction): an update in proportion to what changed."""
+        if isinstance(data, list):
+            if not data:
+                return
+            data = rows_to_table(table, data)
+        if data.num_rows == 0:
+            return
+        con = self._con()
+        keys = pa.table({"k": data.column(key)})
+        con.register("_midicorpus_keys", keys)
+        try:
+            con.execute(f'DELETE FROM lake.store."{table}" WHERE "{key}" IN (SELECT k FROM _midicorpus_keys)')
+        except Exception as exc:  # noqa: BLE001 - DuckDB's and the catalog's errors; others pass through _failed
+            raise self._failed(exc, f"replacing {table} rows") from None
+        finally:
+            con.unregister("_midicorpus_keys")
+        self.write(table, data)
 
     def write_select(self, table: str, select_sql: str) -> int:
         """Add the rows of a DuckDB SELECT (columns by name) to ``table``, streamed by DuckDB (no

@@ -1002,6 +1002,26 @@ def lake_version_of(lake: Lake, ref: str) -> int:
     return int(manifest["lake_version"])
 
 
+def maintain_lake(lake: Lake, keep_days: float) -> dict[str, Any]:
+    """``lake maintain`` (lock held by the caller): compact, expire versions older than ``keep_days``
+    except the ones dataset snapshots were built from (``sql --at NAME`` keeps working), delete
+    files no version reads. Returns the lake's counts plus ``kept_for_snapshots``."""
+    keep: set[int] = set()
+    for row in list_snapshots(lake):
+        with contextlib.suppress(SnapshotError):
+            keep.add(lake_version_of(lake, f"{row['name']}@{row['version']}"))
+    res = lake.maintain(keep_days=keep_days, keep_versions=sorted(keep))
+    return {**res, "kept_for_snapshots": len(keep)}
+
+
+def maintain_line(res: Mapping[str, Any], seconds: float) -> str:
+    return (
+        f"lake maintain: data files {res['files_before']:,} -> {res['files_after']:,}, versions "
+        f"{res['snapshots_before']:,} -> {res['snapshots_after']:,} ({res['expired']:,} expired; "
+        f"{res['kept_for_snapshots']} kept for dataset snapshots) in {seconds:.1f} s"
+    )
+
+
 def load_manifest(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / "manifest.json").read_text())  # type: ignore[no-any-return]
 

@@ -22,6 +22,9 @@ means the defaults below. ``midicorpus.toml`` holds the same keys at its top lev
     cron = "0 4 * * 0"
     name = "weekly"
     scheme = "remi"
+    [maintain]   # weekly lake maintenance: compaction, expiry of old versions
+    cron = "0 5 * * 0"
+    keep_days = 7
 
 An empty ``cron`` (``cron = ""``) or ``every_s = 0`` registers the deployment without a
 schedule (run it from the UI or the API). Every bad value is reported in one line that names
@@ -46,6 +49,7 @@ FILE_NAME = "midicorpus.toml"
 
 DEFAULT_CRAWL_CRON = "0 2 * * *"  # every night at 02:00
 DEFAULT_SNAPSHOT_CRON = "0 4 * * 0"  # Sundays at 04:00
+DEFAULT_MAINTAIN_CRON = "0 5 * * 0"  # Sundays at 05:00, after the snapshot
 DEFAULT_INBOX_EVERY_S = 300
 DEFAULT_SETTLE_S = 60  # an inbox entry changed this recently is still being copied: next run
 DEFAULT_LOCK_WAIT_S = 600
@@ -94,6 +98,12 @@ class SnapshotConfig:
 
 
 @dataclass
+class MaintainConfig:
+    cron: str = DEFAULT_MAINTAIN_CRON
+    keep_days: float = 7.0  # lake versions younger than this stay queryable (sql --at)
+
+
+@dataclass
 class ServeConfig:
     lake: str = "lake"
     scheduler: str | None = None
@@ -104,13 +114,20 @@ class ServeConfig:
     inbox: InboxConfig = field(default_factory=InboxConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
+    maintain: MaintainConfig = field(default_factory=MaintainConfig)
     source: str = "defaults"  # where the values came from (for messages)
 
     def engine_params(self) -> dict[str, Any]:
         return {"scheduler": self.scheduler, "workers": self.workers}
 
 
-_SECTIONS = {"crawl": CrawlConfig, "inbox": InboxConfig, "tokenize": TokenizeConfig, "snapshot": SnapshotConfig}
+_SECTIONS = {
+    "crawl": CrawlConfig,
+    "inbox": InboxConfig,
+    "tokenize": TokenizeConfig,
+    "snapshot": SnapshotConfig,
+    "maintain": MaintainConfig,
+}
 
 
 def find_config(
@@ -252,6 +269,9 @@ def validate(cfg: ServeConfig) -> None:
         ) from None
     validate_cron(cfg.crawl.cron, f"{src}: crawl.cron")
     validate_cron(cfg.snapshot.cron, f"{src}: snapshot.cron")
+    validate_cron(cfg.maintain.cron, f"{src}: maintain.cron")
+    if cfg.maintain.keep_days < 0:
+        raise ConfigError(f"{src}: maintain.keep_days must be 0 or more days, got {cfg.maintain.keep_days!r}")
     if cfg.scheduler is not None and not cfg.scheduler.startswith(
         ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
     ):

@@ -47,7 +47,12 @@ def crawl_and_ingest(
     lk = Lake(lake)
     with lk.lock("crawl mutopia (prefect)"), Engine(workers=workers) as engine:
         summary, stats = crawl(
-            lk, engine, base_url=base_url, max_pieces=max_pieces, delay=delay, user_agent=user_agent,
+            lk,
+            engine,
+            base_url=base_url,
+            max_pieces=max_pieces,
+            delay=delay,
+            user_agent=user_agent,
             **(crawler_options or {}),
         )
     logger.info(summary.line())

@@ -7,6 +7,8 @@ Deployments (flow/deployment names as the Prefect UI shows them):
 - ``inbox/inbox-watch`` (every ``inbox.every_s`` seconds): each new archive or folder in
   ``inbox.path`` is ingested once, then moved to ``done/`` or ``failed/``.
 - ``snapshot/weekly-snapshot`` (cron ``snapshot.cron``).
+- ``maintain/weekly-maintain`` (cron ``maintain.cron``): ``lake maintain``, so a year of
+  nightly runs leaves a lake whose file count and versions do not grow with the runs.
 - ``ingest/ingest``, ``curate/curate``, ``tokenize/tokenize``: no schedule; run from the UI or
   the API with parameters.
 
@@ -33,6 +35,7 @@ from flows.config import ConfigError, ServeConfig, load_config
 NIGHTLY = "mutopia-nightly"
 INBOX = "inbox-watch"
 WEEKLY = "weekly-snapshot"
+MAINTAIN = "weekly-maintain"
 TAGS = ["midicorpus"]
 
 
@@ -59,7 +62,7 @@ def build_deployments(cfg: ServeConfig) -> list[Any]:
     from prefect.deployments.runner import EntrypointType
 
     from flows.pipeline import inbox_flow, pipeline_flow
-    from flows.stages import curate_flow, ingest_flow, snapshot_flow, tokenize_flow
+    from flows.stages import curate_flow, ingest_flow, maintain_flow, snapshot_flow, tokenize_flow
 
     queue = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
     drop = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
@@ -128,6 +131,14 @@ def build_deployments(cfg: ServeConfig) -> list[Any]:
             **_schedule(snap.cron, None, cfg.timezone),
             **common,
         ),
+        maintain_flow.to_deployment(
+            MAINTAIN,
+            description="Compact the lake's small files, expire versions older than keep_days (not those snapshots use).",
+            parameters={"lake": lake, "keep_days": cfg.maintain.keep_days, "lock_wait_s": wait},
+            concurrency_limit=queue,
+            **_schedule(cfg.maintain.cron, None, cfg.timezone),
+            **common,
+        ),
         ingest_flow.to_deployment(
             "ingest",
             description="Ingest a folder or archive (give kind and path).",
@@ -168,6 +179,9 @@ def describe(cfg: ServeConfig) -> list[str]:
     )
     lines.append(
         f"snapshot/{WEEKLY}: {_when(cfg.snapshot.cron, None, tz)}: snapshot {cfg.snapshot.name} ({cfg.snapshot.scheme})"
+    )
+    lines.append(
+        f"maintain/{MAINTAIN}: {_when(cfg.maintain.cron, None, tz)}: lake maintain, versions kept {cfg.maintain.keep_days:g} days"
     )
     lines.append("ingest/ingest, curate/curate, tokenize/tokenize: on demand")
     return lines

@@ -128,7 +128,16 @@ def _file_hash(path: str | None) -> str | None:
 
 CURATE_INPUTS = ("pieces", "piece_facts", "tracks")
 TOKENIZE_INPUTS = ("pieces", "piece_facts", "tracks", "piece_analysis", "track_texture", "dedup")
-SNAPSHOT_INPUTS = ("pieces", "piece_facts", "piece_analysis", "track_texture", "dedup", "song_groups", "tokens", "tokenizers")
+SNAPSHOT_INPUTS = (
+    "pieces",
+    "piece_facts",
+    "piece_analysis",
+    "track_texture",
+    "dedup",
+    "song_groups",
+    "tokens",
+    "tokenizers",
+)
 
 
 def _curate_key(context: Any, p: dict[str, Any]) -> str:
@@ -432,6 +441,26 @@ def snapshot_task(
         "counts": r.manifest.get("counts", {}),
         "line": r.line(),
     }
+
+
+@task(name="maintain")
+def maintain_task(lake: str, keep_days: float = 7.0, lock_wait_s: float = 0.0) -> dict[str, Any]:
+    """``lake maintain``: compact small files, expire old versions (not those snapshots use)."""
+    from corpus.snapshot import maintain_lake, maintain_line
+
+    t0 = time.perf_counter()
+    lk = Lake(lake)
+    with locked(lk, "lake maintain (prefect)", lock_wait_s):
+        res = maintain_lake(lk, keep_days)
+    line = maintain_line(res, time.perf_counter() - t0)
+    _log("info", line)
+    return {**res, "line": line}
+
+
+@flow(name="maintain", flow_run_name="maintain {lake}")
+def maintain_flow(lake: str = "lake", keep_days: float = 7.0, lock_wait_s: float = 0.0) -> dict[str, Any]:
+    """Keep a lake of many nightly runs small and fast: its file count and versions stay bounded."""
+    return maintain_task(lake=str(lake), keep_days=keep_days, lock_wait_s=lock_wait_s)
 
 
 @flow(name="snapshot", flow_run_name="snapshot {name}")

@@ -8,14 +8,16 @@ CREATE OR REPLACE VIEW tracks_t AS SELECT * FROM {tracks};
 CREATE OR REPLACE VIEW piece_facts_t AS SELECT * FROM {piece_facts};
 CREATE OR REPLACE VIEW piece_analysis_t AS SELECT * FROM {piece_analysis};
 CREATE OR REPLACE VIEW track_texture_t AS SELECT * FROM {track_texture};
+-- one row per piece: curate replaces the rows whose cluster changed (DELETE + INSERT in one
+-- transaction); a lake upgraded from full per-run versions keeps its older rows, hence the QUALIFY
 CREATE OR REPLACE VIEW dedup_latest AS
-SELECT * FROM {dedup} WHERE dedup_run = (SELECT max(dedup_run) FROM {dedup});
+SELECT * FROM {dedup} QUALIFY row_number() OVER (PARTITION BY piece_id ORDER BY dedup_run DESC) = 1;
 
 CREATE OR REPLACE VIEW dedup_pairs_t AS SELECT * FROM {dedup_pairs};
 CREATE OR REPLACE VIEW track_signatures_t AS SELECT * FROM {track_signatures};
 CREATE OR REPLACE VIEW song_pairs_t AS SELECT * FROM {song_pairs};
 CREATE OR REPLACE VIEW song_groups_latest AS
-SELECT * FROM {song_groups} WHERE song_run = (SELECT max(song_run) FROM {song_groups});
+SELECT * FROM {song_groups} QUALIFY row_number() OVER (PARTITION BY piece_id ORDER BY song_run DESC) = 1;
 
 CREATE OR REPLACE VIEW pieces AS SELECT * FROM pieces_t;
 

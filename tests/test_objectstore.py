@@ -79,9 +79,7 @@ def test_dask_cluster_over_s3_lake_equals_local_run(
     assert "near-duplicates (whole-piece vectors, cosine):" in r.stdout and "song evidence" in r.stdout
 
 
-def test_query_through_duckdb_httpfs(
-    local_ref: Lake, s3_lake_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_query_through_duckdb_httpfs(local_ref: Lake, s3_lake_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     _copy_lake(local_ref, s3_lake_url)
     lake = Lake(s3_lake_url)
     con = lake.connect()

@@ -224,6 +224,15 @@ def test_serve_runs_deployments_against_a_real_server(prefect_server: Api, data_
         ran = sorted((r["start_time"], r["end_time"]) for r in runs)
         assert ran[0][1] <= ran[1][0], f"runs of one deployment overlapped: {ran}"
         assert (lake / "index" / "neardup").exists()
+
+        # the weekly maintenance: compaction and expiry through Prefect, the lake answers the same
+        before = Lake(lake).query("SELECT count(*) n FROM features").to_pylist()
+        maint = api.deployment("maintain", "weekly-maintain", 10, serve, log)
+        assert [s["schedule"]["cron"] for s in maint["schedules"]] == ["0 5 * * 0"]
+        (run,) = api.wait([api.trigger(maint["id"], {"keep_days": 0})], 90, log)
+        assert run["state"]["type"] == "COMPLETED", _tail(log)
+        assert Lake(lake).query("SELECT count(*) n FROM features").to_pylist() == before
+        assert len(Lake(lake).query("SELECT * FROM ducklake_snapshots('lake')")) <= 2
     finally:
         _stop(serve)
 
@@ -262,6 +271,7 @@ def test_serve_check_and_missing_api(
         and f"inbox/inbox-watch: every 120 s: ingest new entries of {tmp_path / 'drop'}" in out
     )
     assert "snapshot/weekly-snapshot: no schedule" in out
+    assert "maintain/weekly-maintain: cron '0 5 * * 0' (UTC): lake maintain, versions kept 7 days" in out
     monkeypatch.setattr(S, "_api_url", lambda: None)
     with pytest.raises(ConfigError, match="needs a Prefect API: run 'prefect server start'"):
         S.serve(tmp_path / "midicorpus.toml")
