@@ -516,7 +516,7 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
         tok_filter = "t.scheme = ? AND t.tokenizer_hash = ?"
         params = [spec.scheme, tokinfo["hash"]]
         rows_tbl = con.sql(
-            "SELECT w.split, t.piece_id, t.transpose, t.seq_lengths, t.n_tokens FROM tokens t "
+            "SELECT w.split, t.piece_id, t.transpose, t.seq_lengths, t.n_tokens, t.run_id FROM tokens t "
             f"JOIN snapshot_wanted w USING (piece_id, transpose) WHERE {tok_filter} "
             "QUALIFY row_number() OVER (PARTITION BY t.piece_id, t.transpose ORDER BY t.run_id) = 1 "
             "ORDER BY t.piece_id, t.transpose",
@@ -530,7 +530,10 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
         split_counts: dict[str, dict[str, int]] = {}
         present = set()
         snap_pieces: list[dict[str, Any]] = []
-        all_rows = rows_tbl.to_pylist()
+        # the rows chosen (first run per piece and shift): the ids are then read by a join on them,
+        # streamed in order, so no window over the token lists holds them all at once
+        con.register("snapshot_chosen", rows_tbl.select(["piece_id", "transpose", "run_id", "split"]))
+        all_rows = rows_tbl.drop_columns(["run_id"]).to_pylist()
         for r in all_rows:
             present.add((r["piece_id"], r["transpose"]))
         for sp in SPLITS:
@@ -580,10 +583,8 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
                         offsets.append(pos + s0 + ln)
                     pos += length
             ids_sql = (
-                f"SELECT t.{ids_col} AS ids FROM tokens t JOIN snapshot_wanted w USING (piece_id, transpose) "
-                f"WHERE {tok_filter} AND w.split = ? "
-                "QUALIFY row_number() OVER (PARTITION BY t.piece_id, t.transpose ORDER BY t.run_id) = 1 "
-                "ORDER BY t.piece_id, t.transpose"
+                f"SELECT t.{ids_col} AS ids FROM tokens t JOIN snapshot_chosen c USING (piece_id, transpose, run_id) "
+                f"WHERE {tok_filter} AND c.split = ? ORDER BY t.piece_id, t.transpose"
             )
             shape = (pos, len(vocab_sizes)) if multi else (pos,)
             files[f"{sp}/tokens.npy"] = _stream_tokens(
