@@ -71,8 +71,14 @@ class CurateSummary:
     song_pairs: int = 0  # verified track matches that join two pieces
     signed: int = 0  # pieces curated before song-v1 given their track signatures in this run
     dedup_rows_changed: int = 0  # dedup rows replaced in this run (a piece whose cluster changed, or new)
+    decision_current: bool = False  # nothing new: clusters and song groups are those of the last run
 
     def line(self) -> str:
+        if self.decision_current:
+            return (
+                f"nothing new: {self.pieces} pieces curated, in {self.clusters} dedup clusters and "
+                f"{self.song_groups} song groups (as decided by the last run)"
+            )
         s = (
             f"{self.analysed} pieces analysed ({self.failed} failed); "
             f"{self.pieces} pieces in {self.clusters} dedup clusters ({self.duplicate_pairs} duplicate pairs) "
@@ -220,9 +226,66 @@ def curate(
         }
         _analyse_pending(lake, engine, run_id, s, progress, batch_size, commit_every, key_backend)
     _sign_pending(lake, engine, run_id, s, batch_size, commit_every)
-    _recluster(lake, run_id, threshold, s, song_threshold)
+    params = _decision_params(threshold, song_threshold)
+    counts = _input_counts(lake)
+    if s.analysed == 0 and s.signed == 0 and not s.melodies and _decision_current(lake, params, counts, s):
+        s.decision_current = True
+    else:
+        _recluster(lake, run_id, threshold, s, song_threshold)
+        _write_decision(lake, params, counts, s)
     s.seconds = time.perf_counter() - t0
     return s
+
+
+# ---------------------------------------------------------------------------- no-op runs
+# Dedup clusters and song groups are a function of the input tables and the rule's parameters.
+# After each decision, ``index/decision.json`` records both (the inputs as row counts: those
+# tables only grow); a run that analysed nothing finds them equal and returns at once.
+DECISION_FILE = "index/decision.json"
+DECISION_INPUTS = ("pieces_t", "piece_analysis_t", "piece_facts_t", "track_signatures_t")
+_SUMMARY_FIELDS = ("pieces", "clusters", "duplicate_pairs", "song_groups", "song_pairs")
+
+
+def _decision_params(threshold: float, song_threshold: float) -> dict[str, Any]:
+    from corpus.curation import dedup, songs
+
+    return {
+        "threshold": threshold,
+        "song_threshold": song_threshold,
+        "rule": songs.SONG_RULE,
+        "min_shared": songs.MIN_SHARED,
+        "vectors": dedup.VECTOR_CONFIG,
+        "tracks": songs.TRACK_CONFIG,
+    }
+
+
+def _input_counts(lake: Lake) -> dict[str, int]:
+    con = lake.connect()
+    try:
+        row = con.execute("SELECT " + ", ".join(f"(SELECT count(*) FROM {t})" for t in DECISION_INPUTS)).fetchone()
+    finally:
+        con.close()
+    return dict(zip(DECISION_INPUTS, (int(x) for x in row), strict=True))
+
+
+def _decision_current(lake: Lake, params: dict[str, Any], counts: dict[str, int], s: CurateSummary) -> bool:
+    try:
+        got = json.loads(lake.read_bytes(DECISION_FILE))
+    except (FileNotFoundError, ValueError):
+        return False
+    if got.get("params") != json.loads(json.dumps(params)) or got.get("inputs") != counts:
+        return False
+    if not (lake.file_exists("index/neardup.json") or lake.list_files("index/neardup")[:1]):
+        return False
+    for k in _SUMMARY_FIELDS:
+        setattr(s, k, int(got["summary"][k]))
+    return True
+
+
+def _write_decision(lake: Lake, params: dict[str, Any], counts: dict[str, int], s: CurateSummary) -> None:
+    """After the decision is committed (a kill before this only costs the next run a recompute)."""
+    body = {"params": params, "inputs": counts, "summary": {k: getattr(s, k) for k in _SUMMARY_FIELDS}}
+    lake.write_bytes(DECISION_FILE, json.dumps(body, sort_keys=True).encode())
 
 
 def _analyse_pending(

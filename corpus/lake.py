@@ -149,6 +149,7 @@ class Lake:
         self._catalog_file = "catalog.sqlite"
         self._upgrading = False  # lake upgrade: writes the new catalog beside the old layout
         self._remote_catalog_made = False
+        self._writer_views = False  # the views are made in the writer's database (for its cursors)
         self.fs: Any = None
         if objectstore.is_url(root):
             self.location = str(root).rstrip("/")
@@ -553,6 +554,7 @@ class Lake:
                 con.close()
         con = duckdb.connect()
         con.execute("SET threads TO 2")
+        con.execute("SET enable_progress_bar = false")  # our own progress lines, not DuckDB's on stderr
         try:
             self._attach(con, read_only=False)
             self._writer = con
@@ -564,6 +566,7 @@ class Lake:
 
     def _close_writer(self) -> None:
         con, self._writer = self._writer, None
+        self._writer_views = False
         if con is not None:
             with contextlib.suppress(Exception):
                 con.execute("ROLLBACK")
@@ -697,6 +700,7 @@ class Lake:
         self._check_layout()
         con = duckdb.connect()
         con.execute("SET threads TO 2")
+        con.execute("SET enable_progress_bar = false")  # our own progress lines, not DuckDB's on stderr
         try:
             self._attach(con, read_only=True, at=at)
         except BaseException:
@@ -715,6 +719,14 @@ class Lake:
                 raise LakeError(f"no lake at {self.location!r}, so no version {at} of it")
             con = duckdb.connect(database)
             _create_views(con, None)
+            return con
+        if database == ":memory:" and at is None and self._writer is not None:
+            # the lock holder reads through a cursor of its own connection: the extensions and the
+            # catalog are loaded once; a cursor has its own transaction, so it sees committed rows only
+            con = self._writer.cursor()
+            if not self._writer_views:
+                con.execute(views_sql("lake.store"))
+                self._writer_views = True
             return con
         if database == ":memory:":
             con = self._reader(at)
@@ -1018,33 +1030,46 @@ def views_stamp() -> str:
     return h.hexdigest()
 
 
-def load_extensions(con: Any, *names: str) -> None:
-    """LOAD ducklake and the named catalog extensions: installed ones, else the files of the
-    ``duckdb-extension-<name>`` packages (no network needed), else an INSTALL."""
-    import duckdb
+_EXTENSION_FILES: dict[str, str | None] = {}
 
-    version = duckdb.__version__.split("-")[0]
-    for name in ("ducklake", *names):
-        try:
-            con.execute(f"LOAD {name}")
-            continue
-        except duckdb.Error:
-            pass
-        loaded = False
+
+def _extension_file(name: str, version: str) -> str | None:
+    """The extension file of the ``duckdb-extension-<name>`` package for this duckdb, if installed."""
+    if name not in _EXTENSION_FILES:
+        found = None
         with contextlib.suppress(ImportError):
             import importlib
 
             mod = importlib.import_module(f"duckdb_extension_{name}")
             for f in Path(mod.__file__).parent.rglob(f"{name}.duckdb_extension"):
                 if f.parent.name.lstrip("v") == version:
-                    try:
-                        con.execute(f"LOAD {_q(str(f))}")
-                        loaded = True
-                    except duckdb.Error:
-                        pass
+                    found = str(f)
                     break
-        if loaded:
+        _EXTENSION_FILES[name] = found
+    return _EXTENSION_FILES[name]
+
+
+def load_extensions(con: Any, *names: str) -> None:
+    """LOAD ducklake and the named catalog extensions: the files of the ``duckdb-extension-<name>``
+    packages first (no network), else an installed extension, else an INSTALL. Automatic
+    downloads are switched off on ``con``, so an offline machine does not wait for one."""
+    import duckdb
+
+    version = duckdb.__version__.split("-")[0]
+    con.execute("SET autoinstall_known_extensions = false")
+    for name in ("ducklake", *names):
+        path = _extension_file(name, version)
+        if path is not None:
+            try:
+                con.execute(f"LOAD {_q(path)}")
+                continue
+            except duckdb.Error:
+                pass
+        try:
+            con.execute(f"LOAD {name}")
             continue
+        except duckdb.Error:
+            pass
         try:
             con.execute(f"INSTALL {name}")
             con.execute(f"LOAD {name}")
