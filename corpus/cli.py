@@ -16,46 +16,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from corpus.progress import Progress  # light: tqdm is imported when a bar starts
+
 
 class UserError(Exception):
     """Bad input from the user: printed as one line, exit status 2."""
 
 
 # ------------------------------------------------------------------ output helpers
-class Progress:
-    """A one-line progress display on stderr (only when it is a terminal)."""
-
-    def __init__(
-        self,
-        label: str,
-        enabled: bool | None = None,
-        count: Callable[[Any], int] = lambda s: int(s.inputs),
-        text: Callable[[Any], str] = lambda s: str(s.line()),
-    ) -> None:
-        self.label = label
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.count = count
-        self.text = text
-        self.t0 = time.perf_counter()
-        self.last = 0.0
-
-    def __call__(self, summary: Any) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if now - self.last < 0.2:
-            return
-        self.last = now
-        rate = self.count(summary) / max(now - self.t0, 1e-9)
-        sys.stderr.write(f"\r{self.label}: {self.text(summary)}  [{rate:,.0f} files/s]\x1b[K")
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-
-
 def _cell(v: Any) -> str:
     if v is None:
         return "NULL"
@@ -101,6 +69,17 @@ class Ctx:
 
         self.args = args
         self.lake = Lake(args.lake or os.environ.get("MIDICORPUS_LAKE") or "./lake")
+        if not self.lake.remote and self.lake.root.exists() and not self.lake.root.is_dir():
+            raise UserError(f"--lake {self.lake.location!r} is a file, not a lake folder; give a folder (a new one is created by ingest)")
+
+    def existing_lake(self) -> Any:
+        """The lake, for commands that read it: one line and exit 2 when there is none."""
+        if not self.lake.exists():
+            raise UserError(
+                f"no lake at {self.lake.location}; create one with midicorpus ingest (dir|lakh|lpd|music21) ..., "
+                "or give --lake (env MIDICORPUS_LAKE) of an existing one"
+            )
+        return self.lake
 
     def engine(self) -> Any:
         from corpus.engine import Engine
@@ -117,8 +96,14 @@ class Ctx:
         return cfg
 
 
-def _print_ingest(summary: Any, label: str) -> None:
-    print(f"{label}: {summary.line()} in {summary.seconds:.1f} s")
+def _print_ingest(summary: Any, label: str, skipped: int = 0, what: str = "items") -> None:
+    if skipped and not summary.inputs:
+        print(f"{label}: all {skipped} {what} already in the lake; nothing to do ({summary.seconds:.1f} s)")
+        return
+    line = f"{label}: {summary.line()} in {summary.seconds:.1f} s"
+    if skipped:
+        line += f"; {skipped} more {what} already in the lake, not read again"
+    print(line)
     if summary.reasons:
         print(
             "  rejected by reason: "
@@ -129,23 +114,32 @@ def _print_ingest(summary: Any, label: str) -> None:
 def _run_ingest(ctx: Ctx, source_factory: Callable[[Any], Any], label: str) -> Any:
     from corpus.ingest import ingest
 
-    with ctx.lake.lock(f"ingest {label}"), ctx.engine() as engine:
-        source = source_factory(engine)
-        prog = Progress(f"ingest {label}")
-        summary = ingest(ctx.lake, source, engine, ctx.ingest_config(), progress=prog, command=f"ingest {label}")
+    prog = Progress(f"ingest {label}", total=lambda _s: getattr(source, "total", None))
+    source: Any = None
+    try:
+        with ctx.lake.lock(f"ingest {label}"):
+            prog.phase("starting workers")
+            with ctx.engine() as engine:
+                source = source_factory(engine)
+                prog.phase("reading the source")
+                summary = ingest(ctx.lake, source, engine, ctx.ingest_config(), progress=prog, command=f"ingest {label}")
+                prog.done()
+                ctx.lake.write_catalog()
+    finally:
         prog.done()
-        ctx.lake.write_catalog()
-    _print_ingest(summary, f"ingest {label}")
+    _print_ingest(summary, f"ingest {label}", getattr(source, "skipped", 0), getattr(source, "unit", "items"))
     return summary
 
 
 # ------------------------------------------------------------------ commands
 def cmd_ingest_dir(ctx: Ctx) -> int:
+    from corpus.sources.files import MIDI_SUFFIXES
     from corpus.sources.folder import DirSource
 
     a = ctx.args
     _check_path(a.path)
     _check_name(a.source)
+    _check_not_empty(a.path, None, f"MIDI files ({'/'.join(MIDI_SUFFIXES)}, or archives of them)")
     _run_ingest(ctx, lambda _e: DirSource(a.path, name=a.source, license=a.license), a.source)
     return 0
 
@@ -156,6 +150,7 @@ def cmd_ingest_lakh(ctx: Ctx) -> int:
     _check_path(ctx.args.path)
     try:
         src = LakhSource(ctx.args.path)
+        src.check_layout()
     except LakhError as exc:
         raise UserError(str(exc)) from None
     _run_ingest(ctx, lambda _e: src, "lakh")
@@ -163,11 +158,22 @@ def cmd_ingest_lakh(ctx: Ctx) -> int:
 
 
 def cmd_ingest_lpd(ctx: Ctx) -> int:
-    from corpus.sources.lpd import LpdSource
+    from corpus.sources.lpd import LpdSource, is_npz_name
 
-    _check_path(ctx.args.path, lambda n: n.lower().endswith(".npz"))
+    _check_path(ctx.args.path, is_npz_name)
+    _check_not_empty(
+        ctx.args.path, is_npz_name, "Lakh Pianoroll Dataset .npz files (lpd / lpd_5 / lpd_17); for MIDI files use ingest lakh or ingest dir"
+    )
     _run_ingest(ctx, lambda e: LpdSource(ctx.args.path, engine=e), "lpd")
     return 0
+
+
+def _check_not_empty(path: str, want: Callable[[str], bool] | None, expected: str) -> None:
+    """One line naming what was expected, before the lake is touched, when the folder or archive holds none of it."""
+    from corpus.sources.files import first_entry, is_midi_name
+
+    if first_entry(path, want or is_midi_name) is None:
+        raise UserError(f"{path!r} holds no {expected}")
 
 
 def cmd_ingest_music21(ctx: Ctx) -> int:
@@ -188,6 +194,7 @@ def ingest_music21(ctx: Ctx, limit: int | None) -> Any:
 
 
 def cmd_curate(ctx: Ctx) -> int:
+    ctx.existing_lake()
     run_curate(ctx)
     return 0
 
@@ -221,6 +228,8 @@ def run_curate(ctx: Ctx) -> Any:
 def cmd_similar(ctx: Ctx) -> int:
     from corpus.curate import load_neardup_index
     from corpus.curation.dedup import similar
+
+    ctx.existing_lake()
 
     a = ctx.args
     if a.k < 1:
@@ -294,6 +303,7 @@ def cmd_similar(ctx: Ctx) -> int:
 
 
 def cmd_tokenize(ctx: Ctx) -> int:
+    ctx.existing_lake()
     a = ctx.args
     schemes = [x.strip() for x in a.scheme.split(",") if x.strip()]
     if a.config:
@@ -342,6 +352,8 @@ def run_tokenize(
 
 def cmd_tokenizer_train(ctx: Ctx) -> int:
     from corpus.tokenize.stage import TokenizeError, train_tokenizer
+
+    ctx.existing_lake()
 
     a = ctx.args
     t0 = time.perf_counter()
@@ -399,6 +411,8 @@ def _snap_errors() -> tuple[type[Exception], ...]:
 def cmd_snapshot_create(ctx: Ctx) -> int:
     from corpus import snapshot
 
+    ctx.existing_lake()
+
     a = ctx.args
     try:
         spec = snapshot.SnapshotSpec(
@@ -424,6 +438,8 @@ def cmd_snapshot_create(ctx: Ctx) -> int:
 def cmd_snapshot_list(ctx: Ctx) -> int:
     from corpus import snapshot
 
+    ctx.existing_lake()
+
     rows = snapshot.list_snapshots(ctx.lake)
     if not rows:
         print("no snapshots")
@@ -436,6 +452,8 @@ def cmd_snapshot_list(ctx: Ctx) -> int:
 def cmd_snapshot_show(ctx: Ctx) -> int:
     from corpus import snapshot
 
+    ctx.existing_lake()
+
     try:
         print(snapshot.show(ctx.lake, ctx.args.ref))
     except snapshot.SnapshotError as exc:
@@ -445,6 +463,8 @@ def cmd_snapshot_show(ctx: Ctx) -> int:
 
 def cmd_snapshot_diff(ctx: Ctx) -> int:
     from corpus import snapshot
+
+    ctx.existing_lake()
 
     try:
         print(snapshot.diff_text(snapshot.diff(ctx.lake, ctx.args.a, ctx.args.b)))
@@ -456,6 +476,8 @@ def cmd_snapshot_diff(ctx: Ctx) -> int:
 def cmd_snapshot_verify(ctx: Ctx) -> int:
     from corpus import snapshot
 
+    ctx.existing_lake()
+
     try:
         res = snapshot.verify(ctx.lake, ctx.args.ref)
     except snapshot.SnapshotError as exc:
@@ -466,6 +488,8 @@ def cmd_snapshot_verify(ctx: Ctx) -> int:
 
 def cmd_train(ctx: Ctx) -> int:
     from corpus import snapshot
+
+    ctx.existing_lake()
 
     a = ctx.args
     if a.steps < 1:
@@ -525,6 +549,8 @@ def cmd_bench(ctx: Ctx) -> int:
 def cmd_report(ctx: Ctx) -> int:
     from reports import ReportError, write_report
 
+    ctx.existing_lake()
+
     try:
         index = write_report(ctx.lake, ctx.args.out)
     except ReportError as exc:
@@ -545,12 +571,31 @@ def cmd_serve(ctx: Ctx) -> int:
         raise UserError(str(exc)) from None
 
 
+READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")  # SELECT covers WITH, FROM-first, VALUES, SHOW, DESCRIBE, SUMMARIZE
+
+
 def cmd_sql(ctx: Ctx) -> int:
     import duckdb
 
     a = ctx.args
+    if not a.query.strip():
+        raise UserError('empty SQL; give a query, e.g. midicorpus sql "SELECT count(*) FROM pieces"')
+    ctx.existing_lake()
     con = ctx.lake.connect()
     try:
+        try:
+            statements = con.extract_statements(a.query)
+        except duckdb.Error as exc:
+            raise UserError(f"SQL error: {_one_line(str(exc))}") from None
+        if not statements:
+            raise UserError('empty SQL (only comments or semicolons); give a query, e.g. midicorpus sql "SELECT count(*) FROM pieces"')
+        for st in statements:
+            kind = str(st.type).rsplit(".", 1)[-1]
+            if kind not in READ_ONLY_STATEMENTS:
+                raise UserError(
+                    f"sql is read-only: {_one_line(st.query)[:60]!r} is a {kind} statement; "
+                    "use SELECT, WITH, SHOW, DESCRIBE, SUMMARIZE or EXPLAIN (the lake changes only through midicorpus commands)"
+                )
         try:
             rel = con.sql(a.query)
         except duckdb.Error as exc:
@@ -893,6 +938,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _closed_pipe() -> int:
+    """Quiet end on a closed stdout, with the status a shell reports for SIGPIPE (128 + 13)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    except (OSError, ValueError):
+        pass
+    return 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -901,6 +956,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(Ctx(args)) or 0)
+    except BrokenPipeError:  # `midicorpus sql ... | head`: the reader has what it wanted
+        return _closed_pipe()
     except (UserError, LakeError, EngineError) as exc:
         print(f"midicorpus: error: {exc}", file=sys.stderr)
         return 2
