@@ -93,6 +93,8 @@ class Ctx:
         cfg = IngestConfig(policy="strict" if getattr(a, "strict", False) else "lenient", timeout_s=a.timeout)
         if os.environ.get("MIDICORPUS_COMMIT_PIECES"):  # smaller transactions (fault tests)
             cfg.commit_pieces = int(os.environ["MIDICORPUS_COMMIT_PIECES"])
+        if os.environ.get("MIDICORPUS_COMMIT_SECONDS"):  # commits by time (kill tests)
+            cfg.commit_seconds = float(os.environ["MIDICORPUS_COMMIT_SECONDS"])
         return cfg
 
 
