@@ -123,6 +123,7 @@ def _run_ingest(ctx: Ctx, source_factory: Callable[[Any], Any], label: str) -> A
             prog.phase("starting workers")
             with ctx.engine() as engine:
                 source = source_factory(engine)
+                prog.unit = getattr(source, "unit", "files")
                 prog.phase("reading the source")
                 summary = ingest(ctx.lake, source, engine, ctx.ingest_config(), progress=prog, command=f"ingest {label}")
                 prog.done()
@@ -210,19 +211,24 @@ def run_curate(ctx: Ctx) -> Any:
     st = getattr(a, "song_threshold", None)
     if st is not None and not 0.0 < st <= 1.0:
         raise UserError(f"--song-threshold must be a containment in (0, 1], got {st}")
-    prog = Progress("curate", count=lambda x: x.analysed + x.failed)
-    with ctx.lake.lock("curate"), ctx.engine() as engine:
-        s = curate(
-            ctx.lake,
-            engine,
-            progress=prog,
-            key_backend=getattr(a, "key_backend", "ours"),
-            extract_melodies=getattr(a, "extract_melodies", False),
-            min_melody_notes=getattr(a, "min_melody_notes", None),
-            **({"song_threshold": a.song_threshold} if getattr(a, "song_threshold", None) is not None else {}),
-        )
-        ctx.lake.write_catalog()
-    prog.done()
+    prog = Progress("curate", count=lambda x: x.analysed + x.failed, total=lambda x: x.to_analyse, unit="pieces")
+    prog.phase("starting workers")
+    try:
+        with ctx.lake.lock("curate"), ctx.engine() as engine:
+            prog.phase("finding pieces to analyse")
+            s = curate(
+                ctx.lake,
+                engine,
+                progress=prog,
+                key_backend=getattr(a, "key_backend", "ours"),
+                extract_melodies=getattr(a, "extract_melodies", False),
+                min_melody_notes=getattr(a, "min_melody_notes", None),
+                **({"song_threshold": a.song_threshold} if getattr(a, "song_threshold", None) is not None else {}),
+            )
+            prog.phase("writing the catalog")
+            ctx.lake.write_catalog()
+    finally:
+        prog.done()
     print(f"curate: {s.line()} in {s.seconds:.1f} s")
     return s
 
@@ -330,22 +336,28 @@ def run_tokenize(
         "tokenize",
         count=lambda x: x.done,
         text=lambda x: f"{x.done} done ({x.schemes[-1].scheme if x.schemes else ''})",
+        total=lambda x: x.total,
+        unit="pieces",
     )
-    with ctx.lake.lock("tokenize"), ctx.engine() as engine:
-        try:
-            s = tokenize(
-                ctx.lake,
-                engine,
-                schemes,
-                transpose,
-                config,
-                DEFAULT_MIN_KEY_CONFIDENCE if min_conf is None else min_conf,
-                progress=prog,
-            )
-        except (TokenizeError, presets.PresetError) as exc:
-            raise UserError(str(exc)) from None
-        ctx.lake.write_catalog()
-    prog.done()
+    prog.phase("starting workers")
+    try:
+        with ctx.lake.lock("tokenize"), ctx.engine() as engine:
+            prog.phase("finding pieces to tokenize")
+            try:
+                s = tokenize(
+                    ctx.lake,
+                    engine,
+                    schemes,
+                    transpose,
+                    config,
+                    DEFAULT_MIN_KEY_CONFIDENCE if min_conf is None else min_conf,
+                    progress=prog,
+                )
+            except (TokenizeError, presets.PresetError) as exc:
+                raise UserError(str(exc)) from None
+            ctx.lake.write_catalog()
+    finally:
+        prog.done()
     for line in s.lines():
         print(f"tokenize {line}")
     print(f"tokenize: {s.seconds:.1f} s")
@@ -391,14 +403,19 @@ def cmd_crawl_mutopia(ctx: Ctx) -> int:
         opts["max_bytes"] = a.max_bytes
     if a.new:
         opts["mode"] = "new"
-    with ctx.lake.lock("crawl mutopia"), ctx.engine() as engine:
-        prog = Progress("crawl mutopia")
-        try:
-            summary, stats = mutopia.crawl(ctx.lake, engine, config=ctx.ingest_config(), progress=prog, **opts)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+    prog = Progress("crawl mutopia", unit="pieces")
+    prog.phase("starting workers")
+    try:
+        with ctx.lake.lock("crawl mutopia"), ctx.engine() as engine:
+            prog.phase("fetching")
+            try:
+                summary, stats = mutopia.crawl(ctx.lake, engine, config=ctx.ingest_config(), progress=prog, **opts)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+            prog.done()
+            ctx.lake.write_catalog()
+    finally:
         prog.done()
-        ctx.lake.write_catalog()
     _print_ingest(summary, "crawl mutopia")
     print(f"crawl mutopia: {stats.line()}")
     return 0
@@ -504,7 +521,7 @@ def cmd_train(ctx: Ctx) -> int:
         print(f"train: {path.parent.name}@{path.name} of {ctx.lake.location}, local copy in {path}")
     from train.loop import TrainConfig, TrainError, train
 
-    out = Path(a.out) if a.out else Path("runs") / f"{path.parent.name}-{path.name}"
+    out = Path(a.out) if a.out else local_home(ctx.lake) / "runs" / f"{path.parent.name}-{path.name}"
     cfg = TrainConfig(
         steps=a.steps,
         batch_size=a.batch_size,
@@ -516,10 +533,31 @@ def cmd_train(ctx: Ctx) -> int:
         m = train(path, out, cfg, device=a.device)
     except TrainError as exc:
         raise UserError(str(exc)) from None
-    keys = ("device", "steps", "train_loss_first", "train_loss_last", "valid_loss", "tokens_per_s", "data_wait_share")
-    print("train: " + ", ".join(f"{k} {m.get(k)}" for k in keys))
-    print(f"train: run in {out} (metrics.json, checkpoint, generated MIDI)")
+    if a.format == "json":
+        print(json.dumps({**m, "out": str(out)}, default=str))
+        return 0
+    print(train_line(m, out))
+    if m.get("steps_this_run"):
+        print(f"train: run in {out} (metrics.json, checkpoint.pt, generated.mid)")
     return 0
+
+
+def train_line(m: dict[str, Any], out: Path) -> str:
+    """The training result for people: rounded figures, or what was skipped and where it is."""
+
+    def r(x: Any, nd: int = 3) -> str:
+        return "-" if x is None else f"{x:.{nd}f}"
+
+    loss = f"loss {r(m.get('train_loss_first'))} -> {r(m.get('train_loss_last'))}, valid {r(m.get('valid_loss'))}"
+    if not m.get("steps_this_run"):
+        return f"train: skipped, the run at {out} already has {m['steps']} steps ({loss}); give --steps N for more or another --out"
+    wait = m.get("data_wait_share")
+    return (
+        f"train: {m['device']}, {m['steps_this_run']} steps"
+        + (f" (now {m['steps']} in all)" if m["steps"] != m["steps_this_run"] else "")
+        + f", {loss}, "
+        f"{m['tokens_per_s'] or 0:,.0f} tokens/s, data wait {0 if wait is None else wait * 100:.1f} %"
+    )
 
 
 def cmd_bench(ctx: Ctx) -> int:
@@ -554,7 +592,7 @@ def cmd_report(ctx: Ctx) -> int:
     ctx.existing_lake()
 
     try:
-        index = write_report(ctx.lake, ctx.args.out)
+        index = write_report(ctx.lake, ctx.args.out or local_home(ctx.lake) / "report")
     except ReportError as exc:
         raise UserError(str(exc)) from None
     print(f"report: {index}")
@@ -573,6 +611,10 @@ def cmd_serve(ctx: Ctx) -> int:
         raise UserError(str(exc)) from None
 
 
+USER_VIEWS = (
+    "pieces", "rejects", "tracks", "features", "song_groups", "song_matches", "track_signatures",
+    "tokens", "tokenizers", "snapshots", "snapshot_pieces",
+)  # the views the README documents (schemas/views.sql)
 READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")  # SELECT covers WITH, FROM-first, VALUES, SHOW, DESCRIBE, SUMMARIZE
 
 
@@ -656,11 +698,7 @@ def run_snapshot_and_train(ctx: Ctx) -> None:
     print(res.line())
     out = local_home(ctx.lake) / "runs" / f"default-{res.version}"
     m = train(res.path, out, TrainConfig(steps=ctx.args.train_steps, batch_size=8, seq_len=256), device="auto")
-    print(
-        f"train: {m['device']}, {m['steps']} steps, loss {m['train_loss_first']:.3f} -> {m['train_loss_last']:.3f}, "
-        f"valid {m['valid_loss'] if m['valid_loss'] is None else round(m['valid_loss'], 3)}, "
-        f"{m['tokens_per_s']:,.0f} tokens/s ({out})"
-    )
+    print(train_line(m, out) + ("" if not m.get("steps_this_run") else f" ({out})"))
 
 
 RUN_QUERIES = [
@@ -753,18 +791,22 @@ def build_parser() -> argparse.ArgumentParser:
     isub = ing.add_subparsers(dest="kind", metavar="SOURCE", parser_class=_Parser)
     isub.required = True
     strict_help = "reject files that violate the MIDI spec even when they parse (recorded as the policy)"
-    d = isub.add_parser("dir", help="any folder or archive (.zip, .tar, .tar.gz) of MIDI files")
-    d.add_argument("path")
+    d = isub.add_parser(
+        "dir",
+        help="any folder or archive of MIDI files (.mid/.midi/.kar/.rmi; archives .zip, .tar, .tar.gz/.tgz, "
+        ".tar.bz2/.tbz2, .tar.xz/.txz, also inside the folder)",
+    )
+    d.add_argument("path", help="a folder, an archive or one MIDI file")
     d.add_argument("--source", default="dir", help="value of the source column (default 'dir')")
-    d.add_argument("--license", default=None, help="licence of these files (recorded per piece)")
+    d.add_argument("--license", default=None, help="licence of these files, recorded per piece (default: none recorded)")
     d.add_argument("--strict", action="store_true", help=strict_help)
     d.set_defaults(func=cmd_ingest_dir)
     lk = isub.add_parser("lakh", help="the Lakh MIDI Dataset (lmd_full / lmd_matched / lmd_aligned, folder or .tar.gz)")
-    lk.add_argument("path")
+    lk.add_argument("path", help="lmd_full / lmd_matched / lmd_aligned, a folder or .tar.gz (sidecar JSON files beside it are read)")
     lk.add_argument("--strict", action="store_true", help=strict_help)
     lk.set_defaults(func=cmd_ingest_lakh)
     lp = isub.add_parser("lpd", help="the Lakh Pianoroll Dataset (.npz files, folder or .tar.gz)")
-    lp.add_argument("path")
+    lp.add_argument("path", help="a folder or archive of LPD .npz files (lpd / lpd_5 / lpd_17; full / matched / cleansed)")
     lp.add_argument("--strict", action="store_true", help=strict_help)
     lp.set_defaults(func=cmd_ingest_lpd)
     m = isub.add_parser("music21", help="the public-domain corpus bundled with music21, converted to MIDI")
@@ -804,8 +846,10 @@ def build_parser() -> argparse.ArgumentParser:
         "mutopia", help="the Mutopia Project (robots.txt obeyed, one request at a time, conditional re-crawl)"
     )
     mu.add_argument("--base-url", default=None, help="site root (default the real Mutopia Project)")
-    mu.add_argument("--max-pieces", type=int, default=None, help="stop after this many pieces in this run")
-    mu.add_argument("--max-bytes", type=int, default=None, help="stop after fetching this many bytes in this run")
+    mu.add_argument("--max-pieces", type=int, default=None, help="stop after this many pieces in this run (default: no limit)")
+    mu.add_argument(
+        "--max-bytes", type=int, default=None, help="stop after fetching this many bytes in this run (default: no limit)"
+    )
     mu.add_argument(
         "--delay",
         type=float,
@@ -827,15 +871,19 @@ def build_parser() -> argparse.ArgumentParser:
     snsub = sn.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     snsub.required = True
     sc = snsub.add_parser("create", help="build a snapshot (same lake + selection + seed = same version and bytes)")
-    sc.add_argument("name")
-    sc.add_argument("--scheme", required=True)
+    sc.add_argument("name", help="snapshot name (letters, digits, '_', '-', '.')")
+    sc.add_argument("--scheme", required=True, help="a tokenized scheme, e.g. remi (see: midicorpus sql \"SELECT DISTINCT scheme FROM tokens\")")
     sc.add_argument(
         "--where", default=None, help="SQL condition over features/pieces columns, e.g. \"texture = 'polyphonic'\""
     )
-    sc.add_argument("--transpose", default="none", help="none | normalize | augment:K (rows must have been tokenized)")
-    sc.add_argument("--split", default="0.9,0.05,0.05", help="train,valid,test fractions")
-    sc.add_argument("--seed", type=int, default=0)
-    sc.add_argument("--max-seq-len", type=int, default=None)
+    sc.add_argument(
+        "--transpose", default="none", help="none | normalize | augment:K (rows must have been tokenized; default none)"
+    )
+    sc.add_argument("--split", default="0.9,0.05,0.05", help="train,valid,test fractions (default 0.9,0.05,0.05)")
+    sc.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    sc.add_argument(
+        "--max-seq-len", type=int, default=None, help="cut sequences into windows of at most this many tokens (default: whole pieces)"
+    )
     sc.add_argument("--tokenizer", default=None, help="tokenizer hash (default: the latest registered under --scheme)")
     sc.set_defaults(func=cmd_snapshot_create)
     sl = snsub.add_parser("list", help="every snapshot version")
@@ -853,19 +901,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a small decoder-only transformer on a snapshot")
     tr.add_argument("--snapshot", required=True, metavar="NAME[@VERSION]")
-    tr.add_argument("--steps", type=int, default=200)
-    tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    tr.add_argument("--out", default=None, help="run folder (default runs/<name>-<version>)")
-    tr.add_argument("--batch-size", type=int, default=8)
-    tr.add_argument("--seq-len", type=int, default=256)
-    tr.add_argument("--loader-workers", type=int, default=0)
+    tr.add_argument("--steps", type=int, default=200, help="optimizer steps in all; a run with a checkpoint resumes (default 200)")
+    tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present (default auto)")
+    tr.add_argument(
+        "--out", default=None, help="run folder (default LAKE/runs/<name>-<version>; ./runs/... for an object-store lake)"
+    )
+    tr.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
+    tr.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
+    tr.add_argument("--loader-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     tr.add_argument("--no-compile", action="store_true", help="skip torch.compile on CUDA")
+    tr.add_argument("--format", choices=["text", "json"], default="text", help="json: the metrics as one JSON object (default text)")
     tr.set_defaults(func=cmd_train)
 
     b = sub.add_parser("bench", help="the performance benchmark: prints a table, writes JSON")
     b.add_argument("--files", default=None, help="folder of MIDI files (default ../shared/data)")
-    b.add_argument("--out", default=None, help="JSON output file")
-    b.add_argument("--key-files", type=int, default=40, help="files for the music21 comparison (slow: ~2.5 s each)")
+    b.add_argument("--out", default=None, help="JSON output file (default: the table only)")
+    b.add_argument(
+        "--key-files", type=int, default=40, help="files for the music21 comparison (slow: ~2.5 s each; default 40)"
+    )
     b.add_argument("--scale", action="store_true", help="also the synthetic 2k/5k/20k scale run (long)")
     b.set_defaults(func=cmd_bench)
 
@@ -888,7 +941,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="none | normalize (to C major / A minor) | augment:K (the +-1..K semitone copies too)",
     )
-    t.add_argument("--config", default=None, help="a miditok tokenizer.json to register under --scheme NAME")
+    t.add_argument("--config", default=None, help="a miditok tokenizer.json to register under --scheme NAME (default: the preset)")
     t.add_argument(
         "--min-key-confidence",
         type=float,
@@ -903,19 +956,25 @@ def build_parser() -> argparse.ArgumentParser:
     tt = tksub.add_parser(
         "train", help="train a subword vocabulary (BPE/Unigram) on the corpus; registers '<scheme>-<model><N>'"
     )
-    tt.add_argument("--scheme", required=True)
-    tt.add_argument("--vocab-size", type=int, required=True)
-    tt.add_argument("--model", choices=["bpe", "unigram", "wordpiece"], default="bpe")
-    tt.add_argument("--where", default=None, help="SQL condition over features selecting the training pieces")
+    tt.add_argument("--scheme", required=True, help="the base scheme, e.g. remi")
+    tt.add_argument("--vocab-size", type=int, required=True, help="size of the trained vocabulary")
+    tt.add_argument("--model", choices=["bpe", "unigram", "wordpiece"], default="bpe", help="(default bpe)")
+    tt.add_argument("--where", default=None, help="SQL condition over features selecting the training pieces (default: all)")
     tt.set_defaults(func=cmd_tokenizer_train)
 
-    s = sub.add_parser("sql", help="run SQL over the lake's DuckDB views")
-    s.add_argument("query")
-    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    s = sub.add_parser(
+        "sql",
+        help="run read-only SQL over the lake's DuckDB views",
+        description="Read-only SQL (SELECT, WITH, SHOW, DESCRIBE, SUMMARIZE, EXPLAIN) over the lake's views: "
+        + ", ".join(USER_VIEWS)
+        + ". Columns: midicorpus sql \"DESCRIBE features\". Views ending in _t or _latest are internal building blocks.",
+    )
+    s.add_argument("query", help='e.g. "SELECT source, status, count(*) FROM pieces GROUP BY ALL"')
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table", help="(default table)")
     s.set_defaults(func=cmd_sql)
 
     rp = sub.add_parser("report", help="static HTML corpus report with plots (every figure with its SQL)")
-    rp.add_argument("--out", default="report", help="folder for index.html (default ./report)")
+    rp.add_argument("--out", default=None, help="folder for index.html (default LAKE/report; ./report for an object-store lake)")
     rp.set_defaults(func=cmd_report)
 
     sv = sub.add_parser(

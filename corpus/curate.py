@@ -70,6 +70,7 @@ class CurateSummary:
     song_groups: int = 0
     song_pairs: int = 0  # verified track matches that join two pieces
     signed: int = 0  # pieces curated before song-v1 given their track signatures in this run
+    to_analyse: int = 0  # pieces to analyse in this run (a progress total)
 
     def line(self) -> str:
         s = (
@@ -246,6 +247,9 @@ def _analyse_pending(
         ]
     finally:
         con.close()
+    s.to_analyse += len(todo)
+    if progress:
+        progress(s)
 
     rows: list[dict[str, Any]] = []
     tracks: list[dict[str, Any]] = []

@@ -93,6 +93,7 @@ class Progress:
             return
         with self._lock:
             if self._bar is not None:
+                self._bar.unit = f" {self.unit}"
                 if self._bar.total != self.n_total:
                     self._bar.total = self.n_total
                 self._bar.n = self.n
