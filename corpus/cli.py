@@ -791,11 +791,11 @@ def build_parser() -> argparse.ArgumentParser:
     isub = ing.add_subparsers(dest="kind", metavar="SOURCE", parser_class=_Parser)
     isub.required = True
     strict_help = "reject files that violate the MIDI spec even when they parse (recorded as the policy)"
-    d = isub.add_parser(
-        "dir",
-        help="any folder or archive of MIDI files (.mid/.midi/.kar/.rmi; archives .zip, .tar, .tar.gz/.tgz, "
-        ".tar.bz2/.tbz2, .tar.xz/.txz, also inside the folder)",
+    dir_help = (
+        "any folder or archive of MIDI files (.mid/.midi/.kar/.rmi; archives .zip, .tar, .tar.gz/.tgz, "
+        ".tar.bz2/.tbz2, .tar.xz/.txz, also inside the folder)"
     )
+    d = isub.add_parser("dir", help=dir_help, description=f"Ingest {dir_help}.")
     d.add_argument("path", help="a folder, an archive or one MIDI file")
     d.add_argument("--source", default="dir", help="value of the source column (default 'dir')")
     d.add_argument("--license", default=None, help="licence of these files, recorded per piece (default: none recorded)")
@@ -828,7 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["ours", "music21"],
         default="ours",
         help="whole-piece key: ours (fast, agrees with music21) or music21's own analyze('key') (~2.5 s/file); "
-        "applies to pieces not yet curated",
+        "applies to pieces not yet curated (default ours)",
     )
     c.add_argument(
         "--song-threshold",
@@ -889,18 +889,18 @@ def build_parser() -> argparse.ArgumentParser:
     sl = snsub.add_parser("list", help="every snapshot version")
     sl.set_defaults(func=cmd_snapshot_list)
     ss = snsub.add_parser("show", help="a snapshot's card")
-    ss.add_argument("ref", metavar="NAME[@VERSION]")
+    ss.add_argument("ref", metavar="NAME[@VERSION]", help="a snapshot name, with a version for one that is not the latest")
     ss.set_defaults(func=cmd_snapshot_show)
     sd = snsub.add_parser("diff", help="pieces and tokens added / removed between two versions")
-    sd.add_argument("a", metavar="NAME@VERSION")
-    sd.add_argument("b", metavar="NAME@VERSION")
+    sd.add_argument("a", metavar="NAME@VERSION", help="the older version")
+    sd.add_argument("b", metavar="NAME@VERSION", help="the newer version")
     sd.set_defaults(func=cmd_snapshot_diff)
     sv = snsub.add_parser("verify", help="re-hash every shard against the manifest")
-    sv.add_argument("ref", metavar="NAME[@VERSION]")
+    sv.add_argument("ref", metavar="NAME[@VERSION]", help="a snapshot name, with a version for one that is not the latest")
     sv.set_defaults(func=cmd_snapshot_verify)
 
     tr = sub.add_parser("train", help="train a small decoder-only transformer on a snapshot")
-    tr.add_argument("--snapshot", required=True, metavar="NAME[@VERSION]")
+    tr.add_argument("--snapshot", required=True, metavar="NAME[@VERSION]", help="the snapshot to train on (see: midicorpus snapshot list)")
     tr.add_argument("--steps", type=int, default=200, help="optimizer steps in all; a run with a checkpoint resumes (default 200)")
     tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present (default auto)")
     tr.add_argument(
@@ -939,7 +939,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--transpose",
         default="none",
-        help="none | normalize (to C major / A minor) | augment:K (the +-1..K semitone copies too)",
+        help="none | normalize (to C major / A minor) | augment:K (the +-1..K semitone copies too; default none)",
     )
     t.add_argument("--config", default=None, help="a miditok tokenizer.json to register under --scheme NAME (default: the preset)")
     t.add_argument(
