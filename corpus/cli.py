@@ -116,7 +116,12 @@ def _print_ingest(summary: Any, label: str, skipped: int = 0, what: str = "items
 def _run_ingest(ctx: Ctx, source_factory: Callable[[Any], Any], label: str) -> Any:
     from corpus.ingest import ingest
 
-    prog = Progress(f"ingest {label}", total=lambda _s: getattr(source, "total", None))
+    prog = Progress(
+        f"ingest {label}",
+        total=lambda _s: getattr(source, "total", None),
+        poll_total=lambda: getattr(source, "total", None),
+        poll_count=lambda: getattr(source, "converted", None),
+    )
     source: Any = None
     try:
         with ctx.lake.lock(f"ingest {label}"):
@@ -1025,17 +1030,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"midicorpus: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        if "interrupted" not in str(exc).lower():  # DuckDB turns Ctrl-C during a query into this
+            return _internal_error(exc)
+        print("midicorpus: interrupted; committed work is kept, run the command again to finish", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("midicorpus: interrupted; committed work is kept, run the command again to finish", file=sys.stderr)
         return 130
     except Exception as exc:
         if os.environ.get("MIDICORPUS_DEBUG"):
             raise
-        print(
-            f"midicorpus: internal error: {type(exc).__name__}: {_one_line(str(exc))} (set MIDICORPUS_DEBUG=1 for the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+        return _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> int:
+    if os.environ.get("MIDICORPUS_DEBUG"):
+        raise exc
+    print(
+        f"midicorpus: internal error: {type(exc).__name__}: {_one_line(str(exc))} (set MIDICORPUS_DEBUG=1 for the traceback)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ class IngestConfig:
     memory_mb: int = DEFAULT_MEMORY_MB
     batch_files: int = 16  # files per Dask task
     batch_bytes: int = 4 << 20  # or this many bytes per task
+    batch_seconds: float = 5.0  # or what a slow source gave in this long (music21 converts ~1 work/s)
     commit_pieces: int = 1000  # pieces per transaction
     commit_seconds: float = 30.0  # or a transaction this often, so a kill loses at most this much work
     parser_target: str = "corpus.parse:analyse"
@@ -208,6 +209,7 @@ def ingest(
     def batches() -> Iterator[list[tuple[str, bytes]]]:
         batch: list[tuple[str, bytes]] = []
         size = 0
+        started = time.monotonic()
         for item in items:
             key_uri = (item.source, item.uri)
             if item.data is None:
@@ -242,9 +244,15 @@ def ingest(
             else:
                 lake.put_raw(item.data, sha)
                 waiting[sha] = [item]
+                if not batch:
+                    started = time.monotonic()
                 batch.append((sha, item.data))
                 size += len(item.data)
-                if len(batch) >= cfg.batch_files or size >= cfg.batch_bytes:
+                if (
+                    len(batch) >= cfg.batch_files
+                    or size >= cfg.batch_bytes
+                    or time.monotonic() - started >= cfg.batch_seconds
+                ):
                     yield batch
                     batch, size = [], 0
             if writer.due(cfg):

@@ -30,6 +30,8 @@ class Progress:
         stream: TextIO | None = None,
         interval: float = PLAIN_INTERVAL_S,
         enabled: bool = True,
+        poll_total: Callable[[], int | None] | None = None,
+        poll_count: Callable[[], int | None] | None = None,
     ) -> None:
         self.label = label
         self.count = count
@@ -39,6 +41,8 @@ class Progress:
         self.stream = stream or sys.stderr
         self.interval = interval
         self.enabled = enabled
+        self.poll_total = poll_total  # asked by the heartbeat too: a total known before anything is counted
+        self.poll_count = poll_count  # and a count that moves before the summary does (a slow source's items)
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.t0 = time.monotonic()
         self.n = 0
@@ -54,7 +58,7 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(
-                desc=label, total=None, unit=f" {unit}", file=self.stream, dynamic_ncols=True, leave=False, mininterval=0.2
+                desc=label, total=None, unit=unit, file=self.stream, dynamic_ncols=True, leave=False, mininterval=0.2
             )
             self._bar.set_postfix_str(self.status)
         else:
@@ -75,10 +79,11 @@ class Progress:
     def __call__(self, summary: Any) -> None:
         self.n = self.count(summary)
         total = self.total(summary)
+        first_total = total is not None and self.n_total is None
         if total is not None:
             self.n_total = total
         self.status = self.text(summary)
-        self._show()
+        self._show(force=first_total)
 
     def done(self) -> None:
         self._stop.set()
@@ -93,7 +98,7 @@ class Progress:
             return
         with self._lock:
             if self._bar is not None:
-                self._bar.unit = f" {self.unit}"
+                self._bar.unit = self.unit
                 if self._bar.total != self.n_total:
                     self._bar.total = self.n_total
                 self._bar.n = self.n
@@ -111,11 +116,11 @@ class Progress:
         self._last_plain = time.monotonic()
         elapsed = self._last_plain - self.t0
         if self.n_total:
-            fmt = "{desc}: {n_fmt}/{total_fmt}{unit} ({percentage:.0f}%) [{elapsed} elapsed, {remaining} left, {rate_fmt}]"
+            fmt = "{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%) [{elapsed} elapsed, {remaining} left, {rate_fmt}]"
         else:
-            fmt = "{desc}: {n_fmt}{unit} [{elapsed} elapsed, {rate_fmt}]"
+            fmt = "{desc}: {n_fmt} {unit} [{elapsed} elapsed, {rate_fmt}]"
         line = tqdm.format_meter(
-            self.n, self.n_total, elapsed, prefix=self.label, unit=f" {self.unit}", bar_format=fmt
+            self.n, self.n_total, elapsed, prefix=self.label, unit=self.unit, bar_format=fmt
         )
         try:
             self.stream.write(f"{line}  {self.status}\n")
@@ -126,4 +131,10 @@ class Progress:
     def _beat(self) -> None:
         tick = 1.0 if self.tty else min(self.interval, 1.0)
         while not self._stop.wait(tick):
-            self._show(force=self.tty)
+            force = self.tty
+            if self.poll_total is not None and self.n_total is None:
+                self.n_total = self.poll_total()
+                force = force or self.n_total is not None
+            if self.poll_count is not None:
+                self.n = max(self.n, self.poll_count() or 0)
+            self._show(force=force)
