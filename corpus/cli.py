@@ -629,22 +629,25 @@ def cmd_sql(ctx: Ctx) -> int:
     a = ctx.args
     if not a.query.strip():
         raise UserError('empty SQL; give a query, e.g. midicorpus sql "SELECT count(*) FROM pieces"')
+    parser = duckdb.connect()  # the statements are checked before the lake is opened (or found missing)
+    try:
+        statements = parser.extract_statements(a.query)
+    except duckdb.Error as exc:
+        raise UserError(f"SQL error: {_one_line(str(exc))}") from None
+    finally:
+        parser.close()
+    if not statements:
+        raise UserError('empty SQL (only comments or semicolons); give a query, e.g. midicorpus sql "SELECT count(*) FROM pieces"')
+    for st in statements:
+        kind = str(st.type).rsplit(".", 1)[-1]
+        if kind not in READ_ONLY_STATEMENTS:
+            raise UserError(
+                f"sql is read-only: {_one_line(st.query)[:60]!r} is a {kind} statement; "
+                "use SELECT, WITH, SHOW, DESCRIBE, SUMMARIZE or EXPLAIN (the lake changes only through midicorpus commands)"
+            )
     ctx.existing_lake()
     con = ctx.lake.connect()
     try:
-        try:
-            statements = con.extract_statements(a.query)
-        except duckdb.Error as exc:
-            raise UserError(f"SQL error: {_one_line(str(exc))}") from None
-        if not statements:
-            raise UserError('empty SQL (only comments or semicolons); give a query, e.g. midicorpus sql "SELECT count(*) FROM pieces"')
-        for st in statements:
-            kind = str(st.type).rsplit(".", 1)[-1]
-            if kind not in READ_ONLY_STATEMENTS:
-                raise UserError(
-                    f"sql is read-only: {_one_line(st.query)[:60]!r} is a {kind} statement; "
-                    "use SELECT, WITH, SHOW, DESCRIBE, SUMMARIZE or EXPLAIN (the lake changes only through midicorpus commands)"
-                )
         try:
             rel = con.sql(a.query)
         except duckdb.Error as exc:
