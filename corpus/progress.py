@@ -1,8 +1,9 @@
 """Progress of long commands on stderr: a tqdm bar on a terminal, plain lines otherwise.
 
 On a terminal the bar shows done/total, the rate and the time left (tqdm); when stderr is a
-file or a pipe (``make demo > log``) a plain line is written at the start and then every
-``interval`` seconds, so a log shows the run is alive. A heartbeat thread keeps both going
+file or a pipe (``make demo > log``) a plain line is written one second in (``delay``: a
+command that fails at once prints only its one error line) and then every ``interval``
+seconds, so a log shows the run is alive. A heartbeat thread keeps both going
 while nothing is counted yet (workers starting, the first slow conversions).
 """
 
@@ -32,6 +33,7 @@ class Progress:
         enabled: bool = True,
         poll_total: Callable[[], int | None] | None = None,
         poll_count: Callable[[], int | None] | None = None,
+        delay: float = 1.0,
     ) -> None:
         self.label = label
         self.count = count
@@ -41,6 +43,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.interval = interval
         self.enabled = enabled
+        self.delay = delay
         self.poll_total = poll_total  # asked by the heartbeat too: a total known before anything is counted
         self.poll_count = poll_count  # and a count that moves before the summary does (a slow source's items)
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -61,8 +64,6 @@ class Progress:
                 desc=label, total=None, unit=unit, file=self.stream, dynamic_ncols=True, leave=False, mininterval=0.2
             )
             self._bar.set_postfix_str(self.status)
-        else:
-            self._plain()
         self._thread = threading.Thread(target=self._beat, name=f"progress {label}", daemon=True)
         self._thread.start()
 
@@ -107,8 +108,9 @@ class Progress:
                     self._bar.refresh()
                 else:
                     self._bar.update(0)  # redraws at most every mininterval
-            elif not self.tty and (force or time.monotonic() - self._last_plain >= self.interval):
-                self._plain()
+            elif not self.tty and time.monotonic() - self.t0 >= self.delay:
+                if force or time.monotonic() - self._last_plain >= self.interval:
+                    self._plain()
 
     def _plain(self) -> None:
         from tqdm import tqdm
@@ -129,7 +131,7 @@ class Progress:
             self._stop.set()
 
     def _beat(self) -> None:
-        tick = 1.0 if self.tty else min(self.interval, 1.0)
+        tick = 1.0 if self.tty else min(self.interval, self.delay or 1.0, 1.0)
         while not self._stop.wait(tick):
             force = self.tty
             if self.poll_total is not None and self.n_total is None:

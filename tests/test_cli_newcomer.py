@@ -148,7 +148,7 @@ def test_closed_pipe_ends_quietly(small_lake: Path) -> None:
 
 def test_closed_pipe_through_a_shell(small_lake: Path) -> None:
     r = subprocess.run(
-        ["bash", "-c", f"set -o pipefail; {sys.executable} -m corpus.cli --lake {small_lake} sql 'SELECT * FROM features' | head -2"],
+        ["bash", "-c", f"set -o pipefail; {sys.executable} -m corpus.cli --lake {small_lake} sql 'SELECT * FROM range(200000)' | head -2"],
         capture_output=True, text=True, env=ENV, timeout=120,
     )
     assert r.stderr == "" and len(r.stdout.splitlines()) == 2 and r.returncode == 141
@@ -229,7 +229,7 @@ def test_progress_lines_when_stderr_is_a_file(tmp_path: Path, data_dir: Path) ->
     lines = (tmp_path / "err.log").read_text().splitlines()
     assert p.returncode == 0, lines
     assert first_line_after is not None and first_line_after < 5.0  # the interpreter's start included
-    assert lines[0].startswith("ingest dir: 0 files [00:00 elapsed") and "\r" not in "".join(lines)
+    assert lines[0].startswith("ingest dir: ") and " elapsed" in lines[0] and "\r" not in "".join(lines)
     assert any(re.match(r"ingest dir: \d+/11 files \(\d+%\) \[", line) for line in lines), lines  # the total, once known
     assert "11 inputs = 11 ok" in out
 
@@ -246,7 +246,7 @@ def test_progress_plain_lines_come_periodically() -> None:
             return f"{self.inputs} inputs"
 
     buf = io.StringIO()
-    p = Progress("ingest x", total=lambda s: 300, stream=buf, interval=0.3)
+    p = Progress("ingest x", total=lambda s: 300, stream=buf, interval=0.3, delay=0.0)
     s = S()
     for i in range(12):
         s.inputs = i * 10
