@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test,train]'
 	touch $(STAMP)
+	@echo "installed: put midicorpus and duckdb on your PATH with  . $(VENV)/bin/activate  (or call $(BIN)/midicorpus)"
 
 demo: $(STAMP)
 	$(BIN)/midicorpus run
+	@echo "next: . $(VENV)/bin/activate, then the README's commands (midicorpus sql ..., midicorpus lake shell)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -16,46 +16,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from corpus.progress import Progress  # light: tqdm is imported when a bar starts
+
 
 class UserError(Exception):
     """Bad input from the user: printed as one line, exit status 2."""
 
 
 # ------------------------------------------------------------------ output helpers
-class Progress:
-    """A one-line progress display on stderr (only when it is a terminal)."""
-
-    def __init__(
-        self,
-        label: str,
-        enabled: bool | None = None,
-        count: Callable[[Any], int] = lambda s: int(s.inputs),
-        text: Callable[[Any], str] = lambda s: str(s.line()),
-    ) -> None:
-        self.label = label
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.count = count
-        self.text = text
-        self.t0 = time.perf_counter()
-        self.last = 0.0
-
-    def __call__(self, summary: Any) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if now - self.last < 0.2:
-            return
-        self.last = now
-        rate = self.count(summary) / max(now - self.t0, 1e-9)
-        sys.stderr.write(f"\r{self.label}: {self.text(summary)}  [{rate:,.0f} files/s]\x1b[K")
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-
-
 def _cell(v: Any) -> str:
     if v is None:
         return "NULL"
@@ -101,6 +69,19 @@ class Ctx:
 
         self.args = args
         self.lake = Lake(args.lake or os.environ.get("MIDICORPUS_LAKE") or "./lake", catalog=args.catalog)
+        if not self.lake.remote and self.lake.root.exists() and not self.lake.root.is_dir():
+            raise UserError(
+                f"--lake {self.lake.location!r} is a file, not a lake folder; give a folder (a new one is created by ingest)"
+            )
+
+    def existing_lake(self) -> Any:
+        """The lake, for commands that read it: one line and exit 2 when there is none."""
+        if not self.lake.exists():
+            raise UserError(
+                f"no lake at {self.lake.location}; create one with midicorpus ingest (dir|lakh|lpd|music21) ..., "
+                "or give --lake (env MIDICORPUS_LAKE) of an existing one"
+            )
+        return self.lake
 
     def engine(self) -> Any:
         from corpus.engine import Engine
@@ -114,11 +95,19 @@ class Ctx:
         cfg = IngestConfig(policy="strict" if getattr(a, "strict", False) else "lenient", timeout_s=a.timeout)
         if os.environ.get("MIDICORPUS_COMMIT_PIECES"):  # smaller transactions (fault tests)
             cfg.commit_pieces = int(os.environ["MIDICORPUS_COMMIT_PIECES"])
+        if os.environ.get("MIDICORPUS_COMMIT_SECONDS"):  # commits by time (kill tests)
+            cfg.commit_seconds = float(os.environ["MIDICORPUS_COMMIT_SECONDS"])
         return cfg
 
 
-def _print_ingest(summary: Any, label: str) -> None:
-    print(f"{label}: {summary.line()} in {summary.seconds:.1f} s")
+def _print_ingest(summary: Any, label: str, skipped: int = 0, what: str = "items") -> None:
+    if skipped and not summary.inputs:
+        print(f"{label}: all {skipped} {what} already in the lake; nothing to do ({summary.seconds:.1f} s)")
+        return
+    line = f"{label}: {summary.line()} in {summary.seconds:.1f} s"
+    if skipped:
+        line += f"; {skipped} more {what} already in the lake, not read again"
+    print(line)
     if summary.reasons:
         print(
             "  rejected by reason: "
@@ -129,22 +118,39 @@ def _print_ingest(summary: Any, label: str) -> None:
 def _run_ingest(ctx: Ctx, source_factory: Callable[[Any], Any], label: str) -> Any:
     from corpus.ingest import ingest
 
-    with ctx.lake.lock(f"ingest {label}"), ctx.engine() as engine:
-        source = source_factory(engine)
-        prog = Progress(f"ingest {label}")
-        summary = ingest(ctx.lake, source, engine, ctx.ingest_config(), progress=prog, command=f"ingest {label}")
+    prog = Progress(
+        f"ingest {label}",
+        total=lambda _s: getattr(source, "total", None),
+        poll_total=lambda: getattr(source, "total", None),
+        poll_count=lambda: getattr(source, "converted", None),
+    )
+    source: Any = None
+    try:
+        with ctx.lake.lock(f"ingest {label}"):
+            prog.phase("starting workers")
+            with ctx.engine() as engine:
+                source = source_factory(engine)
+                prog.unit = getattr(source, "unit", "files")
+                prog.phase("reading the source")
+                summary = ingest(
+                    ctx.lake, source, engine, ctx.ingest_config(), progress=prog, command=f"ingest {label}"
+                )
+                prog.done()
+    finally:
         prog.done()
-    _print_ingest(summary, f"ingest {label}")
+    _print_ingest(summary, f"ingest {label}", getattr(source, "skipped", 0), getattr(source, "unit", "items"))
     return summary
 
 
 # ------------------------------------------------------------------ commands
 def cmd_ingest_dir(ctx: Ctx) -> int:
+    from corpus.sources.files import MIDI_SUFFIXES
     from corpus.sources.folder import DirSource
 
     a = ctx.args
     _check_path(a.path)
     _check_name(a.source)
+    _check_not_empty(a.path, None, f"MIDI files ({'/'.join(MIDI_SUFFIXES)}, or archives of them)")
     _run_ingest(ctx, lambda _e: DirSource(a.path, name=a.source, license=a.license), a.source)
     return 0
 
@@ -155,6 +161,7 @@ def cmd_ingest_lakh(ctx: Ctx) -> int:
     _check_path(ctx.args.path)
     try:
         src = LakhSource(ctx.args.path)
+        src.check_layout()
     except LakhError as exc:
         raise UserError(str(exc)) from None
     _run_ingest(ctx, lambda _e: src, "lakh")
@@ -162,11 +169,24 @@ def cmd_ingest_lakh(ctx: Ctx) -> int:
 
 
 def cmd_ingest_lpd(ctx: Ctx) -> int:
-    from corpus.sources.lpd import LpdSource
+    from corpus.sources.lpd import LpdSource, is_npz_name
 
-    _check_path(ctx.args.path, lambda n: n.lower().endswith(".npz"))
+    _check_path(ctx.args.path, is_npz_name)
+    _check_not_empty(
+        ctx.args.path,
+        is_npz_name,
+        "Lakh Pianoroll Dataset .npz files (lpd / lpd_5 / lpd_17); for MIDI files use ingest lakh or ingest dir",
+    )
     _run_ingest(ctx, lambda e: LpdSource(ctx.args.path, engine=e), "lpd")
     return 0
+
+
+def _check_not_empty(path: str, want: Callable[[str], bool] | None, expected: str) -> None:
+    """One line naming what was expected, before the lake is touched, when the folder or archive holds none of it."""
+    from corpus.sources.files import first_entry, is_midi_name
+
+    if first_entry(path, want or is_midi_name) is None:
+        raise UserError(f"{path!r} holds no {expected}")
 
 
 def cmd_ingest_music21(ctx: Ctx) -> int:
@@ -187,6 +207,7 @@ def ingest_music21(ctx: Ctx, limit: int | None) -> Any:
 
 
 def cmd_curate(ctx: Ctx) -> int:
+    ctx.existing_lake()
     run_curate(ctx)
     return 0
 
@@ -200,18 +221,22 @@ def run_curate(ctx: Ctx) -> Any:
     st = getattr(a, "song_threshold", None)
     if st is not None and not 0.0 < st <= 1.0:
         raise UserError(f"--song-threshold must be a containment in (0, 1], got {st}")
-    prog = Progress("curate", count=lambda x: x.analysed + x.failed)
-    with ctx.lake.lock("curate"), ctx.engine() as engine:
-        s = curate(
-            ctx.lake,
-            engine,
-            progress=prog,
-            key_backend=getattr(a, "key_backend", "ours"),
-            extract_melodies=getattr(a, "extract_melodies", False),
-            min_melody_notes=getattr(a, "min_melody_notes", None),
-            **({"song_threshold": a.song_threshold} if getattr(a, "song_threshold", None) is not None else {}),
-        )
-    prog.done()
+    prog = Progress("curate", count=lambda x: x.analysed + x.failed, total=lambda x: x.to_analyse, unit="pieces")
+    prog.phase("starting workers")
+    try:
+        with ctx.lake.lock("curate"), ctx.engine() as engine:
+            prog.phase("finding pieces to analyse")
+            s = curate(
+                ctx.lake,
+                engine,
+                progress=prog,
+                key_backend=getattr(a, "key_backend", "ours"),
+                extract_melodies=getattr(a, "extract_melodies", False),
+                min_melody_notes=getattr(a, "min_melody_notes", None),
+                **({"song_threshold": a.song_threshold} if getattr(a, "song_threshold", None) is not None else {}),
+            )
+    finally:
+        prog.done()
     print(f"curate: {s.line()} in {s.seconds:.1f} s")
     return s
 
@@ -219,6 +244,8 @@ def run_curate(ctx: Ctx) -> Any:
 def cmd_similar(ctx: Ctx) -> int:
     from corpus.curate import load_neardup_index
     from corpus.curation.dedup import similar
+
+    ctx.existing_lake()
 
     a = ctx.args
     if a.k < 1:
@@ -292,6 +319,7 @@ def cmd_similar(ctx: Ctx) -> int:
 
 
 def cmd_tokenize(ctx: Ctx) -> int:
+    ctx.existing_lake()
     a = ctx.args
     schemes = [x.strip() for x in a.scheme.split(",") if x.strip()]
     if a.config:
@@ -316,21 +344,27 @@ def run_tokenize(
         "tokenize",
         count=lambda x: x.done,
         text=lambda x: f"{x.done} done ({x.schemes[-1].scheme if x.schemes else ''})",
+        total=lambda x: x.total,
+        unit="pieces",
     )
-    with ctx.lake.lock("tokenize"), ctx.engine() as engine:
-        try:
-            s = tokenize(
-                ctx.lake,
-                engine,
-                schemes,
-                transpose,
-                config,
-                DEFAULT_MIN_KEY_CONFIDENCE if min_conf is None else min_conf,
-                progress=prog,
-            )
-        except (TokenizeError, presets.PresetError) as exc:
-            raise UserError(str(exc)) from None
-    prog.done()
+    prog.phase("starting workers")
+    try:
+        with ctx.lake.lock("tokenize"), ctx.engine() as engine:
+            prog.phase("finding pieces to tokenize")
+            try:
+                s = tokenize(
+                    ctx.lake,
+                    engine,
+                    schemes,
+                    transpose,
+                    config,
+                    DEFAULT_MIN_KEY_CONFIDENCE if min_conf is None else min_conf,
+                    progress=prog,
+                )
+            except (TokenizeError, presets.PresetError) as exc:
+                raise UserError(str(exc)) from None
+    finally:
+        prog.done()
     for line in s.lines():
         print(f"tokenize {line}")
     print(f"tokenize: {s.seconds:.1f} s")
@@ -339,6 +373,8 @@ def run_tokenize(
 
 def cmd_tokenizer_train(ctx: Ctx) -> int:
     from corpus.tokenize.stage import TokenizeError, train_tokenizer
+
+    ctx.existing_lake()
 
     a = ctx.args
     t0 = time.perf_counter()
@@ -373,12 +409,17 @@ def cmd_crawl_mutopia(ctx: Ctx) -> int:
         opts["max_bytes"] = a.max_bytes
     if a.new:
         opts["mode"] = "new"
-    with ctx.lake.lock("crawl mutopia"), ctx.engine() as engine:
-        prog = Progress("crawl mutopia")
-        try:
-            summary, stats = mutopia.crawl(ctx.lake, engine, config=ctx.ingest_config(), progress=prog, **opts)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+    prog = Progress("crawl mutopia", unit="pieces")
+    prog.phase("starting workers")
+    try:
+        with ctx.lake.lock("crawl mutopia"), ctx.engine() as engine:
+            prog.phase("fetching")
+            try:
+                summary, stats = mutopia.crawl(ctx.lake, engine, config=ctx.ingest_config(), progress=prog, **opts)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+            prog.done()
+    finally:
         prog.done()
     _print_ingest(summary, "crawl mutopia")
     print(f"crawl mutopia: {stats.line()}")
@@ -393,6 +434,8 @@ def _snap_errors() -> tuple[type[Exception], ...]:
 
 def cmd_snapshot_create(ctx: Ctx) -> int:
     from corpus import snapshot
+
+    ctx.existing_lake()
 
     a = ctx.args
     try:
@@ -418,6 +461,8 @@ def cmd_snapshot_create(ctx: Ctx) -> int:
 def cmd_snapshot_list(ctx: Ctx) -> int:
     from corpus import snapshot
 
+    ctx.existing_lake()
+
     rows = snapshot.list_snapshots(ctx.lake)
     if not rows:
         print("no snapshots")
@@ -430,6 +475,8 @@ def cmd_snapshot_list(ctx: Ctx) -> int:
 def cmd_snapshot_show(ctx: Ctx) -> int:
     from corpus import snapshot
 
+    ctx.existing_lake()
+
     try:
         print(snapshot.show(ctx.lake, ctx.args.ref))
     except snapshot.SnapshotError as exc:
@@ -440,6 +487,8 @@ def cmd_snapshot_show(ctx: Ctx) -> int:
 def cmd_snapshot_diff(ctx: Ctx) -> int:
     from corpus import snapshot
 
+    ctx.existing_lake()
+
     try:
         print(snapshot.diff_text(snapshot.diff(ctx.lake, ctx.args.a, ctx.args.b)))
     except snapshot.SnapshotError as exc:
@@ -449,6 +498,8 @@ def cmd_snapshot_diff(ctx: Ctx) -> int:
 
 def cmd_snapshot_verify(ctx: Ctx) -> int:
     from corpus import snapshot
+
+    ctx.existing_lake()
 
     try:
         res = snapshot.verify(ctx.lake, ctx.args.ref)
@@ -461,6 +512,8 @@ def cmd_snapshot_verify(ctx: Ctx) -> int:
 def cmd_train(ctx: Ctx) -> int:
     from corpus import snapshot
 
+    ctx.existing_lake()
+
     a = ctx.args
     if a.steps < 1:
         raise UserError(f"--steps must be >= 1, got {a.steps}")
@@ -472,7 +525,7 @@ def cmd_train(ctx: Ctx) -> int:
         print(f"train: {path.parent.name}@{path.name} of {ctx.lake.location}, local copy in {path}")
     from train.loop import TrainConfig, TrainError, train
 
-    out = Path(a.out) if a.out else Path("runs") / f"{path.parent.name}-{path.name}"
+    out = Path(a.out) if a.out else local_home(ctx.lake) / "runs" / f"{path.parent.name}-{path.name}"
     cfg = TrainConfig(
         steps=a.steps,
         batch_size=a.batch_size,
@@ -484,10 +537,31 @@ def cmd_train(ctx: Ctx) -> int:
         m = train(path, out, cfg, device=a.device)
     except TrainError as exc:
         raise UserError(str(exc)) from None
-    keys = ("device", "steps", "train_loss_first", "train_loss_last", "valid_loss", "tokens_per_s", "data_wait_share")
-    print("train: " + ", ".join(f"{k} {m.get(k)}" for k in keys))
-    print(f"train: run in {out} (metrics.json, checkpoint, generated MIDI)")
+    if a.format == "json":
+        print(json.dumps({**m, "out": str(out)}, default=str))
+        return 0
+    print(train_line(m, out))
+    if m.get("steps_this_run"):
+        print(f"train: run in {out} (metrics.json, checkpoint.pt, generated.mid)")
     return 0
+
+
+def train_line(m: dict[str, Any], out: Path) -> str:
+    """The training result for people: rounded figures, or what was skipped and where it is."""
+
+    def r(x: Any, nd: int = 3) -> str:
+        return "-" if x is None else f"{x:.{nd}f}"
+
+    loss = f"loss {r(m.get('train_loss_first'))} -> {r(m.get('train_loss_last'))}, valid {r(m.get('valid_loss'))}"
+    if not m.get("steps_this_run"):
+        return f"train: skipped, the run at {out} already has {m['steps']} steps ({loss}); give --steps N for more or another --out"
+    wait = m.get("data_wait_share")
+    return (
+        f"train: {m['device']}, {m['steps_this_run']} steps"
+        + (f" (now {m['steps']} in all)" if m["steps"] != m["steps_this_run"] else "")
+        + f", {loss}, "
+        f"{m['tokens_per_s'] or 0:,.0f} tokens/s, data wait {0 if wait is None else wait * 100:.1f} %"
+    )
 
 
 def cmd_bench(ctx: Ctx) -> int:
@@ -519,8 +593,10 @@ def cmd_bench(ctx: Ctx) -> int:
 def cmd_report(ctx: Ctx) -> int:
     from reports import ReportError, write_report
 
+    ctx.existing_lake()
+
     try:
-        index = write_report(ctx.lake, ctx.args.out)
+        index = write_report(ctx.lake, ctx.args.out or local_home(ctx.lake) / "report")
     except ReportError as exc:
         raise UserError(str(exc)) from None
     print(f"report: {index}")
@@ -539,10 +615,47 @@ def cmd_serve(ctx: Ctx) -> int:
         raise UserError(str(exc)) from None
 
 
+USER_VIEWS = (
+    "pieces",
+    "rejects",
+    "tracks",
+    "features",
+    "song_groups",
+    "song_matches",
+    "track_signatures",
+    "tokens",
+    "tokenizers",
+    "snapshots",
+    "snapshot_pieces",
+)  # the views the README documents (schemas/views.sql)
+READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")  # SELECT covers WITH, FROM-first, VALUES, SHOW, DESCRIBE, SUMMARIZE
+
+
 def cmd_sql(ctx: Ctx) -> int:
     import duckdb
 
     a = ctx.args
+    if not a.query.strip():
+        raise UserError('empty SQL; give a query, e.g. midicorpus sql "SELECT count(*) FROM pieces"')
+    parser = duckdb.connect()  # the statements are checked before the lake is opened (or found missing)
+    try:
+        statements = parser.extract_statements(a.query)
+    except duckdb.Error as exc:
+        raise UserError(f"SQL error: {_one_line(str(exc))}") from None
+    finally:
+        parser.close()
+    if not statements:
+        raise UserError(
+            'empty SQL (only comments or semicolons); give a query, e.g. midicorpus sql "SELECT count(*) FROM pieces"'
+        )
+    for st in statements:
+        kind = str(st.type).rsplit(".", 1)[-1]
+        if kind not in READ_ONLY_STATEMENTS:
+            raise UserError(
+                f"sql is read-only: {_one_line(st.query)[:60]!r} is a {kind} statement; "
+                "use SELECT, WITH, SHOW, DESCRIBE, SUMMARIZE or EXPLAIN (the lake changes only through midicorpus commands)"
+            )
+    ctx.existing_lake()
     at = None
     if a.at is not None:
         if a.at.isdigit():
@@ -607,6 +720,28 @@ def cmd_lake_maintain(ctx: Ctx) -> int:
     return 0
 
 
+def cmd_lake_shell(ctx: Ctx) -> int:
+    """The DuckDB shell on the lake's views (or, with --print, the SQL that opens them anywhere)."""
+    import shutil
+    import subprocess
+
+    _need_lake(ctx)
+    init = ctx.lake.shell_sql()
+    if ctx.args.print:
+        print(init)
+        return 0
+    exe = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.which("duckdb")
+    if exe is None:
+        raise UserError("no DuckDB shell found: pip install duckdb-cli==1.5.5 (it comes with midicorpus)")
+    env = dict(os.environ)
+    if ctx.lake.remote:  # the S3 secret of this process, for the shell's session only
+        from corpus import objectstore
+
+        init = objectstore._s3_secret_sql() + ";\n" + init
+    extra = ["-c", ctx.args.command] if ctx.args.command else []
+    return subprocess.call([exe, "-cmd", init.replace("\n", " "), *extra], env=env)
+
+
 def cmd_lake_upgrade(ctx: Ctx) -> int:
     from corpus.lake_upgrade import _main_line, upgrade
 
@@ -656,11 +791,7 @@ def run_snapshot_and_train(ctx: Ctx) -> None:
     print(res.line())
     out = local_home(ctx.lake) / "runs" / f"default-{res.version}"
     m = train(res.path, out, TrainConfig(steps=ctx.args.train_steps, batch_size=8, seq_len=256), device="auto")
-    print(
-        f"train: {m['device']}, {m['steps']} steps, loss {m['train_loss_first']:.3f} -> {m['train_loss_last']:.3f}, "
-        f"valid {m['valid_loss'] if m['valid_loss'] is None else round(m['valid_loss'], 3)}, "
-        f"{m['tokens_per_s']:,.0f} tokens/s ({out})"
-    )
+    print(train_line(m, out) + ("" if not m.get("steps_this_run") else f" ({out})"))
 
 
 RUN_QUERIES = [
@@ -759,18 +890,28 @@ def build_parser() -> argparse.ArgumentParser:
     isub = ing.add_subparsers(dest="kind", metavar="SOURCE", parser_class=_Parser)
     isub.required = True
     strict_help = "reject files that violate the MIDI spec even when they parse (recorded as the policy)"
-    d = isub.add_parser("dir", help="any folder or archive (.zip, .tar, .tar.gz) of MIDI files")
-    d.add_argument("path")
+    dir_help = (
+        "any folder or archive of MIDI files (.mid/.midi/.kar/.rmi; archives .zip, .tar, .tar.gz/.tgz, "
+        ".tar.bz2/.tbz2, .tar.xz/.txz, also inside the folder)"
+    )
+    d = isub.add_parser("dir", help=dir_help, description=f"Ingest {dir_help}.")
+    d.add_argument("path", help="a folder, an archive or one MIDI file")
     d.add_argument("--source", default="dir", help="value of the source column (default 'dir')")
-    d.add_argument("--license", default=None, help="licence of these files (recorded per piece)")
+    d.add_argument(
+        "--license", default=None, help="licence of these files, recorded per piece (default: none recorded)"
+    )
     d.add_argument("--strict", action="store_true", help=strict_help)
     d.set_defaults(func=cmd_ingest_dir)
     lk = isub.add_parser("lakh", help="the Lakh MIDI Dataset (lmd_full / lmd_matched / lmd_aligned, folder or .tar.gz)")
-    lk.add_argument("path")
+    lk.add_argument(
+        "path", help="lmd_full / lmd_matched / lmd_aligned, a folder or .tar.gz (sidecar JSON files beside it are read)"
+    )
     lk.add_argument("--strict", action="store_true", help=strict_help)
     lk.set_defaults(func=cmd_ingest_lakh)
     lp = isub.add_parser("lpd", help="the Lakh Pianoroll Dataset (.npz files, folder or .tar.gz)")
-    lp.add_argument("path")
+    lp.add_argument(
+        "path", help="a folder or archive of LPD .npz files (lpd / lpd_5 / lpd_17; full / matched / cleansed)"
+    )
     lp.add_argument("--strict", action="store_true", help=strict_help)
     lp.set_defaults(func=cmd_ingest_lpd)
     m = isub.add_parser("music21", help="the public-domain corpus bundled with music21, converted to MIDI")
@@ -792,7 +933,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["ours", "music21"],
         default="ours",
         help="whole-piece key: ours (fast, agrees with music21) or music21's own analyze('key') (~2.5 s/file); "
-        "applies to pieces not yet curated",
+        "applies to pieces not yet curated (default ours)",
     )
     c.add_argument(
         "--song-threshold",
@@ -810,8 +951,15 @@ def build_parser() -> argparse.ArgumentParser:
         "mutopia", help="the Mutopia Project (robots.txt obeyed, one request at a time, conditional re-crawl)"
     )
     mu.add_argument("--base-url", default=None, help="site root (default the real Mutopia Project)")
-    mu.add_argument("--max-pieces", type=int, default=None, help="stop after this many pieces in this run")
-    mu.add_argument("--max-bytes", type=int, default=None, help="stop after fetching this many bytes in this run")
+    mu.add_argument(
+        "--max-pieces", type=int, default=None, help="stop after this many pieces in this run (default: no limit)"
+    )
+    mu.add_argument(
+        "--max-bytes",
+        type=int,
+        default=None,
+        help="stop after fetching this many bytes in this run (default: no limit)",
+    )
     mu.add_argument(
         "--delay",
         type=float,
@@ -833,45 +981,78 @@ def build_parser() -> argparse.ArgumentParser:
     snsub = sn.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     snsub.required = True
     sc = snsub.add_parser("create", help="build a snapshot (same lake + selection + seed = same version and bytes)")
-    sc.add_argument("name")
-    sc.add_argument("--scheme", required=True)
+    sc.add_argument("name", help="snapshot name (letters, digits, '_', '-', '.')")
+    sc.add_argument(
+        "--scheme",
+        required=True,
+        help='a tokenized scheme, e.g. remi (see: midicorpus sql "SELECT DISTINCT scheme FROM tokens")',
+    )
     sc.add_argument(
         "--where", default=None, help="SQL condition over features/pieces columns, e.g. \"texture = 'polyphonic'\""
     )
-    sc.add_argument("--transpose", default="none", help="none | normalize | augment:K (rows must have been tokenized)")
-    sc.add_argument("--split", default="0.9,0.05,0.05", help="train,valid,test fractions")
-    sc.add_argument("--seed", type=int, default=0)
-    sc.add_argument("--max-seq-len", type=int, default=None)
+    sc.add_argument(
+        "--transpose", default="none", help="none | normalize | augment:K (rows must have been tokenized; default none)"
+    )
+    sc.add_argument("--split", default="0.9,0.05,0.05", help="train,valid,test fractions (default 0.9,0.05,0.05)")
+    sc.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    sc.add_argument(
+        "--max-seq-len",
+        type=int,
+        default=None,
+        help="cut sequences into windows of at most this many tokens (default: whole pieces)",
+    )
     sc.add_argument("--tokenizer", default=None, help="tokenizer hash (default: the latest registered under --scheme)")
     sc.set_defaults(func=cmd_snapshot_create)
     sl = snsub.add_parser("list", help="every snapshot version")
     sl.set_defaults(func=cmd_snapshot_list)
     ss = snsub.add_parser("show", help="a snapshot's card")
-    ss.add_argument("ref", metavar="NAME[@VERSION]")
+    ss.add_argument(
+        "ref", metavar="NAME[@VERSION]", help="a snapshot name, with a version for one that is not the latest"
+    )
     ss.set_defaults(func=cmd_snapshot_show)
     sd = snsub.add_parser("diff", help="pieces and tokens added / removed between two versions")
-    sd.add_argument("a", metavar="NAME@VERSION")
-    sd.add_argument("b", metavar="NAME@VERSION")
+    sd.add_argument("a", metavar="NAME@VERSION", help="the older version")
+    sd.add_argument("b", metavar="NAME@VERSION", help="the newer version")
     sd.set_defaults(func=cmd_snapshot_diff)
     sv = snsub.add_parser("verify", help="re-hash every shard against the manifest")
-    sv.add_argument("ref", metavar="NAME[@VERSION]")
+    sv.add_argument(
+        "ref", metavar="NAME[@VERSION]", help="a snapshot name, with a version for one that is not the latest"
+    )
     sv.set_defaults(func=cmd_snapshot_verify)
 
     tr = sub.add_parser("train", help="train a small decoder-only transformer on a snapshot")
-    tr.add_argument("--snapshot", required=True, metavar="NAME[@VERSION]")
-    tr.add_argument("--steps", type=int, default=200)
-    tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    tr.add_argument("--out", default=None, help="run folder (default runs/<name>-<version>)")
-    tr.add_argument("--batch-size", type=int, default=8)
-    tr.add_argument("--seq-len", type=int, default=256)
-    tr.add_argument("--loader-workers", type=int, default=0)
+    tr.add_argument(
+        "--snapshot",
+        required=True,
+        metavar="NAME[@VERSION]",
+        help="the snapshot to train on (see: midicorpus snapshot list)",
+    )
+    tr.add_argument(
+        "--steps", type=int, default=200, help="optimizer steps in all; a run with a checkpoint resumes (default 200)"
+    )
+    tr.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present (default auto)"
+    )
+    tr.add_argument(
+        "--out",
+        default=None,
+        help="run folder (default LAKE/runs/<name>-<version>; ./runs/... for an object-store lake)",
+    )
+    tr.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
+    tr.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
+    tr.add_argument("--loader-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     tr.add_argument("--no-compile", action="store_true", help="skip torch.compile on CUDA")
+    tr.add_argument(
+        "--format", choices=["text", "json"], default="text", help="json: the metrics as one JSON object (default text)"
+    )
     tr.set_defaults(func=cmd_train)
 
     b = sub.add_parser("bench", help="the performance benchmark: prints a table, writes JSON")
     b.add_argument("--files", default=None, help="folder of MIDI files (default ../shared/data)")
-    b.add_argument("--out", default=None, help="JSON output file")
-    b.add_argument("--key-files", type=int, default=40, help="files for the music21 comparison (slow: ~2.5 s each)")
+    b.add_argument("--out", default=None, help="JSON output file (default: the table only)")
+    b.add_argument(
+        "--key-files", type=int, default=40, help="files for the music21 comparison (slow: ~2.5 s each; default 40)"
+    )
     b.add_argument("--scale", action="store_true", help="also the synthetic 2k/5k/20k scale run (long)")
     b.set_defaults(func=cmd_bench)
 
@@ -892,9 +1073,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--transpose",
         default="none",
-        help="none | normalize (to C major / A minor) | augment:K (the +-1..K semitone copies too)",
+        help="none | normalize (to C major / A minor) | augment:K (the +-1..K semitone copies too; default none)",
     )
-    t.add_argument("--config", default=None, help="a miditok tokenizer.json to register under --scheme NAME")
+    t.add_argument(
+        "--config", default=None, help="a miditok tokenizer.json to register under --scheme NAME (default: the preset)"
+    )
     t.add_argument(
         "--min-key-confidence",
         type=float,
@@ -909,15 +1092,23 @@ def build_parser() -> argparse.ArgumentParser:
     tt = tksub.add_parser(
         "train", help="train a subword vocabulary (BPE/Unigram) on the corpus; registers '<scheme>-<model><N>'"
     )
-    tt.add_argument("--scheme", required=True)
-    tt.add_argument("--vocab-size", type=int, required=True)
-    tt.add_argument("--model", choices=["bpe", "unigram", "wordpiece"], default="bpe")
-    tt.add_argument("--where", default=None, help="SQL condition over features selecting the training pieces")
+    tt.add_argument("--scheme", required=True, help="the base scheme, e.g. remi")
+    tt.add_argument("--vocab-size", type=int, required=True, help="size of the trained vocabulary")
+    tt.add_argument("--model", choices=["bpe", "unigram", "wordpiece"], default="bpe", help="(default bpe)")
+    tt.add_argument(
+        "--where", default=None, help="SQL condition over features selecting the training pieces (default: all)"
+    )
     tt.set_defaults(func=cmd_tokenizer_train)
 
-    s = sub.add_parser("sql", help="run SQL over the lake's DuckDB views")
-    s.add_argument("query")
-    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    s = sub.add_parser(
+        "sql",
+        help="run read-only SQL over the lake's DuckDB views",
+        description="Read-only SQL (SELECT, WITH, SHOW, DESCRIBE, SUMMARIZE, EXPLAIN) over the lake's views: "
+        + ", ".join(USER_VIEWS)
+        + '. Columns: midicorpus sql "DESCRIBE features". Views ending in _t or _latest are internal building blocks.',
+    )
+    s.add_argument("query", help='e.g. "SELECT source, status, count(*) FROM pieces GROUP BY ALL"')
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table", help="(default table)")
     s.add_argument(
         "--at",
         default=None,
@@ -937,11 +1128,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lmm.add_argument("--keep-days", type=float, default=7.0, help="keep every version younger than this (default 7)")
     lmm.set_defaults(func=cmd_lake_maintain)
+    lsh = lmsub.add_parser(
+        "shell",
+        help="the DuckDB shell on the lake's views (read-only); --print: the SQL that opens them in any DuckDB",
+    )
+    lsh.add_argument("--print", action="store_true", help="print the statements instead of starting the shell")
+    lsh.add_argument("-c", "--command", default=None, help="run this SQL in the shell and exit (duckdb -c)")
+    lsh.set_defaults(func=cmd_lake_shell)
     lmu = lmsub.add_parser("upgrade", help="move a lake of the layout before DuckLake (tables/ + _log/) into DuckLake")
     lmu.set_defaults(func=cmd_lake_upgrade)
 
     rp = sub.add_parser("report", help="static HTML corpus report with plots (every figure with its SQL)")
-    rp.add_argument("--out", default="report", help="folder for index.html (default ./report)")
+    rp.add_argument(
+        "--out", default=None, help="folder for index.html (default LAKE/report; ./report for an object-store lake)"
+    )
     rp.set_defaults(func=cmd_report)
 
     sv = sub.add_parser(
@@ -966,6 +1166,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _closed_pipe() -> int:
+    """Quiet end on a closed stdout, with the status a shell reports for SIGPIPE (128 + 13)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    except (OSError, ValueError):
+        pass
+    return 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -974,23 +1184,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(Ctx(args)) or 0)
+    except BrokenPipeError:  # `midicorpus sql ... | head`: the reader has what it wanted
+        return _closed_pipe()
     except (UserError, LakeError, EngineError) as exc:
         print(f"midicorpus: error: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"midicorpus: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        if "interrupted" not in str(exc).lower():  # DuckDB turns Ctrl-C during a query into this
+            return _internal_error(exc)
+        print("midicorpus: interrupted; committed work is kept, run the command again to finish", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("midicorpus: interrupted; committed work is kept, run the command again to finish", file=sys.stderr)
         return 130
     except Exception as exc:
         if os.environ.get("MIDICORPUS_DEBUG"):
             raise
-        print(
-            f"midicorpus: internal error: {type(exc).__name__}: {_one_line(str(exc))} (set MIDICORPUS_DEBUG=1 for the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+        return _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> int:
+    if os.environ.get("MIDICORPUS_DEBUG"):
+        raise exc
+    print(
+        f"midicorpus: internal error: {type(exc).__name__}: {_one_line(str(exc))} (set MIDICORPUS_DEBUG=1 for the traceback)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ class CurateSummary:
     signed: int = 0  # pieces curated before song-v1 given their track signatures in this run
     dedup_rows_changed: int = 0  # dedup rows replaced in this run (a piece whose cluster changed, or new)
     decision_current: bool = False  # nothing new: clusters and song groups are those of the last run
+    to_analyse: int = 0  # pieces to analyse in this run (a progress total)
 
     def line(self) -> str:
         if self.decision_current:
@@ -310,6 +311,9 @@ def _analyse_pending(
         ]
     finally:
         con.close()
+    s.to_analyse += len(todo)
+    if progress:
+        progress(s)
 
     rows: list[dict[str, Any]] = []
     tracks: list[dict[str, Any]] = []

@@ -1,10 +1,14 @@
 """The ingest step: store bytes once, record provenance, parse new bytes in the engine.
 
-Every input ends as exactly one of: ok, rejected, duplicate (bytes already in the lake or
-earlier in this run, recorded as another provenance of the same piece), or unchanged (this
-very item, same source, uri and bytes, was ingested before: nothing is written). Rows are
-committed in transactions of a few hundred pieces, so a killed run loses at most the
-uncommitted part, and running it again does exactly that part.
+Every input ends as exactly one of: ok, rejected (including bytes already rejected before,
+seen again under another name: still rejected, with the same reason), duplicate (bytes of an
+ok piece already in the lake or earlier in this run, recorded as another provenance of the
+same piece; ``pieces.is_duplicate`` marks every such later provenance, ok or rejected), or
+unchanged (this very item, same source, uri and bytes, was ingested before: nothing is
+written). Rows are committed every ``commit_pieces`` pieces or every ``commit_seconds``
+seconds, whichever comes first, so a killed run loses at most about that much work (a slow
+source such as the music21 conversion commits by time), and running it again does exactly
+the missing part.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ class IngestConfig:
     memory_mb: int = DEFAULT_MEMORY_MB
     batch_files: int = 16  # files per Dask task
     batch_bytes: int = 4 << 20  # or this many bytes per task
+    batch_seconds: float = 5.0  # or what a slow source gave in this long (music21 converts ~1 work/s)
     commit_pieces: int = 1000  # pieces per transaction
+    commit_seconds: float = 30.0  # or a transaction this often, so a kill loses at most this much work
     parser_target: str = "corpus.parse:analyse"
 
 
@@ -81,6 +87,15 @@ class _Writer:
         self.summary = summary
         self.rows: dict[str, list[dict[str, Any]]] = {"pieces": [], "rejects": [], "tracks": [], "piece_facts": []}
         self.pieces_since_commit = 0
+        self.last_commit = time.monotonic()
+
+    def due(self, cfg: IngestConfig) -> bool:
+        """Time for a transaction: enough pieces, or pieces waiting longer than ``commit_seconds``."""
+        if not self.pieces_since_commit:
+            return False
+        return (
+            self.pieces_since_commit >= cfg.commit_pieces or time.monotonic() - self.last_commit >= cfg.commit_seconds
+        )
 
     def add(self, table: str, row: dict[str, Any]) -> None:
         self.rows[table].append(row)
@@ -106,6 +121,7 @@ class _Writer:
         self.summary.commits += 1
         self.rows = {k: [] for k in self.rows}
         self.pieces_since_commit = 0
+        self.last_commit = time.monotonic()
 
 
 def known_state(lake: Lake) -> tuple[set[tuple[str, str, str]], dict[str, tuple[str, str | None]]]:
@@ -166,7 +182,7 @@ def ingest(
 
     def count(st: str, reason: str | None, dup: bool) -> None:
         summary.inputs += 1
-        if dup:
+        if dup and st == "ok":
             summary.duplicate += 1
         elif st == "ok":
             summary.ok += 1
@@ -206,6 +222,7 @@ def ingest(
     def batches() -> Iterator[list[tuple[str, bytes]]]:
         batch: list[tuple[str, bytes]] = []
         size = 0
+        started = time.monotonic()
         for item in items:
             key_uri = (item.source, item.uri)
             if item.data is None:
@@ -247,12 +264,18 @@ def ingest(
             else:
                 lake.put_raw(item.data, sha)
                 waiting[sha] = [item]
+                if not batch:
+                    started = time.monotonic()
                 batch.append((sha, item.data))
                 size += len(item.data)
-                if len(batch) >= cfg.batch_files or size >= cfg.batch_bytes:
+                if (
+                    len(batch) >= cfg.batch_files
+                    or size >= cfg.batch_bytes
+                    or time.monotonic() - started >= cfg.batch_seconds
+                ):
                     yield batch
                     batch, size = [], 0
-            if writer.pieces_since_commit >= cfg.commit_pieces:
+            if writer.due(cfg):
                 writer.commit()
         if batch:
             yield batch
@@ -262,7 +285,7 @@ def ingest(
     ):
         for sha, outcome in results:
             finish(sha, outcome)
-        if writer.pieces_since_commit >= cfg.commit_pieces:
+        if writer.due(cfg):
             writer.commit()
         if progress:
             progress(summary)

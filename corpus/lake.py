@@ -237,7 +237,10 @@ class Lake:
                 if self.fs.exists(self._key("_lake.json")):
                     return True
             return self._old_layout()
-        return self.catalog_path.is_file() or self._old_layout()
+        # a catalog, an old layout, or a lake created (raw store and staging folder) but not yet written
+        return (
+            self.catalog_path.is_file() or self._old_layout() or (self.raw_dir.is_dir() and self.staging_dir.is_dir())
+        )
 
     def _check_layout(self) -> None:
         if not self._upgrading and self._old_layout():
@@ -763,6 +766,29 @@ class Lake:
             return con.sql(sql, params=params).to_arrow_table() if params else con.sql(sql).to_arrow_table()
         finally:
             con.close()
+
+    def shell_sql(self) -> str:
+        """The statements that open this lake's views in any DuckDB 1.5.5 (the DuckDB shell, a
+        notebook): the extensions from their pip packages, the catalog read-only as ``lake``."""
+        import duckdb
+
+        self._check_layout()
+        if not self._catalog_exists():
+            raise LakeError(f"no lake at {self.location!r}; create one with midicorpus ingest ...")
+        version = duckdb.__version__.split("-")[0]
+        catalog = self.catalog
+        names = ["ducklake", "postgres_scanner" if catalog.startswith("postgres") else "sqlite_scanner"]
+        if self.remote:
+            names.append("httpfs")
+        loads = []
+        for n in names:
+            f = _extension_file(n, version)
+            loads.append(f"LOAD {_q(f)};" if f else f"INSTALL {n}; LOAD {n};")
+        attach = (
+            f"ATTACH {_q('ducklake:' + ducklake_catalog(catalog))} AS lake "
+            f"(READ_ONLY, DATA_PATH {_q(self.data_path)}, OVERRIDE_DATA_PATH true);"
+        )
+        return "\n".join([*loads, attach, "USE lake;"])
 
     # ---------------------------------------------------------------- maintenance
     def maintain(self, *, keep_days: float = 7.0, keep_versions: Sequence[int] = ()) -> dict[str, int]:

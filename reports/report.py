@@ -237,7 +237,7 @@ figures: list[Figure] = [
     Figure(
         "sources",
         "Pieces and hours per source and licence",
-        "Every source item: new pieces that parsed, rejected ones, and items whose bytes were already in "
+        "Every source item: new pieces that parsed, rejected ones (bytes seen before included), and items whose bytes were an ok piece already in "
         "the lake. Hours count each parsed piece once, under the source that brought it in.",
         _draw_sources,
         "ingest a source: midicorpus ingest dir PATH",

@@ -1,6 +1,7 @@
 -- Source items per source and licence: new pieces that parsed
--- (ok), that were rejected, and items whose bytes were already
--- in the lake (duplicate); hours of music in the new pieces.
+-- (ok), items whose bytes were rejected (the first time or seen
+-- again), and items whose bytes were an ok piece already in the
+-- lake (duplicate); hours of music in the new pieces.
 WITH p AS (
     SELECT
         source,
@@ -14,9 +15,8 @@ SELECT
     p.source,
     p.license,
     count(*) FILTER (WHERE status = 'ok' AND NOT dup) AS ok,
-    count(*) FILTER (WHERE status = 'rejected' AND NOT dup)
-        AS rejected,
-    count(*) FILTER (WHERE dup) AS duplicate,
+    count(*) FILTER (WHERE status = 'rejected') AS rejected,
+    count(*) FILTER (WHERE status = 'ok' AND dup) AS duplicate,
     coalesce(sum(f.duration_s) FILTER (WHERE NOT dup), 0) / 3600
         AS hours
 FROM p

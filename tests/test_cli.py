@@ -41,6 +41,9 @@ def cli(*args: str, lake: Path) -> subprocess.CompletedProcess[str]:
     ids=lambda v: v[1] if isinstance(v, tuple) and len(v) > 1 and isinstance(v[0], str) else None,
 )
 def test_bad_input_is_one_line(args: tuple[str, ...], needle: str, tmp_path: Path) -> None:
+    from corpus.lake import Lake
+
+    Lake(tmp_path / "lake").create()  # an empty lake: the views exist, the input is what is wrong
     r = cli(*args, lake=tmp_path / "lake")
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr
@@ -77,16 +80,19 @@ def test_sql_formats(tmp_path: Path, data_dir: Path) -> None:
         "Apache-2.0",
         "ok",
     ]
-    # the catalog file works from a plain DuckDB connection
-    import duckdb
-
-    con = duckdb.connect(str(lake / "catalog.duckdb"), read_only=True)
-    assert con.execute("SELECT count(*) FROM features").fetchone() == (11,)
+    # the DuckDB shell on the same views
+    r = cli("lake", "shell", "-c", "SELECT count(*) AS n FROM features", lake=lake)
+    assert r.returncode == 0 and "│ 11 │" in r.stdout.replace("  ", " ").replace("  ", " "), r.stdout + r.stderr
 
 
 def test_sql_on_an_empty_lake_sees_empty_views(tmp_path: Path) -> None:
-    r = cli("sql", "SELECT count(*) AS n FROM pieces", "--format", "json", lake=tmp_path / "nothing")
+    from corpus.lake import Lake
+
+    Lake(tmp_path / "empty").create()
+    r = cli("sql", "SELECT count(*) AS n FROM pieces", "--format", "json", lake=tmp_path / "empty")
     assert r.returncode == 0 and json.loads(r.stdout) == [{"n": 0}]
+    r = cli("sql", "SELECT count(*) AS n FROM pieces", "--format", "json", lake=tmp_path / "nothing")  # a typo'd --lake
+    assert r.returncode == 2 and r.stderr.startswith(f"midicorpus: error: no lake at {tmp_path / 'nothing'}; ")
 
 
 def test_locked_lake_is_a_clear_message(tmp_path: Path, data_dir: Path) -> None:

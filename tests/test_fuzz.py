@@ -271,10 +271,14 @@ def test_ingest_survives_mutants(fuzz_fixtures: tuple, tmp_path: Path) -> None:
         (rows,) = con.execute("SELECT count(*) FROM pieces").fetchone()
         bad = con.execute("SELECT DISTINCT reason FROM rejects").fetchall()
         (nrej,) = con.execute("SELECT count(*) FROM rejects").fetchone()
+        (first_rej,) = con.execute(
+            "SELECT count(*) FROM pieces WHERE status = 'rejected' AND NOT is_duplicate"
+        ).fetchone()
+        (all_rej,) = con.execute("SELECT count(*) FROM pieces WHERE status = 'rejected'").fetchone()
     finally:
         con.close()
     assert rows == s.inputs
-    assert nrej == s.rejected
+    assert nrej == first_rej and all_rej == s.rejected  # a mutant equal to a rejected one is rejected, not a duplicate
     assert {r for (r,) in bad} <= set(REASONS)
 
 

@@ -56,8 +56,8 @@ def test_every_input_accounted_for(ingested: tuple[Lake, object], data_dir: Path
     con = lake.connect()
     (rows,) = con.execute("SELECT count(*) FROM pieces").fetchone()
     (ok,) = con.execute("SELECT count(*) FROM pieces WHERE status = 'ok' AND NOT is_duplicate").fetchone()
-    (rej,) = con.execute("SELECT count(*) FROM pieces WHERE status = 'rejected' AND NOT is_duplicate").fetchone()
-    (dup,) = con.execute("SELECT count(*) FROM pieces WHERE is_duplicate").fetchone()
+    (rej,) = con.execute("SELECT count(*) FROM pieces WHERE status = 'rejected'").fetchone()
+    (dup,) = con.execute("SELECT count(*) FROM pieces WHERE status = 'ok' AND is_duplicate").fetchone()
     assert (rows, ok, rej, dup) == (s.inputs, s.ok, s.rejected, s.duplicate)
     # one reject row per rejected piece, one facts row per ok piece
     (nrej,) = con.execute("SELECT count(*) FROM rejects").fetchone()
@@ -129,6 +129,46 @@ def test_lakh_columns_and_cross_source_duplicates(
         .fetchall()
     )
     assert len(rows) == 11 and all(r[0] == r[1] and r[2] == "lmd_full" for r in rows)
+
+
+def test_rejected_bytes_seen_again_count_as_rejected_not_duplicate(tmp_path: Path, data_dir: Path) -> None:
+    """A copy of bytes the lake already rejected is a rejected input (same reason), not a duplicate."""
+    bad = data_dir / "corrupt" / "jazz-soft-test-midi-files__test-not-a-midi-file.mid"
+    good = data_dir / "midi" / "magenta" / "english1.mid"
+    for folder in ("first", "second"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(bad, tmp_path / folder / f"{folder}-bad.mid")
+        shutil.copy(good, tmp_path / folder / f"{folder}-good.mid")
+    lake = Lake(tmp_path / "lake")
+    first = run_ingest(lake, DirSource(tmp_path / "first", name="a"), workers=1)
+    assert (first.inputs, first.ok, first.rejected, first.duplicate) == (2, 1, 1, 0)
+    again = run_ingest(lake, DirSource(tmp_path / "second", name="b"), workers=1)
+    assert (again.inputs, again.ok, again.rejected, again.duplicate) == (2, 0, 1, 1)
+    assert again.reasons == first.reasons and again.line() == "2 inputs = 0 ok + 1 rejected + 1 duplicate"
+    rows = lake.connect().execute("SELECT source, status, is_duplicate FROM pieces ORDER BY source, status").fetchall()
+    assert rows == [("a", "ok", False), ("a", "rejected", False), ("b", "ok", True), ("b", "rejected", True)]
+
+
+def test_commits_by_time_as_well_as_by_count(tmp_path: Path, data_dir: Path) -> None:
+    """A slow source commits every commit_seconds even far below commit_pieces."""
+    import time
+
+    from corpus.sources.base import SourceItem
+
+    files = sorted((data_dir / "midi" / "magenta").glob("*.mid"))[:4]
+
+    def slow():
+        for p in files:
+            time.sleep(0.6)
+            yield SourceItem("slow", p.name, p.read_bytes(), p.name)
+
+    lake = Lake(tmp_path / "lake")
+    s = run_ingest(lake, slow(), workers=0, batch_files=1, commit_seconds=0.5)
+    assert s.ok == 4 and s.commits >= 3  # by count alone (1000) it would be one commit at the end
+    by_count = run_ingest(
+        Lake(tmp_path / "other"), iter([SourceItem("x", p.name, p.read_bytes(), p.name) for p in files]), workers=0
+    )
+    assert by_count.commits == 1
 
 
 def test_lakh_matched_tree_with_sidecars(tmp_path: Path, data_dir: Path) -> None:

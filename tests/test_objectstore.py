@@ -321,8 +321,8 @@ def test_missing_bucket_and_unreachable_store_are_one_line(s3_env: dict[str, str
     )
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert r.stderr.startswith(
-        "midicorpus: error: object store 's3://bucket/lake' failed while reading _lake.json: EndpointConnectionError"
-    )
+        "midicorpus: error: object store 's3://bucket/lake' failed while looking for the lake: EndpointConnectionError"
+    )  # sql first asks whether the lake is there
 
 
 def test_local_only_commands_say_so(s3_lake_url: str) -> None:

@@ -236,7 +236,7 @@ def test_train_from_an_s3_snapshot(lakes, capsys, tmp_path, monkeypatch) -> None
         str(run),
     )
     assert rc == 0, err
-    assert f"local copy in {tmp_path / 'cache' / 'snapshots' / 'mt'}" in out and "train: device cpu, steps 3" in out
+    assert f"local copy in {tmp_path / 'cache' / 'snapshots' / 'mt'}" in out and "train: cpu, 3 steps, loss " in out
     metrics = json.loads((run / "metrics.json").read_text())
     latest = str(S.resolve(Lake(lakes.url), "mt")).rsplit("/", 1)[1]
     assert metrics["snapshot"] == f"mt@{latest}" and metrics["steps"] == 3 and metrics["valid_loss"] is not None

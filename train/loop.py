@@ -95,10 +95,11 @@ def train(
     """
     cfg = cfg or TrainConfig()
     snapshot_dir, out = local_dir(snapshot_dir), Path(out_dir)  # an object-store URL: a local copy
-    out.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
     cuda = dev.type == "cuda"
     manifest = json.loads((snapshot_dir / "manifest.json").read_text())
+    check_files(snapshot_dir, manifest)
+    out.mkdir(parents=True, exist_ok=True)
     if manifest["tokenizer"]["is_multi_vocab"]:
         pass  # the model sums per-vocabulary embeddings and has one head per vocabulary
     torch.manual_seed(cfg.seed)
@@ -209,6 +210,21 @@ def train(
     metrics.update(generate_midi(model, snapshot_dir, out, cfg, dev))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return metrics
+
+
+def check_files(snapshot_dir: Path, manifest: dict[str, Any]) -> None:
+    """Before any work: every file the manifest lists is there with its size (the cheap half of
+    ``snapshot verify``), so a damaged snapshot fails up front, not after a checkpoint."""
+    ref = f"{manifest['name']}@{manifest['version']}"
+    for rel, meta in sorted(manifest.get("files", {}).items()):
+        p = snapshot_dir / rel
+        if not p.is_file():
+            raise TrainError(f"snapshot {ref} is missing {rel}; check it with: midicorpus snapshot verify {ref}")
+        if "bytes" in meta and p.stat().st_size != meta["bytes"]:
+            raise TrainError(
+                f"snapshot {ref}: {rel} has {p.stat().st_size} bytes, the manifest says {meta['bytes']}; "
+                f"check it with: midicorpus snapshot verify {ref}"
+            )
 
 
 @torch.no_grad()

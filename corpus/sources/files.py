@@ -110,6 +110,27 @@ def check_root(root: str | os.PathLike[str], want: Callable[[str], bool] = is_mi
     return path
 
 
+def first_entry(root: str | os.PathLike[str], want: Callable[[str], bool] = is_midi_name) -> Entry | None:
+    """The first wanted file under ``root`` (read), or None when there is none: a cheap check
+    that a folder or archive is what a source expects, before anything is written."""
+    return next(iter(walk(root, want, Limits())), None)
+
+
+def count_files(root: str | os.PathLike[str], want: Callable[[str], bool] = is_midi_name) -> int | None:
+    """How many wanted files a folder holds (names only, nothing read), for a progress total;
+    None for an archive or a folder with archives in it (their members are known only by reading)."""
+    path = Path(root)
+    if not path.is_dir():
+        return None if archive_kind(path.name) else 1
+    n = 0
+    for _dirpath, _dirnames, filenames in os.walk(path, followlinks=False):
+        for fname in filenames:
+            if archive_kind(fname):
+                return None
+            n += want(fname)
+    return n
+
+
 def _read_file(path: Path, rel: str, limits: Limits) -> Entry:
     try:
         size = path.stat().st_size

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 
 from corpus.sources.base import SourceItem
-from corpus.sources.files import Limits, walk
+from corpus.sources.files import Limits, count_files, walk
 
 
 class DirSource:
@@ -19,8 +19,11 @@ class DirSource:
         self.name = name
         self.license = license
         self.limits = limits
+        self.total: int | None = None  # files to read, known once iteration starts (a progress total)
+        self.unit = "files"
 
     def __iter__(self) -> Iterator[SourceItem]:
+        self.total = count_files(self.path)
         for entry in walk(self.path, limits=self.limits):
             yield SourceItem(
                 source=self.name,

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from corpus.sources.base import SourceItem
-from corpus.sources.files import Limits, walk
+from corpus.sources.files import Limits, count_files, first_entry, walk
 
 LICENSE = "CC-BY-4.0"
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
@@ -42,6 +42,8 @@ class LakhSource:
     def __init__(self, path: str | os.PathLike[str], limits: Limits = Limits()) -> None:
         self.path = Path(path)
         self.limits = limits
+        self.total: int | None = None  # a progress total, known once iteration starts
+        self.unit = "files"
         if not self.path.exists():
             raise FileNotFoundError(f"no such file or folder: {str(path)!r}")
         self.match_scores: dict[str, dict[str, float]] = {}  # md5 -> {msd_id: score}
@@ -55,7 +57,26 @@ class LakhSource:
             if mp.is_file() and not self.md5_paths:
                 self.md5_paths = {k: list(v) for k, v in _load_json(mp).items()}
 
+    def check_layout(self) -> None:
+        """LakhError unless the folder or archive looks like the LMD: its first MIDI file sits under
+        ``lmd_full`` / ``lmd_matched`` / ``lmd_aligned`` or is named by its MD5."""
+        entry = first_entry(self.path)
+        if entry is None:
+            raise LakhError(
+                f"{str(self.path)!r} holds no MIDI files; expected the Lakh MIDI Dataset (lmd_full / lmd_matched / lmd_aligned)"
+            )
+        inner = PurePosixPath(entry.relpath.replace("!", "/"))
+        if any(p.startswith(("lmd_full", "lmd_matched", "lmd_aligned")) for p in (self.path.name, *inner.parts)):
+            return
+        if _MD5.match(inner.stem.lower()):
+            return
+        raise LakhError(
+            f"{str(self.path)!r} does not look like the Lakh MIDI Dataset: expected lmd_full / lmd_matched / lmd_aligned "
+            f"with files named by their MD5 (first file found: {entry.relpath!r}); for any other MIDI folder use: midicorpus ingest dir PATH"
+        )
+
     def __iter__(self) -> Iterator[SourceItem]:
+        self.total = count_files(self.path)
         for entry in walk(self.path, limits=self.limits):
             inner = entry.relpath.rsplit("!", 1)[-1]
             parts = PurePosixPath(inner).parts

@@ -49,7 +49,7 @@ import numpy as np
 
 from corpus.reasons import REASONS
 from corpus.sources.base import SourceItem
-from corpus.sources.files import Limits, archive_kind, walk
+from corpus.sources.files import Limits, archive_kind, count_files, walk
 
 if TYPE_CHECKING:
     from symusic.core import ScoreTick
@@ -357,6 +357,10 @@ def parse_lpd_path(relpath: str) -> dict[str, str | None]:
     return {"lpd_variant": variant, "lpd_subset": subset, "msd_id": msd_id, "lmd_md5": lmd_md5}
 
 
+def is_npz_name(name: str) -> bool:
+    return name.lower().endswith(".npz")
+
+
 class LpdSource:
     """Every ``.npz`` under an LPD folder or archive, as MIDI with its LPD lineage.
 
@@ -374,9 +378,12 @@ class LpdSource:
         self.limits = limits
         self.engine = engine  # with an engine, the conversion runs in its workers
         self.batch = batch
+        self.total: int | None = None  # a progress total, known once iteration starts
+        self.unit = "files"
 
     def _entries(self) -> Iterator[tuple[dict[str, Any], dict[str, Any], bytes | None, tuple[str, str] | None]]:
-        for entry in walk(self.path, want=lambda n: n.lower().endswith(".npz"), limits=self.limits):
+        self.total = count_files(self.path, is_npz_name)
+        for entry in walk(self.path, want=is_npz_name, limits=self.limits):
             where = parse_lpd_path(entry.relpath)
             meta: dict[str, Any] = {
                 "lmd_md5": where["lmd_md5"],

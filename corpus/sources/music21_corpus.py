@@ -68,12 +68,19 @@ class Music21Source:
         self.limit = limit
         self.skip = skip or set()
         self.batch = batch
+        self.total: int | None = None  # works to convert, known once iteration starts (a progress total)
+        self.skipped = 0  # works of the selection already in the lake: not converted again
+        self.unit = "works"
+        self.converted = 0  # works converted so far in this run (progress moves while the parse waits)
 
     def __iter__(self) -> Iterator[SourceItem]:
-        todo = [p for p in corpus_paths(self.limit) if p not in self.skip]
+        paths = corpus_paths(self.limit)
+        todo = [p for p in paths if p not in self.skip]
+        self.total, self.skipped = len(todo), len(paths) - len(todo)
         batches = [todo[i : i + self.batch] for i in range(0, len(todo), self.batch)]
         for _, results in self.engine.map_unordered(convert, batches):
             for rel, data, error in results:
+                self.converted += 1
                 meta: dict[str, Any] = {"music21_collection": rel.split("/", 1)[0]}
                 if data is None:
                     yield SourceItem(

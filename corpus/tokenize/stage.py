@@ -47,6 +47,7 @@ class SchemeSummary:
     rejected: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     skipped_existing: int = 0
+    todo: int = 0  # pieces x transpositions to tokenize in this run (a progress total)
 
 
 @dataclass
@@ -57,6 +58,10 @@ class TokenizeSummary:
     @property
     def done(self) -> int:
         return sum(s.pieces + s.rejected for s in self.schemes)
+
+    @property
+    def total(self) -> int:
+        return sum(s.todo for s in self.schemes)
 
     def lines(self) -> list[str]:
         out = []
@@ -479,6 +484,9 @@ def tokenize(
             ss.reasons[r["reason"]] = ss.reasons.get(r["reason"], 0) + 1
 
         pids = sorted(todo)
+        ss.todo = len(pids) + len(pre_rejects)
+        if progress:
+            progress(summary)
 
         def fetch(chunk: list[str], todo: dict[str, Any] = todo) -> list[tuple[str, bytes, Any]]:
             return [(pid, raw, todo[pid]) for pid, raw in zip(chunk, lake.get_raws(chunk))]
