@@ -271,7 +271,7 @@ def test_similar_shows_both_levels_and_the_matched_tracks(song_lake: Lake) -> No
     )
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    assert f"song group " in out and f"({len(peers) + 1} pieces)" in out and "dedup cluster " in out
+    assert "song group " in out and f"({len(peers) + 1} pieces)" in out and "dedup cluster " in out
     evidence = out.split("song evidence (verified track matches, rule song-v1):")[1].split("song group members")[0]
     shown = {line.split()[1] for line in evidence.strip().splitlines()[2:]}
     assert shown and shown <= peers
