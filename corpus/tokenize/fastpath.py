@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     import miditok
     import symusic
 
-Scheme = Literal["remi", "tsd", "remi_multitrack", "tsd_multitrack"]
+Scheme = Literal["remi", "tsd", "midilike", "remi_multitrack", "tsd_multitrack", "midilike_multitrack"]
+Kind = Literal["remi", "tsd", "midilike"]
 
 # Multitrack preset of the pipeline: one stream with Program tokens, tempos and
 # time signatures (all other options at miditok defaults).
@@ -80,7 +81,7 @@ class _Fallback(Exception):  # noqa: N818 - control flow signal, not an error
     """Internal: this score must be encoded by miditok itself."""
 
 
-def _scheme_kind(tokenizer: miditok.MusicTokenizer) -> Literal["remi", "tsd"] | None:
+def _scheme_kind(tokenizer: miditok.MusicTokenizer) -> Kind | None:
     import miditok
 
     # Exact types only: a subclass may override any of the replicated methods.
@@ -88,6 +89,8 @@ def _scheme_kind(tokenizer: miditok.MusicTokenizer) -> Literal["remi", "tsd"] | 
         return "remi"
     if type(tokenizer) is miditok.TSD:
         return "tsd"
+    if type(tokenizer) is miditok.MIDILike:
+        return "midilike"
     return None
 
 
@@ -102,7 +105,7 @@ def supports(tokenizer: miditok.MusicTokenizer) -> bool:
     kind = _scheme_kind(tokenizer)
     if kind is None or tokenizer.is_trained or tokenizer.is_multi_voc:
         return False
-    if getattr(tokenizer, "_note_on_off", False):
+    if getattr(tokenizer, "_note_on_off", False) != (kind == "midilike"):
         return False
     config = tokenizer.config
     if any(getattr(config, flag, False) for flag in _UNSUPPORTED_FLAGS):
@@ -171,6 +174,11 @@ class FastTokenizer:
 
         self._pitch_ids = _id_table(vocab, "Pitch", range(128))
         self._pitchdrum_ids = _id_table(vocab, "PitchDrum", range(128))
+        if self.kind == "midilike":  # NoteOn / DrumOn at onsets, NoteOff / DrumOff at ends
+            self._pitch_ids = _id_table(vocab, "NoteOn", range(128))
+            self._pitchdrum_ids = _id_table(vocab, "DrumOn", range(128))
+            self._off_ids = _id_table(vocab, "NoteOff", range(128))
+            self._drumoff_ids = _id_table(vocab, "DrumOff", range(128))
         self._velocity_ids = _id_table(vocab, "Velocity", range(128))
         self._program_ids = _id_table(vocab, "Program", range(-1, 128))  # index p + 1
         positions = [int(tok.split("_")[1]) for tok in vocab if tok.startswith("Position_")]
@@ -287,6 +295,8 @@ class FastTokenizer:
             velocities = np.concatenate([a["velocity"] for a in arrays]).astype(np.int64)
             ids[2] = _lookup(self._velocity_ids, velocities)
             masks[2][:] = True
+        if self.kind == "midilike":
+            return self._on_off_units(arrays, onsets, pitches, track_of, drum_pitch, with_duration, ids, masks)
         if with_duration.any():
             # Same sections as miditok's _score_to_tokens, where durations become tokens.
             if self._use_ts and len(score.time_signatures) > 0:
@@ -309,6 +319,40 @@ class FastTokenizer:
             ids[3] = np.where(inside, self._duration_ids[row * inside, durations * inside], -1)
             masks[3] = mask
         return onsets, track_of, ids, masks
+
+    def _on_off_units(self, arrays, onsets, pitches, track_of, drum_pitch, with_duration, ids, masks):
+        """MIDILike: each note gives an onset unit (Program, NoteOn, Velocity) and, when
+        its program has durations, an offset unit at its end (Program, NoteOff).
+
+        miditok appends them in this order note after note, then stable-sorts the
+        track's (or the stream's) events by time, so the units are interleaved
+        onset, offset, onset... in note order before the same stable sort.
+        """
+        n = len(onsets)
+        ends = onsets + np.concatenate([a["duration"] for a in arrays]).astype(np.int64)
+        off_ids = np.where(drum_pitch[track_of], _lookup(self._drumoff_ids, pitches), _lookup(self._off_ids, pitches))
+        keep = np.ones(2 * n, dtype=bool)
+        keep[1::2] = with_duration[track_of]
+
+        def interleave(on: np.ndarray, off: np.ndarray) -> np.ndarray:
+            both = np.empty(2 * n, dtype=on.dtype)
+            both[0::2], both[1::2] = on, off
+            return both[keep]
+
+        false = np.zeros(n, dtype=bool)
+        unit_ids = [
+            interleave(ids[0], ids[0]),
+            interleave(ids[1], off_ids),
+            interleave(ids[2], np.zeros(n, dtype=np.int64)),
+            interleave(ids[3], np.zeros(n, dtype=np.int64)),
+        ]
+        unit_masks = [
+            interleave(masks[0], masks[0]),
+            interleave(masks[1], masks[1]),
+            interleave(masks[2], false),
+            interleave(masks[3], false),
+        ]
+        return interleave(onsets, ends), interleave(track_of, track_of), unit_ids, unit_masks
 
     def _encode_preprocessed(self, score: Any) -> list[int] | list[list[int]]:
         g_time, g_ids, g_is_ts, ts_list = self._global_events(score)
@@ -353,7 +397,7 @@ class FastTokenizer:
 
         if self.kind == "remi":
             lead_count, lead_fill = self._remi_time_tokens(t, sid, is_ts, stream_first, state, ts_list, tpq)
-        else:
+        else:  # TSD and MIDILike insert the same TimeShift tokens
             lead_count, lead_fill = self._tsd_time_tokens(t, sid, is_ts, stream_first, state, ts_list, tpq)
 
         counts = lead_count + sum(m.astype(np.int64) for m in masks)
@@ -563,10 +607,10 @@ def make_tokenizer(scheme: Scheme) -> miditok.MusicTokenizer:
     """The miditok tokenizer of a named scheme (defaults, or the multitrack preset)."""
     import miditok
 
-    classes = {"remi": miditok.REMI, "tsd": miditok.TSD}
+    classes = {"remi": miditok.REMI, "tsd": miditok.TSD, "midilike": miditok.MIDILike}
     base, _, variant = scheme.partition("_")
     if base not in classes or variant not in ("", "multitrack"):
-        msg = f"unknown scheme {scheme!r}; expected one of remi, tsd, remi_multitrack, tsd_multitrack"
+        msg = f"unknown scheme {scheme!r}; expected one of remi, tsd, midilike, remi_multitrack, tsd_multitrack, midilike_multitrack"
         raise ValueError(msg)
     config = miditok.TokenizerConfig(**MULTITRACK_PRESET) if variant else miditok.TokenizerConfig()
     return classes[base](config)

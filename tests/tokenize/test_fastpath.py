@@ -1,4 +1,4 @@
-"""The REMI / TSD fast path gives exactly miditok's ids, on every real file."""
+"""The REMI / TSD / MIDILike fast path gives exactly miditok's ids, on every real file."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from corpus.tokenize import fastpath  # noqa: E402 - after the importorskip guar
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SOURCES = ("midi", "lakh", "lakh_derived", "mutopia/ftp")
-SCHEMES = ("remi", "tsd", "remi_multitrack", "tsd_multitrack")
+SCHEMES = ("remi", "tsd", "midilike", "remi_multitrack", "tsd_multitrack", "midilike_multitrack")
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_identical_ids_on_synthetic_scores(scheme):
 
 
 @pytest.mark.parametrize("config_name", sorted(EXTRA_CONFIGS))
-@pytest.mark.parametrize("tokenizer_class", ["REMI", "TSD"])
+@pytest.mark.parametrize("tokenizer_class", ["REMI", "TSD", "MIDILike"])
 def test_identical_ids_for_other_supported_configs(tokenizer_class, config_name, real_scores):
     tokenizer = getattr(miditok, tokenizer_class)(miditok.TokenizerConfig(**EXTRA_CONFIGS[config_name]))
     assert fastpath.supports(tokenizer)
@@ -189,7 +189,8 @@ UNSUPPORTED = {
     "max_bar_embedding": lambda: miditok.REMI(miditok.TokenizerConfig(max_bar_embedding=300)),
     "trailing_bars": lambda: miditok.REMI(miditok.TokenizerConfig(add_trailing_bars=True)),
     "bpe_trained": _trained_remi,
-    "midilike": lambda: miditok.MIDILike(),
+    "structured": lambda: miditok.Structured(),
+    "midilike_rests": lambda: miditok.MIDILike(miditok.TokenizerConfig(use_rests=True)),
     "remi_subclass": lambda: _CustomREMI(),
 }
 
