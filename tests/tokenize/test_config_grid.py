@@ -46,7 +46,8 @@ EXTRA = {
     "no-velocities": {"use_velocities": False},
     "durations-some-programs": {"use_note_duration_programs": list(range(0, 64))},
     # options the fast path does not produce tokens for: miditok must be used
-    "rests": {"use_rests": True},
+    # (rests at most 4 per beat: miditok wants them no finer than the coarsest beat_res here)
+    "rests": {"use_rests": True, "beat_res_rest": {(0, 1): 4, (1, 2): 2, (2, 12): 1}},
     "sustain-pedals": {"use_sustain_pedals": True},
     "pitch-bends": {"use_pitch_bends": True},
     "chords": {"use_chords": True},
