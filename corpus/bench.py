@@ -211,7 +211,10 @@ def bench_key(paths: Sequence[Path], n: int = 40) -> dict[str, Any]:
     }
 
 
-def bench_fastpath(paths: Sequence[Path], schemes: Sequence[str] = ("remi", "tsd")) -> dict[str, Any]:
+FASTPATH_SCHEMES = ("remi", "tsd", "midilike", "remi_multitrack", "tsd_multitrack", "midilike_multitrack")
+
+
+def bench_fastpath(paths: Sequence[Path], schemes: Sequence[str] = FASTPATH_SCHEMES) -> dict[str, Any]:
     from corpus.tokenize.fastpath import bench
 
     per = {s: bench(paths, s) for s in schemes}
@@ -221,6 +224,15 @@ def bench_fastpath(paths: Sequence[Path], schemes: Sequence[str] = ("remi", "tsd
         "speedup_vs_miditok": round(mt / fa, 2) if fa else None,
         "identical_ids": all(r["identical_fraction"] == 1.0 for r in per.values()),
         "schemes": per,
+        "per_scheme": {
+            s: {
+                "fastpath_speedup_vs_miditok": round(r["speedup"], 2),
+                "fastpath_identical_ids": r["identical_fraction"] == 1.0,
+                "miditok_ms_per_file": round(r["miditok_ms_per_file"], 3),
+                "fast_ms_per_file": round(r["fast_ms_per_file"], 3),
+            }
+            for s, r in per.items()
+        },
     }
 
 
@@ -440,7 +452,7 @@ def run_bench(
     *,
     key_files: int = 40,
     repeat: int = 3,
-    fastpath_schemes: Sequence[str] = ("remi", "tsd"),
+    fastpath_schemes: Sequence[str] = FASTPATH_SCHEMES,
     tokenize_scheme: str = "remi",
     echo: Echo = print,
 ) -> dict[str, Any]:
@@ -512,6 +524,7 @@ def run_bench(
         "tokenize_fastpath_scaling_2_workers": tok["fastpath_scaling_2_workers"] if tok else None,
         "fastpath_speedup_vs_miditok": fast["speedup_vs_miditok"],
         "fastpath_identical_ids": fast["identical_ids"],
+        "fastpath_per_scheme": fast["per_scheme"],
         "loader_tokens_per_s": loader["tokens_per_s"] if loader else None,
         "peak_rss_mb_per_worker": _peak_rss(pipe, tok),
         "lakh_projection_hours": None,
@@ -584,6 +597,11 @@ def format_table(r: dict[str, Any]) -> str:
          f"x{_f(r['key_speedup_vs_music21'])} faster, agree {_f(r['key_agreement_music21'], '.3f')}"),
         ("tokenize fastpath vs miditok", st["fastpath"]["schemes"][next(iter(st["fastpath"]["schemes"]))]["files"], "-", "-",
          f"x{_f(r['fastpath_speedup_vs_miditok'])} faster, identical {_f(r['fastpath_identical_ids'])}"),
+        *[
+            (f"  fastpath {name}", st["fastpath"]["schemes"][name]["files"], "-", _f(v["fast_ms_per_file"], ".3f"),
+             f"x{_f(v['fastpath_speedup_vs_miditok'])} miditok ({_f(v['miditok_ms_per_file'], '.3f')} ms), identical {v['fastpath_identical_ids']}")
+            for name, v in st["fastpath"].get("per_scheme", {}).items()
+        ],
         (f"ingest ({pipe['workers']} workers)", pipe["ingest"]["inputs"], _f(pipe["ingest"]["files_per_s"]), "-",
          f"{pipe['ingest']['seconds']} s + cluster start {pipe['cluster_start_s']} s"),
         (f"curate ({pipe['workers']} workers)", pipe["curate"]["analysed"], _f(pipe["curate"]["files_per_s"]), "-",
