@@ -41,9 +41,13 @@ grid of them on every real file). Rests, chords, sustain pedals, pitch bends, co
 changes, key signatures, pitch intervals and program changes: ``supports`` says False and
 the stage runs miditok, so the ids are miditok's by construction.
 
+Structured has its own walk (``_encode_structured``): no global tokens, a TimeShift before
+every note (the closest shift value, ``TimeShift_0.0.1`` for none), measured per track
+from the previous onset, or in one stream before each Program token after a stable sort.
+Options it switches off itself (tempos, rests, pedals...) cannot change its ids.
+
 Schemes not on the fast path yet, and what they get (miditok's own encoder, so the same
-ids at miditok's speed): Structured (its Pitch/Velocity/Duration/TimeShift quadruples are
-TSD-like and the most likely next one), CPWord, Octuple and MuMIDI (multi-vocabulary:
+ids at miditok's speed): CPWord, Octuple and MuMIDI (multi-vocabulary:
 each token is a list of sub-ids built from bar/position state; a port needs its own
 array layout), MMM (track blocks of a base tokenizer, wrappable around this one), PerTok
 (microtiming: closest-value searches on every event), and trained (BPE/Unigram)
@@ -69,8 +73,11 @@ if TYPE_CHECKING:
     import miditok
     import symusic
 
-Scheme = Literal["remi", "tsd", "midilike", "remi_multitrack", "tsd_multitrack", "midilike_multitrack"]
-Kind = Literal["remi", "tsd", "midilike"]
+Scheme = Literal[
+    "remi", "tsd", "midilike", "structured",
+    "remi_multitrack", "tsd_multitrack", "midilike_multitrack", "structured_multitrack",
+]
+Kind = Literal["remi", "tsd", "midilike", "structured"]
 
 # Multitrack preset of the pipeline: one stream with Program tokens, tempos and
 # time signatures (all other options at miditok defaults).
@@ -114,13 +121,15 @@ def _scheme_kind(tokenizer: miditok.MusicTokenizer) -> Kind | None:
         return "tsd"
     if type(tokenizer) is miditok.MIDILike:
         return "midilike"
+    if type(tokenizer) is miditok.Structured:
+        return "structured"
     return None
 
 
 def supports(tokenizer: miditok.MusicTokenizer) -> bool:
     """Whether ``FastTokenizer(tokenizer)`` reproduces ``tokenizer.encode`` exactly.
 
-    True for untrained ``miditok.REMI`` / ``miditok.TSD`` / ``miditok.MIDILike`` whose config only uses
+    True for untrained ``miditok.REMI`` / ``TSD`` / ``MIDILike`` / ``Structured`` whose config only uses
     pitch, velocity, duration, time signature, tempo and program tokens (single
     stream or one stream per track, without ``program_changes``). The caller should
     use miditok itself otherwise.
@@ -220,6 +229,7 @@ class FastTokenizer:
             for ticks, value in ticks_to_value.items():
                 self._duration_ids[row, ticks] = vocab.get(f"Duration_{value}", -1)
         self._shift_tables: dict[int, tuple[int, int, int, np.ndarray, np.ndarray]] = {}
+        self._structured_shifts: dict[int, dict[int, int]] = {}  # tpb -> shift ticks -> id
 
     # ------------------------------------------------------------------ public API
 
@@ -236,6 +246,8 @@ class FastTokenizer:
                 return self._miditok_ids(score)
         score = self.tokenizer.preprocess_score(score)
         try:
+            if self.kind == "structured":
+                return self._encode_structured(score)
             return self._encode_preprocessed(score)
         except _Fallback:
             return self._miditok_ids(score, preprocessed=True)
@@ -342,6 +354,68 @@ class FastTokenizer:
             ids[3] = np.where(inside, self._duration_ids[row * inside, durations * inside], -1)
             masks[3] = mask
         return onsets, track_of, ids, masks
+
+    def _structured_shift_ids(self, shifts: np.ndarray, tpb: int) -> np.ndarray:
+        """Structured's TimeShift ids: the closest shift value (miditok's ``np_get_closest``,
+        elementwise, so the same on an array), ``TimeShift_0.0.1`` for no shift."""
+        from miditok.utils.utils import np_get_closest
+
+        tok = self.tokenizer
+        if tpb not in tok._tpb_to_time_array or tpb not in tok._tpb_ticks_to_tokens:
+            raise _Fallback  # miditok raises KeyError
+        ticks = np_get_closest(tok._tpb_to_time_array[tpb], shifts.astype(np.int64)).astype(np.int64)
+        to_value = tok._tpb_ticks_to_tokens[tpb]
+        cache = self._structured_shifts.setdefault(tpb, {})
+        out = np.empty(len(shifts), dtype=np.int64)
+        for value in np.unique(ticks).tolist():
+            if value not in cache:
+                cache[value] = self._vocab.get(f"TimeShift_{to_value[value]}", -1) if value in to_value else -1
+            out[ticks == value] = cache[value]
+        out[shifts == 0] = self._vocab.get("TimeShift_0.0.1", -1)
+        return out
+
+    def _encode_structured(self, score: Any) -> list[int] | list[list[int]]:
+        """Structured: per note TimeShift, [Program], Pitch, [Velocity], [Duration].
+
+        One sequence per track: the shift is from the previous note's onset in the track
+        (0 for the first), at the tokenizer's time division. One stream: all notes
+        stable-sorted by onset (in track order), the shift taken before each Program token
+        from the previous one, at the score's ticks per quarter. No global tokens.
+        """
+        tok = self.tokenizer
+        onsets, track_of, ids, masks = self._note_events(score)
+        n_tracks = len(score.tracks)
+        if self._one_stream:
+            if n_tracks > 1:
+                order = np.argsort(onsets, kind="stable")
+                onsets, track_of = onsets[order], track_of[order]
+                ids, masks = [c[order] for c in ids], [m[order] for m in masks]
+            prev = np.concatenate(([0], onsets[:-1])) if len(onsets) else onsets
+            shift_ids = self._structured_shift_ids(onsets - prev, int(score.ticks_per_quarter))
+        else:
+            first = np.ones(len(onsets), dtype=bool)
+            first[1:] = track_of[1:] != track_of[:-1]
+            prev = np.concatenate(([0], onsets[:-1])) if len(onsets) else onsets
+            prev[first] = 0
+            shift_ids = self._structured_shift_ids(onsets - prev, int(tok.time_division))
+        columns = [shift_ids, *ids]
+        col_masks = [np.ones(len(onsets), dtype=bool), *masks]
+        counts = sum(m.astype(np.int64) for m in col_masks)
+        offsets = np.cumsum(counts) - counts
+        out = np.empty(int(counts.sum()) if len(onsets) else 0, dtype=np.int64)
+        cursor = offsets.copy()
+        for col, mask in zip(columns, col_masks, strict=True):
+            out[cursor[mask]] = col[mask]
+            cursor += mask
+        if (out < 0).any():
+            raise _Fallback  # a token outside the vocabulary: miditok raises KeyError
+        flat = out.tolist()
+        if self._one_stream:
+            return flat
+        if n_tracks == 0:
+            return [[]]
+        ends = np.cumsum(np.bincount(track_of, weights=counts, minlength=n_tracks).astype(np.int64)).tolist()
+        return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
     def _on_off_units(self, arrays, onsets, pitches, track_of, drum_pitch, with_duration, ids, masks):
         """MIDILike: each note gives an onset unit (Program, NoteOn, Velocity) and, when
@@ -630,10 +704,13 @@ def make_tokenizer(scheme: Scheme) -> miditok.MusicTokenizer:
     """The miditok tokenizer of a named scheme (defaults, or the multitrack preset)."""
     import miditok
 
-    classes = {"remi": miditok.REMI, "tsd": miditok.TSD, "midilike": miditok.MIDILike}
+    classes = {"remi": miditok.REMI, "tsd": miditok.TSD, "midilike": miditok.MIDILike, "structured": miditok.Structured}
     base, _, variant = scheme.partition("_")
     if base not in classes or variant not in ("", "multitrack"):
-        msg = f"unknown scheme {scheme!r}; expected one of remi, tsd, midilike, remi_multitrack, tsd_multitrack, midilike_multitrack"
+        msg = (
+            f"unknown scheme {scheme!r}; expected one of remi, tsd, midilike, structured "
+            "(each also with _multitrack)"
+        )
         raise ValueError(msg)
     config = miditok.TokenizerConfig(**MULTITRACK_PRESET) if variant else miditok.TokenizerConfig()
     return classes[base](config)
