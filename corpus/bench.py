@@ -211,7 +211,9 @@ def bench_key(paths: Sequence[Path], n: int = 40) -> dict[str, Any]:
     }
 
 
-FASTPATH_SCHEMES = ("remi", "tsd", "midilike", "remi_multitrack", "tsd_multitrack", "midilike_multitrack")
+FASTPATH_SCHEMES = (
+    "remi", "tsd", "midilike", "structured", "remi_multitrack", "tsd_multitrack", "midilike_multitrack", "structured_multitrack",
+)
 
 
 def bench_fastpath(paths: Sequence[Path], schemes: Sequence[str] = FASTPATH_SCHEMES) -> dict[str, Any]:
