@@ -238,6 +238,48 @@ def bench_fastpath(paths: Sequence[Path], schemes: Sequence[str] = FASTPATH_SCHE
     }
 
 
+def bench_bpe(paths: Sequence[Path], n: int = 60, vocab_extra: int = 500) -> dict[str, Any]:
+    """Subword (BPE) encode of base tokens: one call per piece vs one batched call.
+
+    A REMI tokenizer trained on ``n`` files (up to ``n``) of ``paths``; the base tokens of
+    every file are made first (not timed), then encoded piece by piece with miditok's
+    ``encode_token_ids`` and in one batch (what the stage does per batch). Tokens/s count
+    base tokens in.
+    """
+    import warnings as _w
+
+    import miditok
+    import symusic
+
+    files = list(paths[:n])
+    tok = miditok.REMI()
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")
+        tok.train(vocab_size=len(tok.vocab) + vocab_extra, model="BPE", files_paths=files)
+        seqs = []
+        for p in files:
+            res = tok.encode(symusic.Score(str(p)), encode_ids=False)
+            seqs.extend(res if isinstance(res, list) else [res])
+    base_tokens = sum(len(s.ids) for s in seqs)
+    t0 = time.perf_counter()
+    one = [tok.encode_token_ids(s) or list(s.ids) for s in seqs]
+    t_one = time.perf_counter() - t0
+    for s in seqs:
+        s.are_ids_encoded = False
+        s.ids = [tok.vocab[t] for t in s.tokens]
+    t0 = time.perf_counter()
+    tok.encode_token_ids(seqs)
+    t_batch = time.perf_counter() - t0
+    return {
+        "files": len(files),
+        "base_tokens": base_tokens,
+        "per_piece_tokens_per_s": _rate(base_tokens, t_one),
+        "batched_tokens_per_s": _rate(base_tokens, t_batch),
+        "batched_speedup": round(t_one / t_batch, 2) if t_batch else None,
+        "identical_ids": one == [list(s.ids) for s in seqs],
+    }
+
+
 def bench_queries(lake: Any, repeat: int = 3) -> dict[str, Any]:
     t0 = time.perf_counter()
     con = lake.connect()
@@ -492,6 +534,9 @@ def run_bench(
     echo("tokenizer fast path vs miditok...")
     fast = bench_fastpath(ok_paths, fastpath_schemes)
 
+    echo("BPE encode, per piece vs batched...")
+    bpe = bench_bpe(ok_paths)
+
     tmp = None
     if lake_dir is None:
         tmp = Path(tempfile.mkdtemp(prefix="midicorpus-bench-"))
@@ -527,6 +572,7 @@ def run_bench(
         "fastpath_speedup_vs_miditok": fast["speedup_vs_miditok"],
         "fastpath_identical_ids": fast["identical_ids"],
         "fastpath_per_scheme": fast["per_scheme"],
+        "bpe_batched_tokens_per_s": bpe["batched_tokens_per_s"],
         "loader_tokens_per_s": loader["tokens_per_s"] if loader else None,
         "peak_rss_mb_per_worker": _peak_rss(pipe, tok),
         "lakh_projection_hours": None,
@@ -536,6 +582,7 @@ def run_bench(
             "curate_piece": {k: v for k, v in cur.items() if k != "per_file_s"},
             "key": key,
             "fastpath": fast,
+            "bpe": bpe,
             "pipeline": pipe,
             "tokenize": tok,
             "duckdb": queries,
@@ -616,6 +663,9 @@ def format_table(r: dict[str, Any]) -> str:
          _f((runs.get("1-fast") or {}).get("files_per_s")), "-", "the default"),
         ("tokenize stage, fast path (2 workers)", (runs.get("2-fast") or {}).get("pieces", "-"),
          _f((runs.get("2-fast") or {}).get("files_per_s")), "-", f"scaling x{_f(r['tokenize_fastpath_scaling_2_workers'], '.2f')}"),
+        ("BPE encode (REMI + 500 merges, 1 core)", st["bpe"]["files"], "-", "-",
+         f"{_f(st['bpe']['batched_tokens_per_s'], '.0f')} base tokens/s batched, "
+         f"{_f(st['bpe']['per_piece_tokens_per_s'], '.0f')} per piece, identical {st['bpe']['identical_ids']}"),
         ("snapshot loader", "-", "-", "-", f"{_f(r['loader_tokens_per_s'], '.0f')} tokens/s"),
     ]
     for name, q in st["duckdb"].items():
