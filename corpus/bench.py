@@ -219,7 +219,19 @@ def bench_key(paths: Sequence[Path], n: int = 40) -> dict[str, Any]:
     }
 
 
-def bench_fastpath(paths: Sequence[Path], schemes: Sequence[str] = ("remi", "tsd")) -> dict[str, Any]:
+FASTPATH_SCHEMES = (
+    "remi",
+    "tsd",
+    "midilike",
+    "structured",
+    "remi_multitrack",
+    "tsd_multitrack",
+    "midilike_multitrack",
+    "structured_multitrack",
+)
+
+
+def bench_fastpath(paths: Sequence[Path], schemes: Sequence[str] = FASTPATH_SCHEMES) -> dict[str, Any]:
     from corpus.tokenize.fastpath import bench
 
     per = {s: bench(paths, s) for s in schemes}
@@ -229,6 +241,57 @@ def bench_fastpath(paths: Sequence[Path], schemes: Sequence[str] = ("remi", "tsd
         "speedup_vs_miditok": round(mt / fa, 2) if fa else None,
         "identical_ids": all(r["identical_fraction"] == 1.0 for r in per.values()),
         "schemes": per,
+        "per_scheme": {
+            s: {
+                "fastpath_speedup_vs_miditok": round(r["speedup"], 2),
+                "fastpath_identical_ids": r["identical_fraction"] == 1.0,
+                "miditok_ms_per_file": round(r["miditok_ms_per_file"], 3),
+                "fast_ms_per_file": round(r["fast_ms_per_file"], 3),
+            }
+            for s, r in per.items()
+        },
+    }
+
+
+def bench_bpe(paths: Sequence[Path], n: int = 60, vocab_extra: int = 500) -> dict[str, Any]:
+    """Subword (BPE) encode of base tokens: one call per piece vs one batched call.
+
+    A REMI tokenizer trained on ``n`` files (up to ``n``) of ``paths``; the base tokens of
+    every file are made first (not timed), then encoded piece by piece with miditok's
+    ``encode_token_ids`` and in one batch (what the stage does per batch). Tokens/s count
+    base tokens in.
+    """
+    import warnings as _w
+
+    import miditok
+    import symusic
+
+    files = list(paths[:n])
+    tok = miditok.REMI()
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")
+        tok.train(vocab_size=len(tok.vocab) + vocab_extra, model="BPE", files_paths=files)
+        seqs = []
+        for p in files:
+            res = tok.encode(symusic.Score(str(p)), encode_ids=False)
+            seqs.extend(res if isinstance(res, list) else [res])
+    base_tokens = sum(len(s.ids) for s in seqs)
+    t0 = time.perf_counter()
+    one = [tok.encode_token_ids(s) or list(s.ids) for s in seqs]
+    t_one = time.perf_counter() - t0
+    for s in seqs:
+        s.are_ids_encoded = False
+        s.ids = [tok.vocab[t] for t in s.tokens]
+    t0 = time.perf_counter()
+    tok.encode_token_ids(seqs)
+    t_batch = time.perf_counter() - t0
+    return {
+        "files": len(files),
+        "base_tokens": base_tokens,
+        "per_piece_tokens_per_s": _rate(base_tokens, t_one),
+        "batched_tokens_per_s": _rate(base_tokens, t_batch),
+        "batched_speedup": round(t_one / t_batch, 2) if t_batch else None,
+        "identical_ids": one == [list(s.ids) for s in seqs],
     }
 
 
@@ -475,7 +538,7 @@ def run_bench(
     *,
     key_files: int = 40,
     repeat: int = 3,
-    fastpath_schemes: Sequence[str] = ("remi", "tsd"),
+    fastpath_schemes: Sequence[str] = FASTPATH_SCHEMES,
     tokenize_scheme: str = "remi",
     echo: Echo = print,
 ) -> dict[str, Any]:
@@ -513,6 +576,9 @@ def run_bench(
     echo("tokenizer fast path vs miditok...")
     fast = bench_fastpath(ok_paths, fastpath_schemes)
 
+    echo("BPE encode, per piece vs batched...")
+    bpe = bench_bpe(ok_paths)
+
     tmp = None
     if lake_dir is None:
         tmp = Path(tempfile.mkdtemp(prefix="midicorpus-bench-"))
@@ -547,6 +613,8 @@ def run_bench(
         "tokenize_fastpath_scaling_2_workers": tok["fastpath_scaling_2_workers"] if tok else None,
         "fastpath_speedup_vs_miditok": fast["speedup_vs_miditok"],
         "fastpath_identical_ids": fast["identical_ids"],
+        "fastpath_per_scheme": fast["per_scheme"],
+        "bpe_batched_tokens_per_s": bpe["batched_tokens_per_s"],
         "loader_tokens_per_s": loader["tokens_per_s"] if loader else None,
         "peak_rss_mb_per_worker": _peak_rss(pipe, tok),
         "lakh_projection_hours": None,
@@ -556,6 +624,7 @@ def run_bench(
             "curate_piece": {k: v for k, v in cur.items() if k != "per_file_s"},
             "key": key,
             "fastpath": fast,
+            "bpe": bpe,
             "pipeline": pipe,
             "tokenize": tok,
             "duckdb": queries,
@@ -652,6 +721,16 @@ def format_table(r: dict[str, Any]) -> str:
             "-",
             f"x{_f(r['fastpath_speedup_vs_miditok'])} faster, identical {_f(r['fastpath_identical_ids'])}",
         ),
+        *[
+            (
+                f"  fastpath {name}",
+                st["fastpath"]["schemes"][name]["files"],
+                "-",
+                _f(v["fast_ms_per_file"], ".3f"),
+                f"x{_f(v['fastpath_speedup_vs_miditok'])} miditok ({_f(v['miditok_ms_per_file'], '.3f')} ms), identical {v['fastpath_identical_ids']}",
+            )
+            for name, v in st["fastpath"].get("per_scheme", {}).items()
+        ],
         (
             f"ingest ({pipe['workers']} workers)",
             pipe["ingest"]["inputs"],
@@ -693,6 +772,14 @@ def format_table(r: dict[str, Any]) -> str:
             _f((runs.get("2-fast") or {}).get("files_per_s")),
             "-",
             f"scaling x{_f(r['tokenize_fastpath_scaling_2_workers'], '.2f')}",
+        ),
+        (
+            "BPE encode (REMI + 500 merges, 1 core)",
+            st["bpe"]["files"],
+            "-",
+            "-",
+            f"{_f(st['bpe']['batched_tokens_per_s'], '.0f')} base tokens/s batched, "
+            f"{_f(st['bpe']['per_piece_tokens_per_s'], '.0f')} per piece, identical {st['bpe']['identical_ids']}",
         ),
         ("snapshot loader", "-", "-", "-", f"{_f(r['loader_tokens_per_s'], '.0f')} tokens/s"),
     ]

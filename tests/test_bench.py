@@ -52,6 +52,11 @@ def test_run_bench_reports_every_key(small_folder: Path, tmp_path: Path) -> None
             continue
         assert isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0, (key, v)
     assert isinstance(on_disk["fastpath_identical_ids"], bool)
+    per = on_disk["fastpath_per_scheme"]["remi"]
+    assert per["fastpath_identical_ids"] is True and per["fastpath_speedup_vs_miditok"] > 1
+    assert "fastpath remi" in "\n".join(lines)
+    bpe = on_disk["stages"]["bpe"]
+    assert bpe["identical_ids"] is True and bpe["base_tokens"] > 0 and on_disk["bpe_batched_tokens_per_s"] > 0
     assert 0 <= on_disk["key_agreement_music21"] <= 1
     assert on_disk["files"] == 22 and on_disk["stages"]["pipeline"]["ingest"]["inputs"] == 22
     table = "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The REMI / TSD fast path gives exactly miditok's ids, on every real file."""
+"""The REMI / TSD / MIDILike / Structured fast path gives exactly miditok's ids, on every real file."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ from corpus.tokenize import fastpath  # noqa: E402 - after the importorskip guar
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SOURCES = ("midi", "lakh", "lakh_derived", "mutopia/ftp")
-SCHEMES = ("remi", "tsd", "remi_multitrack", "tsd_multitrack")
+SCHEMES = (
+    "remi",
+    "tsd",
+    "midilike",
+    "structured",
+    "remi_multitrack",
+    "tsd_multitrack",
+    "midilike_multitrack",
+    "structured_multitrack",
+)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +139,7 @@ def test_identical_ids_on_synthetic_scores(scheme):
 
 
 @pytest.mark.parametrize("config_name", sorted(EXTRA_CONFIGS))
-@pytest.mark.parametrize("tokenizer_class", ["REMI", "TSD"])
+@pytest.mark.parametrize("tokenizer_class", ["REMI", "TSD", "MIDILike", "Structured"])
 def test_identical_ids_for_other_supported_configs(tokenizer_class, config_name, real_scores):
     tokenizer = getattr(miditok, tokenizer_class)(miditok.TokenizerConfig(**EXTRA_CONFIGS[config_name]))
     assert fastpath.supports(tokenizer)
@@ -189,7 +198,8 @@ UNSUPPORTED = {
     "max_bar_embedding": lambda: miditok.REMI(miditok.TokenizerConfig(max_bar_embedding=300)),
     "trailing_bars": lambda: miditok.REMI(miditok.TokenizerConfig(add_trailing_bars=True)),
     "bpe_trained": _trained_remi,
-    "midilike": lambda: miditok.MIDILike(),
+    "cpword": lambda: miditok.CPWord(),
+    "midilike_rests": lambda: miditok.MIDILike(miditok.TokenizerConfig(use_rests=True)),
     "remi_subclass": lambda: _CustomREMI(),
 }
 
@@ -208,7 +218,7 @@ def test_presets_are_supported(scheme):
 
 
 def test_unknown_scheme_names_the_accepted_ones():
-    with pytest.raises(ValueError, match="'remy'.*remi, tsd"):
+    with pytest.raises(ValueError, match="'remy'.*remi, tsd, midilike, structured"):
         fastpath.make_tokenizer("remy")
 
 

@@ -186,3 +186,41 @@ def test_bad_transpose_and_scheme() -> None:
         parse_transpose("sideways")
     with pytest.raises(presets.PresetError):
         presets.build("bpe9000")
+
+
+@pytest.mark.parametrize("scheme", ["remi", "tsd_multitrack"])
+def test_trained_vocabulary_is_encoded_in_one_batch_with_miditok_ids(scheme: str, data_dir: Path) -> None:
+    """tokenize_batch's batched subword encode gives tok.encode's ids piece by piece."""
+    import warnings
+
+    import symusic
+
+    from corpus.parse import Reject, analyse
+    from corpus.tokenize.stage import tokenize_batch
+    from tests.conftest import midi_files
+
+    files = []
+    for path in midi_files(data_dir / "midi" / "magenta") + midi_files(data_dir / "lakh" / "lmd_full")[:6]:
+        try:
+            analyse(path.read_bytes())
+        except Reject:
+            continue
+        files.append(path)
+    tok, _ = presets.build(scheme)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok.train(vocab_size=len(tok.vocab) + 60, model="BPE", files_paths=files[:4])
+    text = presets.tokenizer_json(tok, None)
+    batch = [(p.name, p.read_bytes(), [0]) for p in files]
+    got = tokenize_batch(batch, text, presets.tokenizer_hash(text), 0, 127)
+    assert len(got) == len(files) > 5
+    merged = 0
+    for (pid, _sh, res), path in zip(got, files, strict=True):
+        assert res[0] == "ok", (pid, res)
+        _, ids, multi, lengths = res
+        expected = tok.encode(symusic.Score.from_midi(path.read_bytes()))
+        seqs = [expected] if not isinstance(expected, list) else expected
+        assert multi is None and lengths == [len(s.ids) for s in seqs], pid
+        assert list(ids) == [i for s in seqs for i in s.ids], pid
+        merged += sum(len(s.tokens) for s in seqs) > sum(lengths)  # the merges did something
+    assert merged >= 1
