@@ -190,24 +190,25 @@ def pg_server():
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture
-def pg_catalog(pg_server):
-    """A function that creates a fresh database on the test server and returns its URL."""
+def new_pg_database(pg_server) -> str:
+    """A fresh database on the test server (``pg_server``); its URL."""
     import subprocess
     import uuid
 
     bindir, port, user = pg_server
+    name = f"lake_{uuid.uuid4().hex[:12]}"
+    subprocess.run(
+        [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", user, name],
+        check=True,
+        capture_output=True,
+    )
+    return f"postgres://{user}@127.0.0.1:{port}/{name}"
 
-    def make() -> str:
-        name = f"lake_{uuid.uuid4().hex[:12]}"
-        subprocess.run(
-            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", user, name],
-            check=True,
-            capture_output=True,
-        )
-        return f"postgres://{user}@127.0.0.1:{port}/{name}"
 
-    return make
+@pytest.fixture
+def pg_catalog(pg_server):
+    """A function that creates a fresh database on the test server and returns its URL."""
+    return lambda: new_pg_database(pg_server)
 
 
 class socket_port:

@@ -15,7 +15,7 @@ import pytest
 from corpus import snapshot as S
 from corpus.cli import main
 from corpus.lake import Lake
-from tests.conftest import point_at_s3
+from tests.conftest import new_pg_database, point_at_s3
 
 SPEC = ["--scheme", "remi_multitrack", "--split", "0.6,0.2,0.2"]
 
@@ -28,13 +28,14 @@ def _cli(capsys: pytest.CaptureFixture[str], lake: str, *argv: str) -> tuple[int
 
 
 @pytest.fixture(scope="module")
-def lakes(s3_endpoint: str, data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def lakes(s3_endpoint: str, pg_server, data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The same real files ingested, curated and tokenized through the CLI into an S3 lake and a
     local lake; a snapshot ``mt`` created on both."""
     import boto3
 
     mp = pytest.MonkeyPatch()
     point_at_s3(mp, s3_endpoint)
+    mp.setenv("MIDICORPUS_CATALOG", new_pg_database(pg_server))
     try:
         bucket = f"snap-{uuid.uuid4().hex[:12]}"
         s3 = boto3.client("s3", endpoint_url=s3_endpoint)
