@@ -936,9 +936,13 @@ class Transaction:
             return exc
         if not isinstance(exc, duckdb.Error | OSError):
             return exc
-        return LakeError(
-            f"cannot write to the lake {self.lake.location!r} while {what}: {_cause(exc)}; {_NOT_COMMITTED}"
-        )
+        cause = _cause(exc)
+        if cause == " ".join(str(exc).split()) and not self.lake.remote:
+            # SQLite's "disk is full" can reach us only as a failed ROLLBACK inside DuckLake's commit
+            with contextlib.suppress(OSError):
+                if shutil.disk_usage(self.lake.root).free < (1 << 20):
+                    cause = f"{os.strerror(errno.ENOSPC)} (ENOSPC)"
+        return LakeError(f"cannot write to the lake {self.lake.location!r} while {what}: {cause}; {_NOT_COMMITTED}")
 
     def abort(self) -> None:
         """Drop what this transaction wrote (DuckLake forgets it; its files go at the next maintenance)."""

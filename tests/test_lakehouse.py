@@ -145,6 +145,8 @@ with lake.lock("test writer"):
             if mode == "hang":
                 print("written", flush=True)
                 time.sleep(600)
+        if mode == "paced":
+            time.sleep(0.2)  # so that a reader's queries land between the commits
 """
 
 
@@ -190,7 +192,7 @@ def test_a_reader_in_another_process_sees_whole_commits_only(tmp_path: Path) -> 
     w = _writer(root, "commit", 1)
     assert w.wait(timeout=120) == 0, w.stderr.read()
     lake = Lake(root)
-    w = _writer(root, "commit", 30)
+    w = _writer(root, "paced", 30)
     seen = set()
     while w.poll() is None:
         a, b = _counts(lake)
