@@ -258,8 +258,19 @@ PIECE_EXTRAS: dict[str, pa.DataType] = {
     **{
         k: pa.string()
         for k in (
-            "mutopia_id", "title", "composer", "composer_name", "opus", "instrument", "style", "date",
-            "license_text", "source_page", "file_url", "movement", "zip_url",
+            "mutopia_id",
+            "title",
+            "composer",
+            "composer_name",
+            "opus",
+            "instrument",
+            "style",
+            "date",
+            "license_text",
+            "source_page",
+            "file_url",
+            "movement",
+            "zip_url",
         )
     },
     # melodies extracted from multitrack pieces (lineage)

@@ -79,11 +79,20 @@ class TinyGPT(nn.Module):
     def loss(self, ids: list[torch.Tensor]) -> torch.Tensor:
         """Next-token cross-entropy, averaged over vocabularies."""
         logits = self([i[:, :-1] for i in ids])
-        losses = [F.cross_entropy(lg.float().flatten(0, 1), i[:, 1:].flatten()) for lg, i in zip(logits, ids, strict=True)]
+        losses = [
+            F.cross_entropy(lg.float().flatten(0, 1), i[:, 1:].flatten()) for lg, i in zip(logits, ids, strict=True)
+        ]
         return torch.stack(losses).mean()
 
     @torch.no_grad()
-    def generate(self, prompt: torch.Tensor, n_new: int, temperature: float = 1.0, top_k: int = 32, generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        n_new: int,
+        temperature: float = 1.0,
+        top_k: int = 32,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Sample ``n_new`` tokens after a (T,) prompt (single vocabulary); returns prompt + new tokens."""
         seq = prompt.clone()
         for _ in range(n_new):
