@@ -46,7 +46,7 @@ import socket
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,10 +329,44 @@ BUILD_MEMORY_LIMIT = os.environ.get("MIDICORPUS_SNAPSHOT_MEMORY", "1GB")  # Duck
 STREAM_BATCH_ROWS = 2048  # token rows (pieces x transpositions) per Arrow batch while writing tokens.npy
 
 
-def _stream_tokens(result: Any, path: Path, shape: tuple[int, ...], dtype: np.dtype, scheme: str) -> dict[str, Any]:
-    """Write the ids of a DuckDB result (one list, or list of lists, per row) as ``tokens.npy`` of
-    ``shape``, batch by batch: the same bytes as ``np.save`` of the whole array, with memory bounded
-    by STREAM_BATCH_ROWS rows, not by the split. Returns the file's sha256 and size."""
+def _ids_batches(
+    con: Any, rows: list[dict[str, Any]], ids_col: str, tok_filter: str, params: list[Any]
+) -> Iterator[pa.Array]:
+    """The ids of ``rows`` (sorted by piece and shift), STREAM_BATCH_ROWS rows at a time, in their
+    order: each batch is a join of the tokens on its (piece, shift, run) keys, restricted to its
+    piece-id range so DuckDB reads only the row groups that can hold it. No sort of the token lists
+    and no window over them: memory is bounded by one batch, whatever the split's size."""
+    for i in range(0, len(rows), STREAM_BATCH_ROWS):
+        batch = rows[i : i + STREAM_BATCH_ROWS]
+        keys = pa.table(
+            {
+                "piece_id": pa.array([r["piece_id"] for r in batch], pa.string()),
+                "transpose": pa.array([r["transpose"] for r in batch], pa.int32()),
+                "run_id": pa.array([r["run_id"] for r in batch], pa.string()),
+                "pos": pa.array(range(len(batch)), pa.int64()),
+            }
+        )
+        con.register("snapshot_batch", keys)
+        try:
+            got = con.execute(
+                f"SELECT b.pos, t.{ids_col} AS ids FROM tokens t JOIN snapshot_batch b USING (piece_id, transpose, run_id) "
+                f"WHERE {tok_filter} AND t.piece_id BETWEEN ? AND ?",
+                [*params, batch[0]["piece_id"], batch[-1]["piece_id"]],
+            ).to_arrow_table()
+        finally:
+            con.unregister("snapshot_batch")
+        if got.num_rows != len(batch):
+            raise RuntimeError(f"{got.num_rows} token rows read for {len(batch)} chosen rows")
+        order = np.argsort(got.column("pos").to_numpy(), kind="stable")
+        yield got.column("ids").take(pa.array(order)).combine_chunks()
+
+
+def _stream_tokens(
+    batches: Iterable[pa.Array], path: Path, shape: tuple[int, ...], dtype: np.dtype, scheme: str
+) -> dict[str, Any]:
+    """Write id lists (one list, or list of lists, per row), batch by batch, as ``tokens.npy`` of
+    ``shape``: the same bytes as ``np.save`` of the whole array, with memory bounded by one batch,
+    not by the split. Returns the file's sha256 and size."""
     from numpy.lib import format as npf
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -343,8 +377,8 @@ def _stream_tokens(result: Any, path: Path, shape: tuple[int, ...], dtype: np.dt
         npf.write_array_header_1_0(head, {"descr": npf.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
         fh.write(head.getvalue())
         h.update(head.getvalue())
-        for batch in result.to_arrow_reader(STREAM_BATCH_ROWS):
-            flat = batch.column(0).flatten()
+        for batch in batches:
+            flat = batch.flatten()
             if len(shape) == 2:
                 flat = flat.flatten()
             arr = np.asarray(flat.to_numpy(zero_copy_only=False))
@@ -530,10 +564,8 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
         split_counts: dict[str, dict[str, int]] = {}
         present = set()
         snap_pieces: list[dict[str, Any]] = []
-        # the rows chosen (first run per piece and shift): the ids are then read by a join on them,
-        # streamed in order, so no window over the token lists holds them all at once
-        con.register("snapshot_chosen", rows_tbl.select(["piece_id", "transpose", "run_id", "split"]))
-        all_rows = rows_tbl.drop_columns(["run_id"]).to_pylist()
+        # the rows chosen (first run per piece and shift); their ids are read batch by batch (_ids_batches)
+        all_rows = rows_tbl.to_pylist()
         for r in all_rows:
             present.add((r["piece_id"], r["transpose"]))
         for sp in SPLITS:
@@ -582,13 +614,13 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
                         seq_rows["dedup_cluster"].append(cluster_of[r["piece_id"]])
                         offsets.append(pos + s0 + ln)
                     pos += length
-            ids_sql = (
-                f"SELECT t.{ids_col} AS ids FROM tokens t JOIN snapshot_chosen c USING (piece_id, transpose, run_id) "
-                f"WHERE {tok_filter} AND c.split = ? ORDER BY t.piece_id, t.transpose"
-            )
             shape = (pos, len(vocab_sizes)) if multi else (pos,)
             files[f"{sp}/tokens.npy"] = _stream_tokens(
-                con.execute(ids_sql, [*params, sp]), out_dir / sp / "tokens.npy", shape, dtype, spec.scheme
+                _ids_batches(con, rows, ids_col, tok_filter, params),
+                out_dir / sp / "tokens.npy",
+                shape,
+                dtype,
+                spec.scheme,
             )
             index_b = _npy_bytes(np.asarray(offsets, dtype=np.int64))
             seq_tbl = pa.table(

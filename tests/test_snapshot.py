@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -170,24 +171,15 @@ def test_bad_input_is_one_clear_error(lake, spec, message) -> None:
 def test_streamed_tokens_are_the_bytes_of_np_save(tmp_path: Path) -> None:
     import io
 
-    import duckdb
-
     rng = np.random.default_rng(0)
     rows = [rng.integers(0, 300, size=int(n)).tolist() for n in rng.integers(0, 5000, size=40)]
-    con = duckdb.connect()
-    con.execute("CREATE TABLE t AS SELECT * FROM (SELECT unnest(?) AS ids)", [rows])
+    col = pa.array(rows, pa.list_(pa.int32()))
+    batches = [col.slice(i, 7) for i in range(0, len(rows), 7)]  # several batches, the last one short
     total = sum(len(r) for r in rows)
-    old = S.STREAM_BATCH_ROWS
-    try:
-        S.STREAM_BATCH_ROWS = 7  # several batches
-        meta = S._stream_tokens(
-            con.execute("SELECT ids FROM t"), tmp_path / "tokens.npy", (total,), np.dtype(np.uint16), "x"
-        )
-    finally:
-        S.STREAM_BATCH_ROWS = old
+    meta = S._stream_tokens(iter(batches), tmp_path / "tokens.npy", (total,), np.dtype(np.uint16), "x")
     want = io.BytesIO()
     np.save(want, np.concatenate([np.asarray(r, np.int64) for r in rows]).astype(np.uint16), allow_pickle=False)
     assert (tmp_path / "tokens.npy").read_bytes() == want.getvalue()
     assert meta["bytes"] == len(want.getvalue())
     with pytest.raises(RuntimeError, match="seq_lengths sum to"):
-        S._stream_tokens(con.execute("SELECT ids FROM t"), tmp_path / "t2.npy", (total + 1,), np.dtype(np.uint16), "x")
+        S._stream_tokens(iter(batches), tmp_path / "t2.npy", (total + 1,), np.dtype(np.uint16), "x")
