@@ -199,20 +199,20 @@ def test_read_only_lake(tmp_path: Path, base: dict[str, Path], data_dir: Path) -
 @pytest.mark.parametrize(
     "folder, needle",
     [
-        ("_log", "while writing the commit record: Read-only file system (EROFS)"),
+        ("data", " rows: Read-only file system (EROFS)"),
         ("raw", "while storing a raw file: Read-only file system (EROFS)"),
     ],
-    ids=["commit-record", "raw-store"],
+    ids=["table-data", "raw-store"],
 )
 def test_read_only_part_of_the_lake_aborts_cleanly(
     folder: str, needle: str, tmp_path: Path, base: dict[str, Path], data_dir: Path
 ) -> None:
-    """The commit point itself cannot be written (_log), or the raw store: nothing is committed,
+    """The tables' data files cannot be written (DuckLake's data/), or the raw store: nothing is committed,
     staging is cleaned, and the same command succeeds once the lake is writable again."""
     before = answer(base["lake"])
     lake = tmp_path / "lake"
     shutil.copytree(base["lake"], lake)
-    src = data_dir / "midi" / "magenta" if folder == "_log" else data_dir / "lakh"
+    src = data_dir / "midi" / "magenta" if folder == "data" else data_dir / "lakh"
     commits = len(Lake(lake).commits())
     with read_only(lake / folder):
         one_line_error(cli(lake, "ingest", "dir", str(src), "--source", "b"), needle)
