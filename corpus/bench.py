@@ -219,16 +219,13 @@ def bench_key(paths: Sequence[Path], n: int = 40) -> dict[str, Any]:
     }
 
 
-FASTPATH_SCHEMES = (
-    "remi",
-    "tsd",
-    "midilike",
-    "structured",
-    "remi_multitrack",
-    "tsd_multitrack",
-    "midilike_multitrack",
-    "structured_multitrack",
-)
+def _fastpath_schemes() -> tuple[str, ...]:
+    from corpus.tokenize.fastpath import SCHEMES
+
+    return SCHEMES
+
+
+FASTPATH_SCHEMES = _fastpath_schemes()
 
 
 def bench_fastpath(paths: Sequence[Path], schemes: Sequence[str] = FASTPATH_SCHEMES) -> dict[str, Any]:

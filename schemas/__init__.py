@@ -238,6 +238,23 @@ TABLES: dict[str, pa.Schema] = {
     ),
 }
 
+# the pieces columns of a Mutopia item (corpus.sources.mutopia), all VARCHAR
+MUTOPIA_META_KEYS: tuple[str, ...] = (
+    "mutopia_id",
+    "title",
+    "composer",
+    "composer_name",
+    "opus",
+    "instrument",
+    "style",
+    "date",
+    "license_text",
+    "source_page",
+    "file_url",
+    "movement",
+    "zip_url",
+)
+
 # typed provenance columns sources add to ``pieces`` (other keys get an inferred type)
 PIECE_EXTRAS: dict[str, pa.DataType] = {
     # lakh
@@ -255,24 +272,7 @@ PIECE_EXTRAS: dict[str, pa.DataType] = {
     # music21
     "music21_collection": pa.string(),
     # mutopia (all text; movement and zip_url NULL for single .mid files)
-    **{
-        k: pa.string()
-        for k in (
-            "mutopia_id",
-            "title",
-            "composer",
-            "composer_name",
-            "opus",
-            "instrument",
-            "style",
-            "date",
-            "license_text",
-            "source_page",
-            "file_url",
-            "movement",
-            "zip_url",
-        )
-    },
+    **{k: pa.string() for k in MUTOPIA_META_KEYS},
     # melodies extracted from multitrack pieces (lineage)
     "parent_piece_id": pa.string(),
     "parent_track": pa.int32(),

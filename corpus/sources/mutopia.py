@@ -50,6 +50,7 @@ from corpus.lake import Lake
 from corpus.reasons import REASONS
 from corpus.sources.base import SourceItem
 from corpus.sources.files import Limits, is_midi_name, unsafe_member_name
+from schemas import MUTOPIA_META_KEYS
 
 SOURCE: Final = "mutopia"
 DEFAULT_BASE_URL: Final = "https://www.mutopiaproject.org"
@@ -65,21 +66,7 @@ LISTING_PATH: Final = "/cgibin/make-table.cgi?startat=0"
 NEW_REASONS: Final[dict[str, str]] = {k: REASONS[k] for k in ("http_not_found", "http_error", "robots_disallowed")}
 
 # pieces.meta columns, all VARCHAR (movement and zip_url NULL for single .mid files)
-META_KEYS: Final = (
-    "mutopia_id",
-    "title",
-    "composer",
-    "composer_name",
-    "opus",
-    "instrument",
-    "style",
-    "date",
-    "license_text",
-    "source_page",
-    "file_url",
-    "movement",
-    "zip_url",
-)
+META_KEYS: Final = MUTOPIA_META_KEYS
 
 
 class CrawlStopped(Exception):

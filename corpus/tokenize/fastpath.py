@@ -65,7 +65,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
@@ -83,6 +83,7 @@ Scheme = Literal[
     "midilike_multitrack",
     "structured_multitrack",
 ]
+SCHEMES: tuple[str, ...] = get_args(Scheme)  # the presets with a fast path
 Kind = Literal["remi", "tsd", "midilike", "structured"]
 
 # Multitrack preset of the pipeline: one stream with Program tokens, tempos and

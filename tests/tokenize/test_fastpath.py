@@ -14,16 +14,7 @@ from corpus.tokenize import fastpath  # noqa: E402 - after the importorskip guar
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SOURCES = ("midi", "lakh", "lakh_derived", "mutopia/ftp")
-SCHEMES = (
-    "remi",
-    "tsd",
-    "midilike",
-    "structured",
-    "remi_multitrack",
-    "tsd_multitrack",
-    "midilike_multitrack",
-    "structured_multitrack",
-)
+SCHEMES = fastpath.SCHEMES
 
 
 @pytest.fixture(scope="module")
