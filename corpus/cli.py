@@ -733,13 +733,12 @@ def cmd_lake_shell(ctx: Ctx) -> int:
     exe = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.which("duckdb")
     if exe is None:
         raise UserError("no DuckDB shell found: pip install duckdb-cli==1.5.5 (it comes with midicorpus)")
-    env = dict(os.environ)
     if ctx.lake.remote:  # the S3 secret of this process, for the shell's session only
         from corpus import objectstore
 
         init = objectstore._s3_secret_sql() + ";\n" + init
     extra = ["-c", ctx.args.command] if ctx.args.command else []
-    return subprocess.call([exe, "-cmd", init.replace("\n", " "), *extra], env=env)
+    return subprocess.call([exe, "-cmd", init.replace("\n", " "), *extra])
 
 
 def cmd_lake_upgrade(ctx: Ctx) -> int:

@@ -721,7 +721,7 @@ class Lake:
             if at is not None:
                 raise LakeError(f"no lake at {self.location!r}, so no version {at} of it")
             con = duckdb.connect(database)
-            _create_views(con, None)
+            _create_empty_views(con)
             return con
         if database == ":memory:" and at is None and self._writer is not None:
             # the lock holder reads through a cursor of its own connection: the extensions and the
@@ -1145,7 +1145,7 @@ def _table_sql(table: str) -> str:
     return f"(SELECT {', '.join(cols)} WHERE false)"
 
 
-def _create_views(con: Any, _: None) -> None:
+def _create_empty_views(con: Any) -> None:
     sql = VIEWS_SQL.read_text()
     for t in TABLES:
         sql = sql.replace("{" + t + "}", _table_sql(t))

@@ -153,8 +153,7 @@ def pg_server():
         as_user = ["runuser", "-u", "postgres", "--"]
         user = "postgres"
         shutil.chown(base, "postgres")
-    with socket_port() as port:
-        pass
+    port = _free_port()
     subprocess.run(
         [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8"],
         check=True,
@@ -209,20 +208,6 @@ def new_pg_database(pg_server) -> str:
 def pg_catalog(pg_server):
     """A function that creates a fresh database on the test server and returns its URL."""
     return lambda: new_pg_database(pg_server)
-
-
-class socket_port:
-    """A free TCP port on 127.0.0.1 (as a context manager: the socket is closed on exit)."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        self.s = socket.socket()
-        self.s.bind(("127.0.0.1", 0))
-        return int(self.s.getsockname()[1])
-
-    def __exit__(self, *exc: object) -> None:
-        self.s.close()
 
 
 # ------------------------------------------------------------------ a real dask cluster on 127.0.0.1
