@@ -533,11 +533,34 @@ class Lake:
             opts.append("READ_ONLY")
         if at is not None:
             opts.append(f"SNAPSHOT_VERSION {int(at)}")
+        attach = f"ATTACH {_q('ducklake:' + ducklake_catalog(catalog))} AS lake ({', '.join(opts)})"
         try:
-            con.execute(f"ATTACH {_q('ducklake:' + ducklake_catalog(catalog))} AS lake ({', '.join(opts)})")
+            try:
+                con.execute(attach)
+            except duckdb.Error as exc:
+                # a writer killed inside a commit leaves SQLite a hot journal, which a read-only
+                # connection may not roll back: roll it back (a plain read does) and attach again
+                if not (read_only and "readonly database" in str(exc) and self._recover_sqlite_journal()):
+                    raise
+                con.execute(attach)
         except duckdb.Error as exc:
             what = f"version {at} of the lake" if at is not None else "the lake's catalog"
             raise LakeError(f"cannot open {what} {self.location!r}: {_cause(exc)}") from None
+
+    def _recover_sqlite_journal(self) -> bool:
+        """Roll back the hot journal a killed writer left in a local SQLite catalog; False when there
+        is none or it cannot be (a read-only lake: the reader's error stands)."""
+        import sqlite3
+
+        path = self.catalog_path
+        if self.remote or not self.catalog.startswith("sqlite:") or not Path(f"{path}-journal").exists():
+            return False
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error:
+            return False
+        return True
 
     def _open_writer(self) -> None:
         """The lock holder's connection: the catalog attached read-write, its tables and views

@@ -187,6 +187,36 @@ def test_kill_minus_9_inside_a_two_table_transaction_leaves_nothing_visible(tmp_
     assert _counts(lake) == (250, 250)
 
 
+HOT_JOURNAL = """
+import os, signal, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA cache_size = 2")  # pages spill into the catalog file before the commit
+db.execute("BEGIN IMMEDIATE")
+db.execute("CREATE TABLE half_written (x BLOB)")
+for _ in range(200):
+    db.execute("INSERT INTO half_written VALUES (zeroblob(4096))")
+os.kill(os.getpid(), signal.SIGKILL)  # inside the transaction, as a killed commit would be
+"""
+
+
+def test_a_reader_after_a_writer_killed_inside_a_catalog_commit_rolls_back_its_journal(tmp_path: Path) -> None:
+    """A writer killed inside SQLite's commit leaves a hot journal in the catalog; a read-only
+    attach may not roll it back ("attempt to write a readonly database"): the reader does, once,
+    and then reads the last commit."""
+    root = tmp_path / "lake"
+    w = _writer(root, "commit", 2)
+    assert w.wait(timeout=120) == 0, w.stderr.read()
+    lake = Lake(root)
+    r = subprocess.run([sys.executable, "-c", HOT_JOURNAL, str(lake.catalog_path)], timeout=60)
+    assert r.returncode == -signal.SIGKILL
+    assert Path(f"{lake.catalog_path}-journal").stat().st_size > 0  # the hot journal is there
+    assert _counts(Lake(root)) == (100, 100)
+    assert not Path(f"{lake.catalog_path}-journal").exists()  # rolled back
+    w = _writer(root, "commit", 1)  # and the lake goes on
+    assert w.wait(timeout=120) == 0, w.stderr.read()
+    assert _counts(Lake(root)) == (150, 150)
+
+
 def test_a_reader_in_another_process_sees_whole_commits_only(tmp_path: Path) -> None:
     root = tmp_path / "lake"
     w = _writer(root, "commit", 1)
