@@ -72,6 +72,8 @@ class CurateSummary:
     signed: int = 0  # pieces curated before song-v1 given their track signatures in this run
     dedup_rows_changed: int = 0  # dedup rows replaced in this run (a piece whose cluster changed, or new)
     decision_current: bool = False  # nothing new: clusters and song groups are those of the last run
+    scope: str = ""  # how clusters and groups were decided: "full" (every piece) or "delta" (what new pieces touch)
+    redecided: int = 0  # pieces whose cluster and group were decided in this run
     to_analyse: int = 0  # pieces to analyse in this run (a progress total)
 
     def line(self) -> str:
@@ -85,6 +87,8 @@ class CurateSummary:
             f"{self.pieces} pieces in {self.clusters} dedup clusters ({self.duplicate_pairs} duplicate pairs) "
             f"and {self.song_groups} song groups ({self.song_pairs} melody matches)"
         )
+        if self.scope == "delta":
+            s += f"; {self.redecided} pieces decided again (the song groups new pieces touch)"
         if self.signed:
             s += f"; track signatures added to {self.signed} pieces curated before song-v1"
         if self.melodies is not None:
@@ -485,12 +489,18 @@ def _update_index(index: Any, known: list[str], vectors: Any) -> tuple[Any, list
 def _recluster(
     lake: Lake, run_id: str, threshold: float, s: CurateSummary, song_threshold: float = DEFAULT_SONG_THRESHOLD
 ) -> None:
-    """Dedup clusters and song groups over the lake, with work in proportion to what is new.
+    """Dedup clusters and song groups, with work in proportion to what is new.
 
     The two faiss indexes (pieces, identity tracks) are kept under ``index/``; each run adds the
-    new pieces and tracks, queries only those, stores the pairs it finds (``dedup_pairs``,
-    ``song_pairs``), then decides clusters and groups from every stored pair (union-find in the
-    driver). Assignments are written when they changed.
+    new pieces and tracks, queries only those and stores the pairs it finds (``dedup_pairs``,
+    ``song_pairs``). When the last decision (``curate_decisions``) was made with the same
+    parameters, only the song groups the new pieces touch are decided again (scope ``delta``):
+    the new pieces, every piece they share a hash, a near-duplicate pair, a track match, a Lakh
+    md5, an MSD / Mutopia id or a lineage link with, and every member of those pieces' groups.
+    Every link between older pieces lies inside one of their groups and every new link touches a
+    new piece, so that set is closed under links and union-find over it alone gives what
+    union-find over the lake gives (a test compares the two). Otherwise (first run, another
+    threshold or rule) every piece is decided (scope ``full``). Rows are written where they changed.
     """
     from corpus.curation import dedup, songs
 
@@ -499,13 +509,15 @@ def _recluster(
             f"dedup threshold must be >= {DEDUP_PAIR_FLOOR} (pairs below it are not stored), got {threshold!r}"
         )
     song_threshold = songs.check_threshold(song_threshold)
+    params_json = json.dumps(_decision_params(threshold, song_threshold), sort_keys=True)
     con = lake.connect()
     try:
-        tbl = con.execute(
-            "SELECT a.piece_id, a.content_hash, a.content_hash_transposed, f.n_notes, f.duration_quarters "
-            "FROM piece_analysis_t a JOIN piece_facts_t f USING (piece_id) ORDER BY a.piece_id"
-        ).fetchnumpy()
-        ids = [str(x) for x in tbl["piece_id"]]
+        ids = [
+            str(x)
+            for x in _column(
+                con, "SELECT piece_id FROM piece_analysis_t JOIN piece_facts_t USING (piece_id) ORDER BY 1"
+            )
+        ]
         s.pieces = len(ids)
         if not ids:
             return
@@ -518,24 +530,18 @@ def _recluster(
                 con, "SELECT piece_id AS key, dedup_vector AS vector FROM piece_analysis_t", keys, dedup.VECTOR_DIM
             ),
         )
-        row_of = {p: i for i, p in enumerate(ids)}
         new_dup_pairs = [
             (pidx.piece_ids[i], pidx.piece_ids[j], sc)
             for i, j, sc in pidx.pairs_of([pidx._row[p] for p in new_pieces], DEDUP_PAIR_FLOOR)
         ]
-        stored = (
-            con.execute("SELECT piece_a, piece_b, max(score) FROM dedup_pairs_t GROUP BY ALL").fetchall()
-            if new_pieces != ids
-            else []
-        )
         # --- track index: new identity tracks against every identity track
         track_keys = [
-            r[0]
-            for r in con.execute(
+            str(k)
+            for k in _column(
+                con,
                 "SELECT piece_id || ':' || track_index FROM track_signatures_t WHERE has_identity "
-                "AND scheme = ? ORDER BY piece_id, track_index",
-                [songs.TRACK_SCHEME],
-            ).fetchall()
+                f"AND scheme = '{songs.TRACK_SCHEME}' ORDER BY piece_id, track_index",
+            )
         ]
         tsql = (
             "SELECT piece_id || ':' || track_index AS key, vector FROM track_signatures_t "
@@ -562,86 +568,43 @@ def _recluster(
             return {k: np.asarray(v, np.int32) for k, v in got}
 
         matches = songs.match_tracks(tidx, new_tracks, ngrams_of) if new_tracks else []
-        stored_songs = (
-            con.execute(
-                "SELECT piece_a, piece_b, max(containment), max(shared_ngrams) FROM song_pairs_t "
-                "WHERE scheme = ? GROUP BY ALL",
-                [songs.TRACK_SCHEME],
-            ).fetchall()
-            if new_tracks != track_keys
-            else []
-        )
-        lmd = con.execute(
-            "SELECT DISTINCT piece_id, lmd_md5 FROM pieces WHERE lmd_md5 IS NOT NULL AND piece_id IS NOT NULL AND status = 'ok'"
-        ).fetchall()
         cols = {r[0] for r in con.execute("DESCRIBE pieces").fetchall()}
-        ext = con.execute(
-            "SELECT piece_id, list_sort(list_distinct(flatten(list(coalesce(msd_ids, []::VARCHAR[]))))), "
-            + (
-                "list_distinct(list(mutopia_id) FILTER (WHERE mutopia_id IS NOT NULL)), "
-                if "mutopia_id" in cols
-                else "[]::VARCHAR[], "
-            )
-            + (
-                "list_distinct(list(parent_piece_id) FILTER (WHERE parent_piece_id IS NOT NULL)) "
-                if "parent_piece_id" in cols
-                else "[]::VARCHAR[] "
-            )
-            + "FROM pieces WHERE status = 'ok' AND piece_id IS NOT NULL GROUP BY piece_id"
-        ).fetchall()
-        latest = con.execute("SELECT piece_id, dedup_cluster FROM dedup_latest ORDER BY 1").fetchall()
-        latest_songs = con.execute(
-            "SELECT piece_id, song_group, joined_by, threshold FROM song_groups_latest ORDER BY 1"
-        ).fetchall()
+        version = int(con.execute("SELECT id FROM ducklake_current_snapshot('lake')").fetchone()[0])
+        base = _last_decision(con, params_json)
+        decision: dict[str, Any] | None = None
+        if base is not None:
+            changed_rows = _pieces_changed_since(con, base["lake_version"])
+            if changed_rows is not None:
+                undecided = {str(p) for p in _column(con, _UNDECIDED_SQL)}
+                fresh = undecided | set(new_pieces) | {songs.split_key(k)[0] for k in new_tracks}
+                fresh |= changed_rows & set(ids)
+                decision = _delta_decision(
+                    con, fresh, undecided, set(ids), new_dup_pairs, matches, threshold, song_threshold, cols, base
+                )
+        if decision is None:  # first decision, other parameters, or the last one's lake version expired
+            got = _read_scope(con, None, cols)
     finally:
         con.close()
 
-    # --- dedup clusters: hashes, stored + new near-dup pairs, Lakh md5
-    near: dict[tuple[str, str], float] = {}
-    for a, b, sc in [*stored, *new_dup_pairs]:
-        if a in row_of and b in row_of:
-            key = (a, b) if a < b else (b, a)
-            near[key] = max(sc, near.get(key, -1.0))
-    result = dedup.cluster(
-        ids,
-        None,
-        [str(h) for h in tbl["content_hash"]],
-        transposed_hashes=[str(h) for h in tbl["content_hash_transposed"]],
-        threshold=threshold,
-        n_notes=[int(n) for n in tbl["n_notes"]],
-        lengths=[float(x) for x in tbl["duration_quarters"]],
-        near_pairs=[(row_of[a], row_of[b], sc) for (a, b), sc in sorted(near.items())],
-    )
-    cluster_of = dict(result.cluster_of)
-    by_md5: dict[str, list[str]] = {}
-    for pid, md5 in lmd:
-        if pid in cluster_of:
-            by_md5.setdefault(md5, []).append(pid)
-    reps = _merge_groups(ids, cluster_of, by_md5.values(), [int(n) for n in tbl["n_notes"]])
-    s.clusters = len(set(reps.values()))
-    s.duplicate_pairs = len(result.pairs)
+    if decision is None:
+        after = _decide(got, new_dup_pairs, matches, threshold, song_threshold)
+        was = dict(got["latest"])
+        was_songs = {r[0]: (r[1], r[2], r[3]) for r in got["latest_songs"]}
+        groups = after["groups"]
+        decision = {
+            "scope": "full",
+            "totals": {k: after[k] for k in _SUMMARY_FIELDS},
+            "redecided": len(ids),
+            "dedup_rows": [(p, c) for p, c in sorted(after["reps"].items()) if was.get(p) != c],
+            "song_rows": [
+                (p, groups.group_of[p], groups.joined_by[p])
+                for p in ids
+                if was_songs.get(p) != (groups.group_of[p], groups.joined_by[p], song_threshold)
+            ],
+        }
+    for k, v in decision["totals"].items():
+        setattr(s, k, int(v))
 
-    # --- song groups: dedup clusters, verified track matches, lineage, Lakh md5, MSD / Mutopia ids
-    links: list[tuple[str, str, str]] = [(p, c, "dedup") for p, c in reps.items() if p != c]
-    best_song: dict[tuple[str, str], tuple[float, int]] = {}
-    for a, b, cont, shared in [*stored_songs, *((m.piece_a, m.piece_b, m.containment, m.shared) for m in matches)]:
-        old = best_song.get((a, b))
-        if old is None or (cont, shared) > old:
-            best_song[(a, b)] = (cont, shared)
-    links += [
-        (a, b, "melody") for (a, b), (cont, shared) in best_song.items() if songs.passes(cont, shared, song_threshold)
-    ]
-    links += [(p, q, "lmd_md5") for group in by_md5.values() for p in group[1:] for q in group[:1]]
-    keys: dict[str, list[str]] = {}
-    for pid, msd_ids, mutopia_ids, parents in ext:
-        keys[pid] = [f"msd:{m}" for m in msd_ids or []] + [f"mutopia:{m}" for m in mutopia_ids or []]
-        links += [(pid, parent, "lineage") for parent in parents or []]
-    groups = songs.group_songs(ids, links, keys)
-    s.song_groups = groups.n_groups
-    s.song_pairs = sum(1 for (cont, shared) in best_song.values() if songs.passes(cont, shared, song_threshold))
-
-    new = sorted(reps.items())
-    new_songs = sorted((p, groups.group_of[p], groups.joined_by[p], song_threshold) for p in ids)
     with lake.transaction({"command": "curate dedup", "run_id": run_id}) as tx:
         tx.write(
             "dedup_pairs",
@@ -649,8 +612,6 @@ def _recluster(
         )
         tx.write("song_pairs", [m.row(run_id) for m in matches])
         # only the rows that changed are replaced (one row per piece): work in proportion to the change
-        was = dict(latest)
-        changed = [(pid, c) for pid, c in new if was.get(pid) != c]
         tx.replace_rows(
             "dedup",
             "piece_id",
@@ -662,10 +623,9 @@ def _recluster(
                     "dedup_run": run_id,
                     "threshold": threshold,
                 }
-                for pid, c in changed
+                for pid, c in decision["dedup_rows"]
             ],
         )
-        was_songs = {r[0]: tuple(r) for r in latest_songs}
         tx.replace_rows(
             "song_groups",
             "piece_id",
@@ -675,15 +635,30 @@ def _recluster(
                     "song_group": g,
                     "joined_by": j,
                     "rule": songs.SONG_RULE,
-                    "threshold": t,
+                    "threshold": song_threshold,
                     "min_shared": songs.MIN_SHARED,
                     "song_run": run_id,
                 }
-                for p, g, j, t in new_songs
-                if was_songs.get(p) != (p, g, j, t)
+                for p, g, j in sorted(decision["song_rows"])
             ],
         )
-        s.dedup_rows_changed = len(changed)
+        tx.write(
+            "curate_decisions",
+            [
+                {
+                    "run_id": run_id,
+                    "decided_at": now_utc(),
+                    "scope": decision["scope"],
+                    "params_json": params_json,
+                    "lake_version": version,
+                    "redecided": decision["redecided"],
+                    **decision["totals"],
+                }
+            ],
+        )
+        s.dedup_rows_changed = len(decision["dedup_rows"])
+        s.redecided = decision["redecided"]
+        s.scope = decision["scope"]
     # the indexes last: one that holds a piece promises that the piece's pairs are stored
     if new_pieces:
         pidx.meta = {**pidx.meta, "pairs_stored": True}
@@ -691,6 +666,536 @@ def _recluster(
     if new_tracks:
         tidx.meta = {**tidx.meta, "pairs_stored": True}
         save_index(lake, "tracks", tidx, songs.TRACK_CONFIG)
+
+
+# analysed pieces without a cluster or a song group yet
+_UNDECIDED_SQL = (
+    "SELECT piece_id FROM piece_analysis_t JOIN piece_facts_t USING (piece_id) "
+    "WHERE piece_id NOT IN (SELECT piece_id FROM dedup_latest) "
+    "OR piece_id NOT IN (SELECT piece_id FROM song_groups_latest)"
+)
+
+
+def _column(con: Any, sql: str, params: list[Any] | None = None) -> list[Any]:
+    tbl = con.execute(sql, params or []).to_arrow_table()
+    return tbl.column(0).to_pylist() if tbl.num_rows else []
+
+
+def _last_decision(con: Any, params_json: str) -> dict[str, int] | None:
+    """The totals and lake version of the last decision when it was made with these parameters
+    (else None: decide every piece)."""
+    row = con.execute(
+        "SELECT params_json, lake_version, pieces, clusters, duplicate_pairs, song_groups, song_pairs "
+        "FROM curate_decisions ORDER BY decided_at DESC, run_id DESC LIMIT 1"
+    ).fetchone()
+    if row is None or row[0] != params_json or row[1] is None:
+        return None
+    return dict(zip(("lake_version", *_SUMMARY_FIELDS), (int(x) for x in row[1:]), strict=True))
+
+
+def _pieces_changed_since(con: Any, version: int) -> set[str] | None:
+    """Pieces with a ``pieces`` row (an id, a Lakh md5, a lineage) that lake version ``version`` did
+    not have; None when that version was expired (``lake maintain``): then every piece is decided."""
+    import duckdb
+
+    try:
+        return {
+            str(p)
+            for p in _column(
+                con,
+                "SELECT DISTINCT piece_id FROM (SELECT piece_id, run_id, source_uri FROM lake.store.pieces "
+                "WHERE status = 'ok' AND piece_id IS NOT NULL EXCEPT ALL SELECT piece_id, run_id, source_uri "
+                f"FROM lake.store.pieces AT (VERSION => {int(version)}) WHERE status = 'ok' AND piece_id IS NOT NULL)",
+            )
+        }
+    except duckdb.Error:
+        return None
+
+
+def _delta_decision(
+    con: Any,
+    fresh: set[str],
+    undecided: set[str],
+    analysed: set[str],
+    new_dup_pairs: list[tuple[str, str, float]],
+    matches: list[Any],
+    threshold: float,
+    song_threshold: float,
+    cols: set[str],
+    base: dict[str, int],
+) -> dict[str, Any] | None:
+    """Clusters and song groups after the last decision, deciding again only what ``fresh`` pieces touch.
+
+    Two levels. Dedup: the fresh pieces, every piece they share a hash, a near-duplicate pair or a
+    Lakh md5 with, and every member of those pieces' clusters: a set closed under dedup links, so
+    :func:`_decide` over it gives what it gives over the lake. Song groups (which only merge while the
+    parameters stay): union-find over those pieces, the other ends of every new track match, MSD /
+    Mutopia id and lineage links of the fresh pieces, and one node per old group any of them was
+    in; a group's name is the best of its old groups' names and its new members' keys. Every link
+    between two older pieces was there at the last decision, so it lies inside one old group. The
+    lake's totals are the last decision's with the old counts of what was decided again replaced.
+    None: the lake is not as the argument needs (a link to a piece outside every old group); the
+    caller then decides every piece.
+    """
+    import pyarrow as pa
+
+    from corpus.curation import dedup, songs
+
+    def reg(name: str, ids: set[str]) -> None:
+        con.register(name, pa.table({"piece_id": pa.array(sorted(ids), pa.string())}))
+
+    def ids_of(sql: str) -> set[str]:
+        return {str(p) for p in _column(con, sql) if p is not None}
+
+    # ---------------------------------------------------------------- dedup clusters
+    reg("fresh_ids", fresh)
+    try:
+        linked = [
+            "SELECT a.piece_id FROM piece_analysis_t a JOIN (SELECT content_hash FROM piece_analysis_t "
+            f"WHERE piece_id IN (SELECT piece_id FROM fresh_ids) AND content_hash <> '{dedup.EMPTY_CONTENT_HASH}') h "
+            "USING (content_hash)",
+            "SELECT a.piece_id FROM piece_analysis_t a JOIN (SELECT content_hash_transposed FROM piece_analysis_t "
+            "WHERE piece_id IN (SELECT piece_id FROM fresh_ids) "
+            f"AND content_hash_transposed <> '{dedup.EMPTY_TRANSPOSED_HASH}') h USING (content_hash_transposed)",
+            f"SELECT piece_b FROM dedup_pairs_t WHERE score >= {float(threshold)!r} "
+            "AND piece_a IN (SELECT piece_id FROM fresh_ids)",
+            f"SELECT piece_a FROM dedup_pairs_t WHERE score >= {float(threshold)!r} "
+            "AND piece_b IN (SELECT piece_id FROM fresh_ids)",
+        ]
+        if "lmd_md5" in cols:
+            linked.append(
+                "SELECT p.piece_id FROM pieces p JOIN (SELECT lmd_md5 FROM pieces WHERE piece_id IN "
+                "(SELECT piece_id FROM fresh_ids) AND lmd_md5 IS NOT NULL AND status = 'ok') m USING (lmd_md5) "
+                "WHERE p.status = 'ok'"
+            )
+        d0 = ids_of(" UNION ".join(linked)) | fresh
+        d0 |= {p for a, b, sc in new_dup_pairs if sc >= threshold for p in (a, b)}
+    finally:
+        con.unregister("fresh_ids")
+    reg("d0_ids", d0 & analysed)
+    try:
+        in_d = (
+            ids_of(
+                "SELECT piece_id FROM d0_ids UNION SELECT piece_id FROM dedup_latest WHERE dedup_cluster IN "
+                "(SELECT dedup_cluster FROM dedup_latest WHERE piece_id IN (SELECT piece_id FROM d0_ids))"
+            )
+            & analysed
+        )
+    finally:
+        con.unregister("d0_ids")
+    got = _read_scope(con, sorted(in_d), cols)
+    pairs_d = [(a, b, sc) for a, b, sc in new_dup_pairs if a in in_d and b in in_d]
+    after_d = _decide(got, pairs_d, [], threshold, song_threshold, songs_too=False)
+    old_d = _decide(got, [], [], threshold, song_threshold, only_decided=True, songs_too=False)
+    reps: dict[str, str] = after_d["reps"]
+    was = dict(got["latest"])
+    size: dict[str, int] = {}
+    for c in reps.values():
+        size[c] = size.get(c, 0) + 1
+
+    # ---------------------------------------------------------------- song groups
+    in_t = set(in_d) | {p for m in matches for p in (m.piece_a, m.piece_b)}
+    reg("fresh_ids", fresh)
+    try:
+        peers = [
+            "SELECT piece_b FROM song_pairs_t WHERE piece_a IN (SELECT piece_id FROM fresh_ids)",
+            "SELECT piece_a FROM song_pairs_t WHERE piece_b IN (SELECT piece_id FROM fresh_ids)",
+        ]
+        if "msd_ids" in cols:
+            peers.append(
+                "SELECT p.piece_id FROM (SELECT piece_id, unnest(msd_ids) AS m FROM pieces WHERE status = 'ok') p "
+                "JOIN (SELECT unnest(msd_ids) AS m FROM pieces WHERE status = 'ok' "
+                "AND piece_id IN (SELECT piece_id FROM fresh_ids)) f USING (m)"
+            )
+        if "mutopia_id" in cols:
+            peers.append(
+                "SELECT p.piece_id FROM pieces p JOIN (SELECT mutopia_id FROM pieces WHERE piece_id IN "
+                "(SELECT piece_id FROM fresh_ids) AND mutopia_id IS NOT NULL AND status = 'ok') m USING (mutopia_id) "
+                "WHERE p.status = 'ok'"
+            )
+        if "parent_piece_id" in cols:
+            peers.append(
+                "SELECT parent_piece_id FROM pieces WHERE piece_id IN (SELECT piece_id FROM fresh_ids) AND status = 'ok'"
+            )
+            peers.append(
+                "SELECT piece_id FROM pieces WHERE parent_piece_id IN (SELECT piece_id FROM fresh_ids) AND status = 'ok'"
+            )
+        in_t |= ids_of(" UNION ".join(peers))
+    finally:
+        con.unregister("fresh_ids")
+    in_t &= analysed
+    reg("t_ids", in_t)
+    in_t_sql = "(SELECT piece_id FROM t_ids)"
+    try:
+        old_group = {
+            str(p): (str(g), str(j), t)
+            for p, g, j, t in con.execute(
+                "SELECT piece_id, song_group, joined_by, threshold FROM song_groups_latest "
+                f"WHERE piece_id IN {in_t_sql}"
+            ).fetchall()
+        }
+        old_size = {
+            str(p): int(n)
+            for p, n in con.execute(
+                "WITH d AS (SELECT piece_id, dedup_cluster FROM dedup_latest) SELECT d.piece_id, c.n FROM d JOIN "
+                f"(SELECT dedup_cluster, count(*) AS n FROM d WHERE dedup_cluster IN (SELECT dedup_cluster FROM d "
+                f"WHERE piece_id IN {in_t_sql}) GROUP BY 1) c USING (dedup_cluster) WHERE d.piece_id IN {in_t_sql}"
+            ).fetchall()
+        }
+        stored_songs = con.execute(
+            "SELECT piece_a, piece_b, max(containment), max(shared_ngrams) FROM song_pairs_t WHERE scheme = ? "
+            f"AND (piece_a IN {in_t_sql} OR piece_b IN {in_t_sql}) GROUP BY ALL",
+            [songs.TRACK_SCHEME],
+        ).fetchall()
+        holders: list[tuple[str, str]] = []  # (key, piece): every holder of a key a piece of T holds
+        keyed = []
+        if "msd_ids" in cols:
+            keyed.append(
+                "SELECT 'msd:' || unnest(msd_ids) AS key, piece_id FROM pieces WHERE status = 'ok' AND piece_id IS NOT NULL"
+            )
+        if "mutopia_id" in cols:
+            keyed.append(
+                "SELECT 'mutopia:' || mutopia_id, piece_id FROM pieces WHERE status = 'ok' AND piece_id IS NOT NULL "
+                "AND mutopia_id IS NOT NULL"
+            )
+        if "lmd_md5" in cols:
+            keyed.append(
+                "SELECT 'lmd_md5:' || lmd_md5, piece_id FROM pieces WHERE status = 'ok' AND piece_id IS NOT NULL "
+                "AND lmd_md5 IS NOT NULL"
+            )
+        if keyed:
+            holders = [
+                (str(k), str(p))
+                for k, p in con.execute(
+                    f"WITH k AS ({' UNION '.join(keyed)}) SELECT DISTINCT key, piece_id FROM k "
+                    f"WHERE key IN (SELECT key FROM k WHERE piece_id IN {in_t_sql}) ORDER BY 1, 2"
+                ).fetchall()
+                if str(p) in analysed
+            ]
+        lineage = (
+            [
+                (str(c), str(par))
+                for c, par in con.execute(
+                    "SELECT DISTINCT piece_id, parent_piece_id FROM pieces WHERE status = 'ok' AND piece_id IS NOT NULL "
+                    f"AND parent_piece_id IS NOT NULL AND (piece_id IN {in_t_sql} OR parent_piece_id IN {in_t_sql})"
+                ).fetchall()
+                if str(c) in analysed and str(par) in analysed and c != par
+            ]
+            if "parent_piece_id" in cols
+            else []
+        )
+    finally:
+        con.unregister("t_ids")
+    best: dict[tuple[str, str], tuple[float, int]] = {}
+    stored_best: dict[tuple[str, str], tuple[float, int]] = {}
+    for a, b, cont, shared in stored_songs:
+        stored_best[(a, b)] = best[(a, b)] = (cont, shared)
+    for m in matches:
+        old = best.get((m.piece_a, m.piece_b))
+        if old is None or (m.containment, m.shared) > old:
+            best[(m.piece_a, m.piece_b)] = (m.containment, m.shared)
+    passing = [
+        (a, b)
+        for (a, b), (cont, shared) in best.items()
+        if a in analysed and b in analysed and songs.passes(cont, shared, song_threshold)
+    ]
+    before = sum(
+        1
+        for (a, b), (cont, shared) in stored_best.items()
+        if a in analysed
+        and b in analysed
+        and a not in undecided
+        and b not in undecided
+        and songs.passes(cont, shared, song_threshold)
+    )
+    outside = (
+        {p for a, b in passing for p in (a, b)} | {p for _, p in holders} | {p for e in lineage for p in e}
+    ) - in_t
+    if outside:
+        reg("out_ids", outside)
+        try:
+            out_group = {
+                str(p): str(g)
+                for p, g in con.execute(
+                    "SELECT piece_id, song_group FROM song_groups_latest WHERE piece_id IN (SELECT piece_id FROM out_ids)"
+                ).fetchall()
+            }
+        finally:
+            con.unregister("out_ids")
+        if set(out_group) != outside:
+            return None
+    else:
+        out_group = {}
+
+    kinds: dict[str, set[str]] = {p: set() for p in in_t}
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def node(p: str) -> tuple[str, str]:
+        return ("p", p) if p in in_t else ("g", out_group[p])
+
+    def find(x: tuple[str, str]) -> tuple[str, str]:
+        parent.setdefault(x, x)
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(x: tuple[str, str], y: tuple[str, str]) -> None:
+        rx, ry = find(x), find(y)
+        if rx != ry:
+            parent[max(rx, ry)] = min(rx, ry)
+
+    def note(p: str, kind: str) -> None:
+        if p in kinds:
+            kinds[p].add(kind)
+
+    for p in in_t:
+        find(("p", p))
+        if p in old_group:
+            union(("p", p), ("g", old_group[p][0]))
+        elif p not in fresh:
+            return None  # an older piece without a group: decide every piece
+        if p in reps:
+            union(("p", p), ("p", reps[p]))
+            if size[reps[p]] >= 2:
+                note(p, "dedup")
+        elif old_size.get(p, 1) >= 2:
+            note(p, "dedup")
+    for a, b in passing:
+        union(node(a), node(b))
+        note(a, "melody")
+        note(b, "melody")
+    by_key: dict[str, list[str]] = {}
+    for k, p in holders:
+        by_key.setdefault(k, []).append(p)
+    own_keys: dict[str, list[str]] = {}
+    for k, ps in by_key.items():
+        kind = k.split(":", 1)[0]
+        for p in ps:
+            if kind != "lmd_md5":
+                own_keys.setdefault(p, []).append(k)
+            if len(ps) >= 2:
+                union(node(ps[0]), node(p))
+                note(p, kind)
+    for c, par in lineage:
+        union(node(c), node(par))
+        note(c, "lineage")
+        note(par, "lineage")
+
+    def rank(key: str) -> tuple[int, str]:
+        return ({"msd": 0, "mutopia": 1}.get(key.split(":", 1)[0], 2), key)
+
+    name: dict[tuple[str, str], str] = {}
+    for x in list(parent):
+        if x[0] == "g":
+            cand = x[1] if x[1].startswith(("msd:", "mutopia:")) else f"piece:{x[1]}"
+        else:
+            cand = min([*own_keys.get(x[1], []), f"piece:{x[1]}"], key=rank)
+        root = find(x)
+        if root not in name or rank(cand) < rank(name[root]):
+            name[root] = cand
+    strength = {kind: n for n, kind in enumerate(songs.JOIN_KINDS)}
+    song_rows = []
+    for p in sorted(in_t):
+        g = songs._group_id(name[find(("p", p))])
+        j = min(kinds[p], key=lambda k: strength.get(k, 99)) if kinds[p] else "self"
+        if old_group.get(p) != (g, j, song_threshold):
+            song_rows.append((p, g, j))
+    old_groups = {x[1] for x in parent if x[0] == "g"}
+    renamed = {
+        g: songs._group_id(name[find(("g", g))]) for g in old_groups if songs._group_id(name[find(("g", g))]) != g
+    }
+    if renamed:
+        con.register("renamed_groups", pa.table({"song_group": pa.array(sorted(renamed), pa.string())}))
+        try:
+            members = con.execute(
+                "SELECT piece_id, song_group, joined_by FROM song_groups_latest "
+                "WHERE song_group IN (SELECT song_group FROM renamed_groups)"
+            ).fetchall()
+        finally:
+            con.unregister("renamed_groups")
+        song_rows += [(str(p), renamed[str(g)], str(j)) for p, g, j in members if str(p) not in in_t]
+    n_components = len({find(x) for x in parent})
+    totals = {
+        "pieces": len(analysed),
+        "clusters": base["clusters"] - old_d["clusters"] + after_d["clusters"],
+        "duplicate_pairs": base["duplicate_pairs"] - old_d["duplicate_pairs"] + after_d["duplicate_pairs"],
+        "song_groups": base["song_groups"] - len(old_groups) + n_components,
+        "song_pairs": base["song_pairs"] - before + len(passing),
+    }
+    return {
+        "scope": "delta",
+        "totals": totals,
+        "redecided": len(in_t) + sum(1 for p, _, _ in song_rows if p not in in_t),
+        "dedup_rows": [(p, c) for p, c in sorted(reps.items()) if was.get(p) != c],
+        "song_rows": song_rows,
+    }
+
+
+def _read_scope(con: Any, scope: list[str] | None, cols: set[str]) -> dict[str, Any]:
+    """What a decision over ``scope`` (None: every piece) reads: hashes, stored pairs, Lakh md5s,
+    external ids, lineage and the current assignments, restricted to pieces of the scope."""
+    import pyarrow as pa
+
+    from corpus.curation import songs
+
+    if scope is not None:
+        con.register("scope_ids", pa.table({"piece_id": pa.array(scope, pa.string())}))
+
+    def within(col: str) -> str:
+        return "" if scope is None else f" AND {col} IN (SELECT piece_id FROM scope_ids)"
+
+    try:
+        tbl = con.execute(
+            "SELECT a.piece_id, a.content_hash, a.content_hash_transposed, f.n_notes, f.duration_quarters "
+            "FROM piece_analysis_t a JOIN piece_facts_t f USING (piece_id) WHERE true"
+            + within("a.piece_id")
+            + " ORDER BY a.piece_id"
+        ).fetchnumpy()
+        out: dict[str, Any] = {
+            "ids": [str(x) for x in tbl["piece_id"]],
+            "hashes": [str(h) for h in tbl["content_hash"]],
+            "t_hashes": [str(h) for h in tbl["content_hash_transposed"]],
+            "n_notes": [int(n) for n in tbl["n_notes"]],
+            "lengths": [float(x) for x in tbl["duration_quarters"]],
+        }
+        out["stored"] = con.execute(
+            "SELECT piece_a, piece_b, max(score) FROM dedup_pairs_t WHERE true"
+            + within("piece_a")
+            + within("piece_b")
+            + " GROUP BY ALL"
+        ).fetchall()
+        out["stored_songs"] = con.execute(
+            "SELECT piece_a, piece_b, max(containment), max(shared_ngrams) FROM song_pairs_t WHERE scheme = ?"
+            + within("piece_a")
+            + within("piece_b")
+            + " GROUP BY ALL",
+            [songs.TRACK_SCHEME],
+        ).fetchall()
+        out["lmd"] = (
+            con.execute(
+                "SELECT DISTINCT piece_id, lmd_md5 FROM pieces WHERE lmd_md5 IS NOT NULL AND piece_id IS NOT NULL "
+                "AND status = 'ok'" + within("piece_id")
+            ).fetchall()
+            if "lmd_md5" in cols
+            else []
+        )
+        out["ext"] = con.execute(
+            "SELECT piece_id, "
+            + (
+                "list_sort(list_distinct(flatten(list(coalesce(msd_ids, []::VARCHAR[]))))), "
+                if "msd_ids" in cols
+                else "[]::VARCHAR[], "
+            )
+            + (
+                "list_distinct(list(mutopia_id) FILTER (WHERE mutopia_id IS NOT NULL)), "
+                if "mutopia_id" in cols
+                else "[]::VARCHAR[], "
+            )
+            + (
+                "list_distinct(list(parent_piece_id) FILTER (WHERE parent_piece_id IS NOT NULL)) "
+                if "parent_piece_id" in cols
+                else "[]::VARCHAR[] "
+            )
+            + "FROM pieces WHERE status = 'ok' AND piece_id IS NOT NULL"
+            + within("piece_id")
+            + " GROUP BY piece_id"
+        ).fetchall()
+        out["latest"] = con.execute(
+            "SELECT piece_id, dedup_cluster FROM dedup_latest WHERE true" + within("piece_id") + " ORDER BY 1"
+        ).fetchall()
+        out["latest_songs"] = con.execute(
+            "SELECT piece_id, song_group, joined_by, threshold FROM song_groups_latest WHERE true"
+            + within("piece_id")
+            + " ORDER BY 1"
+        ).fetchall()
+    finally:
+        if scope is not None:
+            con.unregister("scope_ids")
+    return out
+
+
+def _decide(
+    got: dict[str, Any],
+    new_dup_pairs: list[tuple[str, str, float]],
+    matches: list[Any],
+    threshold: float,
+    song_threshold: float,
+    only_decided: bool = False,
+    songs_too: bool = True,
+) -> dict[str, Any]:
+    """Clusters and song groups of the pieces in ``got`` (a closed set), from its stored pairs and the new ones.
+
+    ``only_decided``: the decision as it stood before this run (the pieces that had a cluster, the
+    stored pairs only), whose counts the lake's totals drop when the new decision replaces it.
+    """
+    from corpus.curation import dedup, songs
+
+    ids = got["ids"]
+    keep = range(len(ids))
+    if only_decided:
+        had = {p for p, _ in got["latest"]}
+        keep = [i for i, p in enumerate(ids) if p in had]
+    ids = [got["ids"][i] for i in keep]
+    row_of = {p: i for i, p in enumerate(ids)}
+    near: dict[tuple[str, str], float] = {}
+    for a, b, sc in [*got["stored"], *new_dup_pairs]:
+        if a in row_of and b in row_of:
+            key = (a, b) if a < b else (b, a)
+            near[key] = max(sc, near.get(key, -1.0))
+    n_notes = [got["n_notes"][i] for i in keep]
+    result = dedup.cluster(
+        ids,
+        None,
+        [got["hashes"][i] for i in keep],
+        transposed_hashes=[got["t_hashes"][i] for i in keep],
+        threshold=threshold,
+        n_notes=n_notes,
+        lengths=[got["lengths"][i] for i in keep],
+        near_pairs=[(row_of[a], row_of[b], sc) for (a, b), sc in sorted(near.items())],
+    )
+    cluster_of = dict(result.cluster_of)
+    by_md5: dict[str, list[str]] = {}
+    for pid, md5 in got["lmd"]:
+        if pid in cluster_of:
+            by_md5.setdefault(md5, []).append(pid)
+    reps = _merge_groups(ids, cluster_of, by_md5.values(), n_notes)
+    if not songs_too:
+        return {"reps": reps, "clusters": len(set(reps.values())), "duplicate_pairs": len(result.pairs)}
+
+    # --- song groups: dedup clusters, verified track matches, lineage, Lakh md5, MSD / Mutopia ids
+    links: list[tuple[str, str, str]] = [(p, c, "dedup") for p, c in reps.items() if p != c]
+    best_song: dict[tuple[str, str], tuple[float, int]] = {}
+    for a, b, cont, shared in [
+        *got["stored_songs"],
+        *((m.piece_a, m.piece_b, m.containment, m.shared) for m in matches),
+    ]:
+        if a not in row_of or b not in row_of:
+            continue
+        old = best_song.get((a, b))
+        if old is None or (cont, shared) > old:
+            best_song[(a, b)] = (cont, shared)
+    passing = [(a, b) for (a, b), (cont, shared) in best_song.items() if songs.passes(cont, shared, song_threshold)]
+    links += [(a, b, "melody") for a, b in passing]
+    links += [(p, q, "lmd_md5") for group in by_md5.values() for p in group[1:] for q in group[:1]]
+    keys: dict[str, list[str]] = {}
+    for pid, msd_ids, mutopia_ids, parents in got["ext"]:
+        if pid not in row_of:
+            continue
+        keys[pid] = [f"msd:{m}" for m in msd_ids or []] + [f"mutopia:{m}" for m in mutopia_ids or []]
+        links += [(pid, parent, "lineage") for parent in parents or []]
+    groups = songs.group_songs(ids, links, keys)
+    return {
+        "reps": reps,
+        "groups": groups,
+        "pieces": len(ids),
+        "clusters": len(set(reps.values())),
+        "duplicate_pairs": len(result.pairs),
+        "song_groups": groups.n_groups,
+        "song_pairs": len(passing),
+    }
 
 
 def save_index(lake: Lake, name: str, index: Any, config: dict[str, object]) -> None:

@@ -187,6 +187,23 @@ TABLES: dict[str, pa.Schema] = {
             ("song_run", pa.string()),
         ]
     ),
+    # curate: one row per decision of dedup clusters and song groups (the totals after it, and how
+    # it was reached: "full" over every piece, or "delta" over the song groups new pieces touch)
+    "curate_decisions": pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("decided_at", TS),
+            ("scope", pa.string()),  # full / delta
+            ("params_json", pa.string()),  # thresholds, rule, vector and track configs
+            ("lake_version", pa.int64()),  # the lake version (DuckLake snapshot) the decision read
+            ("redecided", pa.int64()),  # pieces whose cluster and group were decided again
+            ("pieces", pa.int64()),
+            ("clusters", pa.int64()),
+            ("duplicate_pairs", pa.int64()),
+            ("song_groups", pa.int64()),
+            ("song_pairs", pa.int64()),
+        ]
+    ),
     # tokenize: one row per (piece, scheme, tokenizer, transposition); partitioned by scheme and hash
     "tokens": pa.schema(
         [
@@ -291,6 +308,7 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
     "track_signatures": (),
     "song_pairs": (),
     "song_groups": (),
+    "curate_decisions": (),
     "tokens": ("scheme", "tokenizer_hash"),
     "tokenizers": (),
     "snapshots": (),

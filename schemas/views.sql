@@ -19,6 +19,9 @@ CREATE OR REPLACE VIEW song_pairs_t AS SELECT * FROM {song_pairs};
 CREATE OR REPLACE VIEW song_groups_latest AS
 SELECT * FROM {song_groups} QUALIFY row_number() OVER (PARTITION BY piece_id ORDER BY song_run DESC) = 1;
 
+-- one row per decision of clusters and groups (scope full / delta), newest last
+CREATE OR REPLACE VIEW curate_decisions AS SELECT * FROM {curate_decisions};
+
 CREATE OR REPLACE VIEW pieces AS SELECT * FROM pieces_t;
 
 CREATE OR REPLACE VIEW rejects AS SELECT * FROM rejects_t;

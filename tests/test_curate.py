@@ -102,3 +102,63 @@ def test_similar_from_the_saved_index(curated: Lake) -> None:
     (other,) = q(curated, "SELECT piece_id FROM pieces WHERE name = 'fur_elise_2.mid'")[0]
     hits = similar(index, pid, 3)
     assert hits[0][0] == other and hits[0][1] > 0.8
+
+
+def _decided(lake: Lake) -> list[tuple]:
+    return q(
+        lake,
+        "SELECT d.piece_id, d.dedup_cluster, d.is_representative, g.song_group, g.joined_by "
+        "FROM dedup_latest d JOIN song_groups_latest g USING (piece_id) ORDER BY 1",
+    )
+
+
+def test_nightly_delta_curates_decide_what_one_run_over_everything_decides(tmp_path: Path, data_dir: Path) -> None:
+    """Each source arriving on its own night, curated in scope ``delta``, ends where one curate of
+    them all ends: clusters, representatives, song groups, how each piece joined, and the totals.
+    The nights include a Lakh md5 that links new pieces to older ones (LPD is derived from Lakh),
+    bytes already curated arriving again with a Lakh md5 (new metadata for old pieces), an MSD id,
+    extracted melodies (lineage), and an expired lake version (``lake maintain``: scope ``full``)."""
+    nights = [
+        LpdSource(data_dir / "lpd"),
+        DirSource(data_dir / "lakh" / "lmd_full", name="plain"),
+        LakhSource(data_dir / "lakh" / "lmd_full"),
+        DirSource(data_dir / "lakh_derived", name="meloform"),
+        DirSource(data_dir / "mutopia", name="mutopia"),
+    ]
+    once, nightly = Lake(tmp_path / "once"), Lake(tmp_path / "nightly")
+    with Engine(workers=1) as e:
+        with once.lock("t"):
+            for src in nights:
+                ingest(once, src, e, IngestConfig())
+            one = curate(once, e, extract_melodies=True)
+        with nightly.lock("t"):
+            for night, src in enumerate(nights):
+                ingest(nightly, src, e, IngestConfig())
+                if night == 1:
+                    nightly.maintain(keep_days=0)  # the last decision's lake version is gone
+                last = curate(nightly, e, extract_melodies=True)
+    scopes = [r[0] for r in q(nightly, "SELECT scope FROM curate_decisions ORDER BY decided_at")]
+    assert scopes == ["full", "full", "delta", "delta", "delta"]
+    assert [r[0] for r in q(once, "SELECT scope FROM curate_decisions")] == ["full"]
+    assert _decided(nightly) == _decided(once)
+    totals = ("pieces", "clusters", "duplicate_pairs", "song_groups", "song_pairs")
+    assert [getattr(last, k) for k in totals] == [getattr(one, k) for k in totals]
+    assert q(
+        nightly,
+        "SELECT pieces, clusters, duplicate_pairs, song_groups, song_pairs FROM curate_decisions "
+        "ORDER BY decided_at DESC LIMIT 1",
+    ) == [tuple(getattr(one, k) for k in totals)]
+    # the LPD piece converted from a Lakh file and that file (ingested two nights later): one cluster, one song
+    linked = q(
+        nightly,
+        "SELECT count(DISTINCT p.piece_id), count(DISTINCT d.dedup_cluster), count(DISTINCT g.song_group) "
+        "FROM pieces p JOIN dedup_latest d USING (piece_id) JOIN song_groups_latest g USING (piece_id) "
+        "WHERE p.lmd_md5 = 'd6caebd1964d9e4a3c5ea59525230e2a'",
+    )
+    assert linked == [(2, 1, 1)]
+    assert {r[0] for r in q(nightly, "SELECT DISTINCT joined_by FROM song_groups_latest")} >= {"lineage", "self"}
+    # the delta decisions decided again far fewer pieces than the lake holds
+    (redecided, pieces) = q(nightly, "SELECT redecided, pieces FROM curate_decisions ORDER BY decided_at DESC LIMIT 1")[
+        0
+    ]
+    assert redecided < pieces
