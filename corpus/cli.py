@@ -572,6 +572,8 @@ def cmd_bench(ctx: Ctx) -> int:
     if not files.is_dir():
         raise UserError(f"no such folder: {str(files)!r} (give --files DIR)")
     workers = ctx.args.workers or 2
+    if a.lakehouse is not None:
+        return _bench_lakehouse(a, files, workers)
     result = bench.run_bench(files, Path(a.out) if a.out else None, workers, key_files=a.key_files)
     arrangements = files.parent / "arrangements"
     if arrangements.is_dir():
@@ -587,7 +589,39 @@ def cmd_bench(ctx: Ctx) -> int:
     if a.scale:
         out = Path(a.out).with_name(Path(a.out).stem + "-scale.json") if a.out else None
         bench.run_scale(src_dir=files, workers=workers, out=out)
+        print("lakehouse: the scheduled-corpus commands on a 20,000-piece synthetic lake...")
+        lh_out = Path(a.out).with_name(Path(a.out).stem + "-lakehouse.json") if a.out else None
+        from corpus import bench_lakehouse
+
+        bench_lakehouse.run_lakehouse(20_000, 200, src_dir=files, workers=workers, out=lh_out)
     return 0
+
+
+def _bench_lakehouse(a: argparse.Namespace, files: Path, workers: int) -> int:
+    """``bench --lakehouse N``: only the lakehouse table (every command of a scheduled corpus, N pieces)."""
+    from corpus import bench_lakehouse
+
+    if a.lakehouse < 1:
+        raise UserError(f"--lakehouse takes a number of pieces >= 1, got {a.lakehouse}")
+    earlier = None
+    if a.compare:
+        try:
+            earlier = json.loads(Path(a.compare).read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--compare: cannot read {a.compare!r}: {exc}") from None
+    work = Path(a.work_dir) if a.work_dir else None
+    res = bench_lakehouse.run_lakehouse(
+        a.lakehouse,
+        a.delta,
+        src_dir=files,
+        workers=workers,
+        work_dir=work,
+        out=Path(a.out) if a.out else None,
+        keep=work is not None,
+    )
+    if earlier is not None:
+        print(bench_lakehouse.compare(earlier, res))
+    return 0 if all(r["rc"] == 0 for r in res["rows"]) else 1
 
 
 def cmd_report(ctx: Ctx) -> int:
@@ -1052,7 +1086,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--key-files", type=int, default=40, help="files for the music21 comparison (slow: ~2.5 s each; default 40)"
     )
-    b.add_argument("--scale", action="store_true", help="also the synthetic 2k/5k/20k scale run (long)")
+    b.add_argument(
+        "--scale", action="store_true", help="also the synthetic 2k/5k/20k scale run and the 20k lakehouse table (long)"
+    )
+    b.add_argument(
+        "--lakehouse",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only the lakehouse table: every command of a scheduled corpus on N synthetic pieces, each as its own "
+        "process, wall time and driver peak RSS (Lakh-sized: 176581, about an hour here)",
+    )
+    b.add_argument("--delta", type=int, default=200, help="with --lakehouse: pieces of the nightly delta (default 200)")
+    b.add_argument(
+        "--work-dir", default=None, help="with --lakehouse: keep the files and the lake here (files reused if present)"
+    )
+    b.add_argument("--compare", default=None, help="with --lakehouse: the JSON of an earlier run (--out): print ratios")
     b.set_defaults(func=cmd_bench)
 
     sim = sub.add_parser(

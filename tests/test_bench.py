@@ -70,3 +70,26 @@ def test_bad_input(tmp_path: Path) -> None:
         run_bench(tmp_path, None)
     with pytest.raises(ValueError, match="n_list"):
         run_scale(n_list=(0,), src_dir=tmp_path)
+
+
+@pytest.mark.timeout(600)
+def test_lakehouse_table_runs_every_command(tmp_path: Path) -> None:
+    """``bench --lakehouse N`` on a tiny lake: every command of the table runs as its own process and
+    exits 0, the delta's curate decides only what the new pieces touch, the no-op curate says so."""
+    if not DATA.is_dir():
+        pytest.skip(f"real test data not found at {DATA}")
+    from corpus.bench_lakehouse import compare, run_lakehouse
+
+    lines: list[str] = []
+    out = tmp_path / "lh.json"
+    r = run_lakehouse(24, 4, src_dir=DATA, workers=1, work_dir=tmp_path / "w", out=out, echo=lines.append)
+    rows = {row["step"]: row for row in r["rows"]}
+    assert len(rows) == 11 and all(row["rc"] == 0 for row in rows.values()), r["rows"]
+    assert all(row["wall_s"] > 0 and row["driver_peak_rss_mb"] > 0 for row in rows.values())
+    assert "pieces decided again" in rows["nightly delta: curate"]["last_line"]
+    assert rows["curate again with nothing new"]["last_line"].startswith("curate: nothing new:")
+    assert json.loads(out.read_text())["rows"] == r["rows"]
+    table = "\n".join(lines)
+    assert "| nightly delta: curate |" in table and "| snapshot create |" in table
+    ratios = compare(r, r).splitlines()
+    assert len(ratios) == 2 + 11 and all("| 1.00x | 1.00x |" in ln for ln in ratios[2:])
