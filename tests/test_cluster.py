@@ -64,3 +64,36 @@ def test_unreachable_scheduler_is_one_line(tmp_path: Path, data_dir: Path) -> No
         len(errors) == 1 and r.stderr.splitlines()[-1] == errors[0] and "cannot reach the Dask scheduler" in errors[0]
     )
     assert "Traceback" not in r.stderr
+
+
+def _pipeline(lake: Path, where: list[str], src: Path) -> str:
+    """ingest, curate, tokenize REMI and snapshot create through the CLI; the snapshot's version."""
+    from tests.test_faults import _env
+
+    cli = [sys.executable, "-m", "corpus.cli", "--lake", str(lake), *where]
+    for args in (
+        ["ingest", "dir", str(src), "--source", "m"],
+        ["curate"],
+        ["tokenize", "--scheme", "remi"],
+        ["snapshot", "create", "s", "--scheme", "remi"],
+    ):
+        r = subprocess.run([*cli, *args], env=_env(), capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, (args, r.stderr)
+    (row,) = Lake(lake).query("SELECT version FROM snapshots").to_pylist()
+    return str(row["version"])
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(900)
+def test_the_whole_pipeline_on_a_real_cluster_gives_the_local_lake_and_snapshot(
+    dask_cluster: str, tmp_path: Path, data_dir: Path
+) -> None:
+    """Ingest, curate, tokenize and snapshot create with --scheduler (a `dask scheduler` and two
+    `dask worker` processes) write the tables and the snapshot bytes of a local run."""
+    from tests.test_faults import stage_tables
+
+    src = data_dir / "midi"
+    local = _pipeline(tmp_path / "local", ["--workers", "2"], src)
+    remote = _pipeline(tmp_path / "remote", ["--scheduler", dask_cluster], src)
+    assert remote == local
+    assert stage_tables(Lake(tmp_path / "remote")) == stage_tables(Lake(tmp_path / "local"))
