@@ -100,6 +100,18 @@ class Ctx:
         return cfg
 
 
+def _step_progress(label: str, unit: str, unit_scale: bool = False) -> Progress:
+    """Progress of a stage that reports a :class:`corpus.progress.Step` (snapshot create, report)."""
+    return Progress(
+        label,
+        count=lambda st: st.done,
+        total=lambda st: st.total,
+        text=lambda st: st.what,
+        unit=unit,
+        unit_scale=unit_scale,
+    )
+
+
 def _print_ingest(summary: Any, label: str, skipped: int = 0, what: str = "items") -> None:
     if skipped and not summary.inputs:
         print(f"{label}: all {skipped} {what} already in the lake; nothing to do ({summary.seconds:.1f} s)")
@@ -450,12 +462,23 @@ def cmd_snapshot_create(ctx: Ctx) -> int:
             tokenizer_hash=a.tokenizer,
         )
         spec.validate()
-        with ctx.lake.lock("snapshot create"):
-            res = snapshot.create(ctx.lake, spec)
+        res = _snapshot_create(ctx, spec)
     except snapshot.SnapshotError as exc:
         raise UserError(str(exc)) from None
     print(res.line())
     return 0
+
+
+def _snapshot_create(ctx: Ctx, spec: Any) -> Any:
+    """snapshot.create under the lake's lock, with progress (tokens written of the total)."""
+    from corpus import snapshot
+
+    prog = _step_progress(f"snapshot create {spec.name}", "tokens", unit_scale=True)
+    try:
+        with ctx.lake.lock("snapshot create"):
+            return snapshot.create(ctx.lake, spec, progress=prog)
+    finally:
+        prog.done()
 
 
 def cmd_snapshot_list(ctx: Ctx) -> int:
@@ -595,10 +618,13 @@ def cmd_report(ctx: Ctx) -> int:
 
     ctx.existing_lake()
 
+    prog = _step_progress("report", "queries")
     try:
-        index = write_report(ctx.lake, ctx.args.out or local_home(ctx.lake) / "report")
+        index = write_report(ctx.lake, ctx.args.out or local_home(ctx.lake) / "report", progress=prog)
     except ReportError as exc:
         raise UserError(str(exc)) from None
+    finally:
+        prog.done()
     print(f"report: {index}")
     return 0
 
@@ -766,7 +792,12 @@ def cmd_run(ctx: Ctx) -> int:
     from reports import write_report
 
     # the report and the training run are local files: beside a local lake, in ./ for an object store
-    print(f"report: {write_report(ctx.lake, local_home(ctx.lake) / 'report')}")
+    prog = _step_progress("report", "queries")
+    try:
+        index = write_report(ctx.lake, local_home(ctx.lake) / "report", progress=prog)
+    finally:
+        prog.done()
+    print(f"report: {index}")
     print(f"\nsummary ({time.perf_counter() - t0:.1f} s):")
     for title, q in RUN_QUERIES:
         print(f"\n-- {title}\n{q}")
@@ -785,8 +816,7 @@ def run_snapshot_and_train(ctx: Ctx) -> None:
     from train.loop import TrainConfig, train
 
     spec = snapshot.SnapshotSpec(name="default", scheme="remi")
-    with ctx.lake.lock("snapshot create"):
-        res = snapshot.create(ctx.lake, spec)
+    res = _snapshot_create(ctx, spec)
     print(res.line())
     out = local_home(ctx.lake) / "runs" / f"default-{res.version}"
     m = train(res.path, out, TrainConfig(steps=ctx.args.train_steps, batch_size=8, seq_len=256), device="auto")

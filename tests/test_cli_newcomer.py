@@ -368,3 +368,110 @@ def test_readme_names_the_views_and_the_shell() -> None:
     assert shutil.which("duckdb", path=str(Path(sys.executable).parent)), (
         "the DuckDB shell is installed with the project"
     )
+
+
+# ------------------------------------------------------------------ progress of snapshot create and report
+def on_a_terminal(*args: str, lake: Path) -> tuple[int, str, str]:
+    """The command with stderr on a pseudo-terminal (120 columns), as a user at a shell sees it:
+    exit status, stdout, and everything written to the terminal."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the other end is closed
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "corpus.cli", "--lake", str(lake), *args],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+            env=ENV,
+            timeout=600,
+        )
+    finally:
+        os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    return p.returncode, p.stdout, b"".join(chunks).decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Path, dict[str, str]]:
+    """A lake ingested, curated and tokenized (remi); the stdout of each step."""
+    lake = tmp_path_factory.mktemp("pipeline") / "lake"
+    out = {}
+    for name, args in [
+        ("ingest", ("ingest", "dir", str(data_dir / "midi" / "magenta"), "--source", "magenta")),
+        ("curate", ("curate",)),
+        ("tokenize", ("tokenize", "--scheme", "remi")),
+    ]:
+        r = cli("--workers", "0", *args, lake=lake)
+        assert r.returncode == 0, r.stderr
+        out[name] = r.stdout
+    return lake, out
+
+
+def test_snapshot_create_shows_progress_on_a_terminal(pipeline: tuple[Path, dict[str, str]]) -> None:
+    lake, _ = pipeline
+    rc, out, term = on_a_terminal("snapshot", "create", "prog", "--scheme", "remi", lake=lake)
+    assert rc == 0, term
+    tokens = int(re.search(r"([\d,]+) tokens \(", out).group(1).replace(",", ""))
+    from tqdm import tqdm
+
+    total = tqdm.format_sizeof(tokens)  # the bar's unit_scale figure, e.g. 99.3k
+    assert re.search(rf"snapshot create prog: +\d+%\|.*\| [\d.]+k?/{re.escape(total)} \[", term), term
+    assert "tokens/s" in term and "writing train" in term
+
+
+def test_report_shows_progress_on_a_terminal(pipeline: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    from reports import figures
+
+    lake, _ = pipeline
+    rc, out, term = on_a_terminal("report", "--out", str(tmp_path / "report"), lake=lake)
+    assert rc == 0 and out == f"report: {tmp_path / 'report' / 'index.html'}\n", term
+    assert re.search(rf"report: +\d+%\|.*\| \d+/{len(figures) + 1} \[", term), term
+
+
+def test_snapshot_and_report_tell_their_steps(pipeline: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """The library calls behind the bars: done reaches the total, through the named steps."""
+    from corpus import snapshot
+    from corpus.lake import Lake
+    from corpus.progress import Step
+    from reports import figures, write_report
+
+    lake = Lake(pipeline[0])
+    seen: list[Step] = []
+
+    def record(st: Step) -> None:
+        seen.append(Step(st.done, st.total, st.what))
+
+    with lake.lock("test"):
+        res = snapshot.create(lake, snapshot.SnapshotSpec(name="steps", scheme="remi", seed=3), progress=record)
+    tokens = res.manifest["counts"]["tokens"]
+    assert tokens > 0 and seen[0] == Step(0, None, "selecting pieces")
+    assert [s.what for s in seen if s.what.startswith("writing ") and s.done == 0][:1] == ["writing train"]
+    assert [s.done for s in seen] == sorted(s.done for s in seen) and seen[-1] == Step(
+        tokens, tokens, "registering in the lake"
+    )
+    seen.clear()
+    write_report(lake, tmp_path / "report", progress=record)
+    assert seen[0] == Step(0, len(figures) + 1, "opening the lake")
+    assert seen[-1] == Step(len(figures) + 1, len(figures) + 1, "writing the page")
+    assert {s.what for s in seen} >= {f.name for f in figures}
