@@ -155,6 +155,20 @@ class SnapshotResult:
             f"{c.get('tokens', 0):,} tokens ({per}) at {self.path}"
         )
 
+    def as_dict(self) -> dict[str, Any]:
+        """The fields of :meth:`line`, for ``snapshot create --format json``."""
+        c = self.manifest.get("counts", {})
+        return {
+            "name": self.name,
+            "version": self.version,
+            "created": self.created,
+            "pieces": c.get("pieces", 0),
+            "sequences": c.get("sequences", 0),
+            "tokens": c.get("tokens", 0),
+            "splits": {sp: c.get(sp, {}) for sp in SPLITS},
+            "path": str(self.path),
+        }
+
 
 # ----------------------------------------------------------------------------- helpers
 def _sha256_file(path: Path) -> str:

@@ -414,7 +414,7 @@ def on_a_terminal(*args: str, lake: Path) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Path, dict[str, str]]:
-    """A lake ingested, curated and tokenized (remi); the stdout of each step."""
+    """A lake ingested, curated and tokenized (remi) with --format json; the stdout of each step."""
     lake = tmp_path_factory.mktemp("pipeline") / "lake"
     out = {}
     for name, args in [
@@ -422,7 +422,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[
         ("curate", ("curate",)),
         ("tokenize", ("tokenize", "--scheme", "remi")),
     ]:
-        r = cli("--workers", "0", *args, lake=lake)
+        r = cli("--workers", "0", *args, "--format", "json", lake=lake)
         assert r.returncode == 0, r.stderr
         out[name] = r.stdout
     return lake, out
@@ -475,3 +475,74 @@ def test_snapshot_and_report_tell_their_steps(pipeline: tuple[Path, dict[str, st
     assert seen[0] == Step(0, len(figures) + 1, "opening the lake")
     assert seen[-1] == Step(len(figures) + 1, len(figures) + 1, "writing the page")
     assert {s.what for s in seen} >= {f.name for f in figures}
+
+
+# ------------------------------------------------------------------ --format json for scripts
+def test_summaries_as_json(pipeline: tuple[Path, dict[str, str]], data_dir: Path) -> None:
+    lake, out = pipeline
+    for name, text in out.items():
+        assert text.count("\n") == 1, (name, text)  # one JSON object on one line
+    ingest = json.loads(out["ingest"])
+    assert ingest == {
+        "command": "ingest magenta",
+        "inputs": 11,
+        "ok": 11,
+        "rejected": 0,
+        "duplicate": 0,
+        "unchanged": 0,
+        "reasons": {},
+        "seconds": ingest["seconds"],
+        "already_in_lake": 0,
+    }
+    curate = json.loads(out["curate"])
+    assert (curate["command"], curate["analysed"], curate["failed"], curate["pieces"]) == ("curate", 11, 0, 11)
+    tok = json.loads(out["tokenize"])
+    assert tok["command"] == "tokenize" and [(s["scheme"], s["pieces"], s["rejected"]) for s in tok["schemes"]] == [
+        ("remi", 11, 0)
+    ]
+    r = cli("--workers", "0", "ingest", "dir", str(data_dir / "midi" / "magenta"), "--source", "magenta", lake=lake)
+    assert r.stdout.startswith("ingest magenta: 11 inputs = 0 ok + 0 rejected + 0 duplicate + 11 unchanged")  # text
+
+
+def test_snapshot_list_and_create_as_json(pipeline: tuple[Path, dict[str, str]]) -> None:
+    lake, _ = pipeline
+    r = cli("snapshot", "create", "js", "--scheme", "remi", "--seed", "7", "--format", "json", lake=lake)
+    assert r.returncode == 0, r.stderr
+    made = json.loads(r.stdout)
+    assert made["name"] == "js" and made["created"] is True and made["pieces"] == 11
+    assert sum(made["splits"][sp]["tokens"] for sp in ("train", "valid", "test")) == made["tokens"] > 0
+    r = cli("snapshot", "create", "js", "--scheme", "remi", "--seed", "7", lake=lake)
+    assert r.stdout == (
+        f"snapshot js@{made['version']} already there (same content): 11 pieces, {made['sequences']} sequences, "
+        f"{made['tokens']:,} tokens (train {made['splits']['train']['tokens']:,}, valid "
+        f"{made['splits']['valid']['tokens']:,}, test {made['splits']['test']['tokens']:,}) at {made['path']}\n"
+    )
+    r = cli("snapshot", "list", "--format", "json", lake=lake)
+    rows = [row for row in json.loads(r.stdout) if row["name"] == "js"]
+    assert [(x["version"], x["pieces"], x["tokens"], x["path"]) for x in rows] == [
+        (made["version"], 11, made["tokens"], made["path"])
+    ]
+    r = cli("snapshot", "list", lake=lake)
+    assert r.stdout.startswith("name ") and made["version"] in r.stdout  # the table, by default
+
+
+def test_snapshot_list_json_when_there_are_none(small_lake: Path) -> None:
+    r = cli("snapshot", "list", "--format", "json", lake=small_lake)
+    assert (r.returncode, r.stdout) == (0, "[]\n")
+    assert cli("snapshot", "list", lake=small_lake).stdout == "no snapshots\n"
+
+
+def test_lake_versions_as_json(pipeline: tuple[Path, dict[str, str]]) -> None:
+    lake, _ = pipeline
+    r = cli("lake", "versions", "--format", "json", "--last", "100", lake=lake)
+    assert r.returncode == 0, r.stderr
+    versions = json.loads(r.stdout)
+    commands = [v["command"] for v in versions]
+    assert "ingest magenta" in commands and "curate" in commands and "tokenize" in commands
+    ingest = versions[commands.index("ingest magenta")]
+    assert ingest["rows_written"]["pieces"] == 11 and isinstance(ingest["version"], int)
+    r = cli("lake", "versions", "--last", "1", lake=lake)
+    assert r.stdout.splitlines()[0].split() == ["version", "committed_at", "(UTC)", "command", "rows", "written"]
+    assert len(r.stdout.splitlines()) == 3
+    r = cli("lake", "versions", "--format", "json", "--last", "1", lake=lake)
+    assert json.loads(r.stdout) == versions[-1:]
