@@ -546,3 +546,19 @@ def test_lake_versions_as_json(pipeline: tuple[Path, dict[str, str]]) -> None:
     assert len(r.stdout.splitlines()) == 3
     r = cli("lake", "versions", "--format", "json", "--last", "1", lake=lake)
     assert json.loads(r.stdout) == versions[-1:]
+
+
+# ------------------------------------------------------------------ SHOW TABLES
+def test_every_view_show_tables_lists_is_in_the_readme(small_lake: Path) -> None:
+    """The internal views (``*_t``, ``*_latest``) cannot leave SHOW TABLES without a rename across
+    the code base (DuckDB's SHOW TABLES lists every schema on the search path, temp included), so
+    the README names each one, in ``midicorpus sql`` and in ``lake shell``."""
+    r = cli("sql", "SHOW TABLES", "--format", "json", lake=small_lake)
+    names = [row["name"] for row in json.loads(r.stdout)]
+    assert "pieces_t" in names and "dedup_latest" in names and "features" in names
+    r = cli("lake", "shell", "-c", "SHOW TABLES", lake=small_lake)
+    assert r.returncode == 0, r.stderr
+    in_shell = [n for n in re.findall(r"│ (\w+) +│", r.stdout) if n not in ("name", "varchar")]
+    assert set(names) <= set(in_shell) and "midicorpus_schema" in in_shell
+    readme = (REPO / "README.md").read_text()
+    assert [n for n in in_shell if f"`{n}`" not in readme] == []
