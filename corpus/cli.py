@@ -100,7 +100,31 @@ class Ctx:
         return cfg
 
 
-def _print_ingest(summary: Any, label: str, skipped: int = 0, what: str = "items") -> None:
+def _fmt(ctx: Ctx) -> str:
+    """``--format`` of the command (``text`` for those without one, and inside ``run``)."""
+    return str(getattr(ctx.args, "format", None) or "text")
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, default=str))
+
+
+def _step_progress(label: str, unit: str, unit_scale: bool = False) -> Progress:
+    """Progress of a stage that reports a :class:`corpus.progress.Step` (snapshot create, report)."""
+    return Progress(
+        label,
+        count=lambda st: st.done,
+        total=lambda st: st.total,
+        text=lambda st: st.what,
+        unit=unit,
+        unit_scale=unit_scale,
+    )
+
+
+def _print_ingest(summary: Any, label: str, skipped: int = 0, what: str = "items", fmt: str = "text") -> None:
+    if fmt == "json":
+        _print_json({"command": label, **summary.as_dict(), "already_in_lake": skipped})
+        return
     if skipped and not summary.inputs:
         print(f"{label}: all {skipped} {what} already in the lake; nothing to do ({summary.seconds:.1f} s)")
         return
@@ -138,7 +162,9 @@ def _run_ingest(ctx: Ctx, source_factory: Callable[[Any], Any], label: str) -> A
                 prog.done()
     finally:
         prog.done()
-    _print_ingest(summary, f"ingest {label}", getattr(source, "skipped", 0), getattr(source, "unit", "items"))
+    _print_ingest(
+        summary, f"ingest {label}", getattr(source, "skipped", 0), getattr(source, "unit", "items"), _fmt(ctx)
+    )
     return summary
 
 
@@ -237,6 +263,11 @@ def run_curate(ctx: Ctx) -> Any:
             )
     finally:
         prog.done()
+    if _fmt(ctx) == "json":
+        import dataclasses
+
+        _print_json({"command": "curate", **dataclasses.asdict(s), "seconds": round(s.seconds, 3)})
+        return s
     print(f"curate: {s.line()} in {s.seconds:.1f} s")
     return s
 
@@ -365,6 +396,18 @@ def run_tokenize(
                 raise UserError(str(exc)) from None
     finally:
         prog.done()
+    if _fmt(ctx) == "json":
+        import dataclasses
+
+        _print_json(
+            {
+                "command": "tokenize",
+                "schemes": [dataclasses.asdict(x) for x in s.schemes],
+                "done": s.done,
+                "seconds": round(s.seconds, 3),
+            }
+        )
+        return s
     for line in s.lines():
         print(f"tokenize {line}")
     print(f"tokenize: {s.seconds:.1f} s")
@@ -450,12 +493,26 @@ def cmd_snapshot_create(ctx: Ctx) -> int:
             tokenizer_hash=a.tokenizer,
         )
         spec.validate()
-        with ctx.lake.lock("snapshot create"):
-            res = snapshot.create(ctx.lake, spec)
+        res = _snapshot_create(ctx, spec)
     except snapshot.SnapshotError as exc:
         raise UserError(str(exc)) from None
-    print(res.line())
+    if _fmt(ctx) == "json":
+        _print_json(res.as_dict())
+    else:
+        print(res.line())
     return 0
+
+
+def _snapshot_create(ctx: Ctx, spec: Any) -> Any:
+    """snapshot.create under the lake's lock, with progress (tokens written of the total)."""
+    from corpus import snapshot
+
+    prog = _step_progress(f"snapshot create {spec.name}", "tokens", unit_scale=True)
+    try:
+        with ctx.lake.lock("snapshot create"):
+            return snapshot.create(ctx.lake, spec, progress=prog)
+    finally:
+        prog.done()
 
 
 def cmd_snapshot_list(ctx: Ctx) -> int:
@@ -464,6 +521,9 @@ def cmd_snapshot_list(ctx: Ctx) -> int:
     ctx.existing_lake()
 
     rows = snapshot.list_snapshots(ctx.lake)
+    if _fmt(ctx) == "json":
+        _print_json(rows)
+        return 0
     if not rows:
         print("no snapshots")
         return 0
@@ -629,10 +689,13 @@ def cmd_report(ctx: Ctx) -> int:
 
     ctx.existing_lake()
 
+    prog = _step_progress("report", "queries")
     try:
-        index = write_report(ctx.lake, ctx.args.out or local_home(ctx.lake) / "report")
+        index = write_report(ctx.lake, ctx.args.out or local_home(ctx.lake) / "report", progress=prog)
     except ReportError as exc:
         raise UserError(str(exc)) from None
+    finally:
+        prog.done()
     print(f"report: {index}")
     return 0
 
@@ -727,7 +790,20 @@ def _need_lake(ctx: Ctx) -> None:
 
 def cmd_lake_versions(ctx: Ctx) -> int:
     _need_lake(ctx)
-    rows = ctx.lake.commits()
+    rows = ctx.lake.commits()[-max(1, ctx.args.last) :]
+    if _fmt(ctx) == "json":
+        _print_json(
+            [
+                {
+                    "version": r["snapshot_id"],
+                    "committed_at": r["committed_at"],
+                    "command": r["meta"].get("command") or r["meta"].get("stage") or "",
+                    "rows_written": dict(sorted(r["tables"].items())),
+                }
+                for r in rows
+            ]
+        )
+        return 0
     out = [
         (
             r["snapshot_id"],
@@ -735,7 +811,7 @@ def cmd_lake_versions(ctx: Ctx) -> int:
             r["meta"].get("command") or r["meta"].get("stage") or "",
             ", ".join(f"{t} {n:,}" for t, n in sorted(r["tables"].items())),
         )
-        for r in rows[-max(1, ctx.args.last) :]
+        for r in rows
     ]
     print(render(["version", "committed_at (UTC)", "command", "rows written"], out, "table"))
     return 0
@@ -800,7 +876,12 @@ def cmd_run(ctx: Ctx) -> int:
     from reports import write_report
 
     # the report and the training run are local files: beside a local lake, in ./ for an object store
-    print(f"report: {write_report(ctx.lake, local_home(ctx.lake) / 'report')}")
+    prog = _step_progress("report", "queries")
+    try:
+        index = write_report(ctx.lake, local_home(ctx.lake) / "report", progress=prog)
+    finally:
+        prog.done()
+    print(f"report: {index}")
     print(f"\nsummary ({time.perf_counter() - t0:.1f} s):")
     for title, q in RUN_QUERIES:
         print(f"\n-- {title}\n{q}")
@@ -819,8 +900,7 @@ def run_snapshot_and_train(ctx: Ctx) -> None:
     from train.loop import TrainConfig, train
 
     spec = snapshot.SnapshotSpec(name="default", scheme="remi")
-    with ctx.lake.lock("snapshot create"):
-        res = snapshot.create(ctx.lake, spec)
+    res = _snapshot_create(ctx, spec)
     print(res.line())
     out = local_home(ctx.lake) / "runs" / f"default-{res.version}"
     m = train(res.path, out, TrainConfig(steps=ctx.args.train_steps, batch_size=8, seq_len=256), device="auto")
@@ -888,6 +968,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _format_option(
+    parser: argparse.ArgumentParser, text: str = "json: the summary as one JSON object (default text)"
+) -> None:
+    parser.add_argument("--format", choices=["text", "json"], default="text", help=text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from corpus import __version__
 
@@ -934,22 +1020,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--license", default=None, help="licence of these files, recorded per piece (default: none recorded)"
     )
     d.add_argument("--strict", action="store_true", help=strict_help)
+    _format_option(d)
     d.set_defaults(func=cmd_ingest_dir)
     lk = isub.add_parser("lakh", help="the Lakh MIDI Dataset (lmd_full / lmd_matched / lmd_aligned, folder or .tar.gz)")
     lk.add_argument(
         "path", help="lmd_full / lmd_matched / lmd_aligned, a folder or .tar.gz (sidecar JSON files beside it are read)"
     )
     lk.add_argument("--strict", action="store_true", help=strict_help)
+    _format_option(lk)
     lk.set_defaults(func=cmd_ingest_lakh)
     lp = isub.add_parser("lpd", help="the Lakh Pianoroll Dataset (.npz files, folder or .tar.gz)")
     lp.add_argument(
         "path", help="a folder or archive of LPD .npz files (lpd / lpd_5 / lpd_17; full / matched / cleansed)"
     )
     lp.add_argument("--strict", action="store_true", help=strict_help)
+    _format_option(lp)
     lp.set_defaults(func=cmd_ingest_lpd)
     m = isub.add_parser("music21", help="the public-domain corpus bundled with music21, converted to MIDI")
     m.add_argument("--limit", type=int, default=300, help="number of corpus works (default 300)")
     m.add_argument("--strict", action="store_true", help=strict_help)
+    _format_option(m)
     m.set_defaults(func=cmd_ingest_music21)
 
     c = sub.add_parser("curate", help="texture, key and duplicate clusters for pieces not yet curated")
@@ -975,6 +1065,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="containment at which a verified track match joins two pieces in one song group "
         "(rule song-v1, default 0.65); re-decides from stored matches, nothing is analysed again",
     )
+    _format_option(c)
     c.set_defaults(func=cmd_curate)
 
     cr = sub.add_parser("crawl", help="crawl a website source")
@@ -1035,8 +1126,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="cut sequences into windows of at most this many tokens (default: whole pieces)",
     )
     sc.add_argument("--tokenizer", default=None, help="tokenizer hash (default: the latest registered under --scheme)")
+    _format_option(sc)
     sc.set_defaults(func=cmd_snapshot_create)
     sl = snsub.add_parser("list", help="every snapshot version")
+    _format_option(sl, "json: a JSON list of objects, one per version (default text)")
     sl.set_defaults(func=cmd_snapshot_list)
     ss = snsub.add_parser("show", help="a snapshot's card")
     ss.add_argument(
@@ -1132,6 +1225,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="normalize only pieces whose key confidence is at least this (default 0.02; 0 = all)",
     )
+    _format_option(t)
     t.set_defaults(func=cmd_tokenize)
 
     tk = sub.add_parser("tokenizer", help="train and register tokenizers")
@@ -1170,6 +1264,7 @@ def build_parser() -> argparse.ArgumentParser:
     lmsub.required = True
     lmv = lmsub.add_parser("versions", help="every committed lake version (DuckLake snapshot) with what it wrote")
     lmv.add_argument("--last", type=int, default=20, help="show the newest N (default 20)")
+    _format_option(lmv, "json: a JSON list of objects, one per version, rows written per table (default text)")
     lmv.set_defaults(func=cmd_lake_versions)
     lmm = lmsub.add_parser(
         "maintain", help="compact small files, expire old versions (keeping those snapshots use), delete unread files"

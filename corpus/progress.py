@@ -13,9 +13,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 PLAIN_INTERVAL_S = 10.0
+
+
+@dataclass
+class Step:
+    """How far a stage without a summary of its own is (snapshot create, report): what is
+    done of what total, and what it is doing now. The stage calls its ``progress`` with it."""
+
+    done: int = 0
+    total: int | None = None
+    what: str = ""
 
 
 class Progress:
@@ -34,6 +45,7 @@ class Progress:
         poll_total: Callable[[], int | None] | None = None,
         poll_count: Callable[[], int | None] | None = None,
         delay: float = 1.0,
+        unit_scale: bool = False,
     ) -> None:
         self.label = label
         self.count = count
@@ -44,6 +56,7 @@ class Progress:
         self.interval = interval
         self.enabled = enabled
         self.delay = delay
+        self.unit_scale = unit_scale  # 1.2M tokens rather than 1234567 tokens
         self.poll_total = poll_total  # asked by the heartbeat too: a total known before anything is counted
         self.poll_count = poll_count  # and a count that moves before the summary does (a slow source's items)
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -61,7 +74,14 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(
-                desc=label, total=None, unit=unit, file=self.stream, dynamic_ncols=True, leave=False, mininterval=0.2
+                desc=label,
+                total=None,
+                unit=unit,
+                unit_scale=unit_scale,
+                file=self.stream,
+                dynamic_ncols=True,
+                leave=False,
+                mininterval=0.2,
             )
             self._bar.set_postfix_str(self.status)
         self._thread = threading.Thread(target=self._beat, name=f"progress {label}", daemon=True)
@@ -121,7 +141,9 @@ class Progress:
             fmt = "{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%) [{elapsed} elapsed, {remaining} left, {rate_fmt}]"
         else:
             fmt = "{desc}: {n_fmt} {unit} [{elapsed} elapsed, {rate_fmt}]"
-        line = tqdm.format_meter(self.n, self.n_total, elapsed, prefix=self.label, unit=self.unit, bar_format=fmt)
+        line = tqdm.format_meter(
+            self.n, self.n_total, elapsed, prefix=self.label, unit=self.unit, unit_scale=self.unit_scale, bar_format=fmt
+        )
         try:
             self.stream.write(f"{line}  {self.status}\n")
             self.stream.flush()

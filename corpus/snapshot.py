@@ -46,7 +46,7 @@ import socket
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from corpus.lake import Lake, _fsync_dir, now_utc
+from corpus.progress import Step
 
 FORMAT = "midicorpus-snapshot/1"
 SPLITS = ("train", "valid", "test")
@@ -153,6 +154,20 @@ class SnapshotResult:
             f"snapshot {self.name}@{self.version} {what}: {c.get('pieces', 0)} pieces, {c.get('sequences', 0)} sequences, "
             f"{c.get('tokens', 0):,} tokens ({per}) at {self.path}"
         )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields of :meth:`line`, for ``snapshot create --format json``."""
+        c = self.manifest.get("counts", {})
+        return {
+            "name": self.name,
+            "version": self.version,
+            "created": self.created,
+            "pieces": c.get("pieces", 0),
+            "sequences": c.get("sequences", 0),
+            "tokens": c.get("tokens", 0),
+            "splits": {sp: c.get(sp, {}) for sp in SPLITS},
+            "path": str(self.path),
+        }
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -398,6 +413,18 @@ def _stream_tokens(
     return {"sha256": h.hexdigest(), "bytes": path.stat().st_size}
 
 
+def _counted(batches: Iterable[pa.Array], step: Step, progress: Callable[[Step], None]) -> Iterator[pa.Array]:
+    """``batches`` as they are; each one's tokens added to ``step`` once it is written."""
+    for batch in batches:
+        yield batch
+        step.done += len(batch.flatten())  # one entry per token (a list of ids per token when multi-vocab)
+        progress(step)
+
+
+def _no_progress(step: Step) -> None:
+    pass
+
+
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
@@ -475,13 +502,18 @@ def _tokenizer_facts(config_json: str) -> tuple[str, dict[str, Any], list[int], 
 
 
 # ----------------------------------------------------------------------------- build
-def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
+def build(
+    lake: Lake, spec: SnapshotSpec, out_dir: Path, progress: Callable[[Step], None] = _no_progress
+) -> dict[str, Any]:
     """Write the snapshot's files into ``out_dir`` (must not exist); return the manifest.
 
     A pure function of the lake's committed tables and ``spec``: the same inputs give the
     same bytes in every file but ``manifest.json`` (which records ``created_at``).
+    ``progress`` is told the tokens written of the total, split by split.
     """
     spec.validate()
+    done_so_far = Step(what="selecting pieces")
+    progress(done_so_far)
     mode, k = transpose_shifts(spec.transpose)
     out_dir.mkdir(parents=True)
     con = lake.connect()
@@ -556,6 +588,8 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
             "ORDER BY t.piece_id, t.transpose",
             params=params,
         ).to_arrow_table()
+        done_so_far.what = "choosing token rows"
+        progress(done_so_far)
         tok_text, specials, vocab_sizes, transform = _tokenizer_facts(tokinfo["config_json"])
         multi = tokinfo["is_multi_vocab"]
         dtype = np.dtype(np.uint16) if max(vocab_sizes) <= 65535 else np.dtype(np.int32)
@@ -568,7 +602,10 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
         all_rows = rows_tbl.to_pylist()
         for r in all_rows:
             present.add((r["piece_id"], r["transpose"]))
+        done_so_far.total = sum(sum(r["seq_lengths"] or []) for r in all_rows)
         for sp in SPLITS:
+            done_so_far.what = f"writing {sp}"
+            progress(done_so_far)
             rows = [r for r in all_rows if r["split"] == sp]
             ids_col = "ids_multi" if multi else "ids"
             # sequences: per row by seq_lengths, cut at max_seq_len
@@ -616,7 +653,7 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
                     pos += length
             shape = (pos, len(vocab_sizes)) if multi else (pos,)
             files[f"{sp}/tokens.npy"] = _stream_tokens(
-                _ids_batches(con, rows, ids_col, tok_filter, params),
+                _counted(_ids_batches(con, rows, ids_col, tok_filter, params), done_so_far, progress),
                 out_dir / sp / "tokens.npy",
                 shape,
                 dtype,
@@ -655,6 +692,8 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
         shutil.rmtree(spill, ignore_errors=True)
 
     # tokenizer, attribution
+    done_so_far.what = "writing the card"
+    progress(done_so_far)
     _write(out_dir / "tokenizer.json", tok_text.encode())
     files["tokenizer.json"] = {"sha256": hashlib.sha256(tok_text.encode()).hexdigest(), "bytes": len(tok_text.encode())}
     in_snapshot = {p for p, _ in present}
@@ -857,27 +896,29 @@ def version_rel(name: str, version: str) -> str:
     return f"snapshots/{name}/{version}"
 
 
-def create(lake: Lake, spec: SnapshotSpec) -> SnapshotResult:
+def create(lake: Lake, spec: SnapshotSpec, progress: Callable[[Step], None] = _no_progress) -> SnapshotResult:
     """Build the snapshot, put it in place, register it (lake locked by the caller).
 
     A local lake gets the build renamed into place; an object-store lake gets it uploaded,
     ``manifest.json`` last (see the module docstring). ``path`` of the result is the local
-    folder, or the version's URL on an object store.
+    folder, or the version's URL on an object store. ``progress`` follows the build
+    (tokens written of the total) and the steps after it.
     """
     spec.validate()
     if lake.remote:
-        return _create_remote(lake, spec)
+        return _create_remote(lake, spec, progress)
     base = snapshots_dir(lake)
     base.mkdir(parents=True, exist_ok=True)
     for stale in base.glob(".build-*"):  # a killed build; we hold the lock, so nobody else is building
         shutil.rmtree(stale, ignore_errors=True)
     tmp = base / f".build-{uuid.uuid4().hex[:12]}"
     try:
-        manifest = build(lake, spec, tmp)
+        manifest = build(lake, spec, tmp, progress)
         version = manifest["version"]
         pieces = json.loads((tmp / ".pieces.json").read_text())
         (tmp / ".pieces.json").unlink()
         target = base / spec.name / version
+        progress(Step(manifest["counts"]["tokens"], manifest["counts"]["tokens"], "putting the version in place"))
         created = False
         if not (target / "manifest.json").exists():
             for p in tmp.rglob("*"):
@@ -892,16 +933,18 @@ def create(lake: Lake, spec: SnapshotSpec) -> SnapshotResult:
             manifest = json.loads((target / "manifest.json").read_text())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    progress(Step(manifest["counts"]["tokens"], manifest["counts"]["tokens"], "registering in the lake"))
     _register(lake, manifest, pieces)
     return SnapshotResult(spec.name, version, target, created, manifest)
 
 
-def _create_remote(lake: Lake, spec: SnapshotSpec) -> SnapshotResult:
+def _create_remote(lake: Lake, spec: SnapshotSpec, progress: Callable[[Step], None]) -> SnapshotResult:
     """Build locally, upload the files, then the manifest (the commit point)."""
     _drop_partial_uploads(lake)  # a killed upload; we hold the lock, so nobody else is uploading
     with tempfile.TemporaryDirectory(prefix="midicorpus-snapshot-") as tmpdir:
         tmp = Path(tmpdir) / "build"
-        manifest = build(lake, spec, tmp)
+        manifest = build(lake, spec, tmp, progress)
+        tokens = manifest["counts"]["tokens"]
         version = manifest["version"]
         pieces = json.loads((tmp / ".pieces.json").read_text())
         (tmp / ".pieces.json").unlink()
@@ -913,9 +956,11 @@ def _create_remote(lake: Lake, spec: SnapshotSpec) -> SnapshotResult:
             manifest_bytes = (tmp / "manifest.json").read_bytes()
             (tmp / "manifest.json").unlink()
             lake.remove(rel)  # what an interrupted upload of this very version left
+            progress(Step(tokens, tokens, "uploading"))
             lake.upload_dir(tmp, rel)
             lake.write_bytes(f"{rel}/manifest.json", manifest_bytes)
             created = True
+    progress(Step(tokens, tokens, "registering in the lake"))
     _register(lake, manifest, pieces)
     return SnapshotResult(spec.name, version, lake.uri(rel), created, manifest)
 

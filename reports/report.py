@@ -23,6 +23,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from corpus.progress import Step
 from reports import svg
 from reports.svg import BLUE, GREEN, GREY, ORANGE, PINK, VERMILLION, Panel, Series, fmt_num
 
@@ -452,10 +453,26 @@ KPIS = [
 ]
 
 
-def render(con: Any, lake_root: str) -> tuple[str, list[Drawn]]:
-    """The page's HTML and the drawn figures (rows included)."""
-    drawn = [draw(con, f) for f in figures]
+def _no_progress(step: Step) -> None:
+    pass
+
+
+def render(con: Any, lake_root: str, progress: Callable[[Step], None] = _no_progress) -> tuple[str, list[Drawn]]:
+    """The page's HTML and the drawn figures (rows included); ``progress`` is told each query run
+    (the figures' and the overview's) of their number."""
+    step = Step(0, len(figures) + 1)
+    drawn = []
+    for f in figures:
+        step.what = f.name
+        progress(step)
+        drawn.append(draw(con, f))
+        step.done += 1
+    step.what = "overview"
+    progress(step)
     overview = _run(con, (QUERIES / "overview.sql").read_text())[0]
+    step.done += 1
+    step.what = "writing the page"
+    progress(step)
     kpis = "".join(
         f"<div class=kpi><b>{_hours(overview[k]) if k == 'hours' else fmt_num(overview[k])}</b>"
         f"<span>{escape(label)}</span></div>"
@@ -495,14 +512,16 @@ def _write(path: Path, data: str) -> None:
         os.fsync(fh.fileno())
 
 
-def write_report(lake: Any, out_dir: str | os.PathLike[str]) -> Path:
+def write_report(lake: Any, out_dir: str | os.PathLike[str], progress: Callable[[Step], None] = _no_progress) -> Path:
     """Write ``index.html`` (and ``figures.json``, the rows of each figure) to ``out_dir``,
-    atomically; return the path of ``index.html``. Works on an empty or missing lake."""
+    atomically; return the path of ``index.html``. Works on an empty or missing lake.
+    ``progress`` follows the queries (see :func:`render`)."""
     out = Path(out_dir).absolute()
     _check_out(out)
+    progress(Step(0, len(figures) + 1, "opening the lake"))
     con = lake.connect()
     try:
-        html, drawn = render(con, lake.location)
+        html, drawn = render(con, lake.location, progress)
     finally:
         con.close()
     try:

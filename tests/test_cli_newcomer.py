@@ -368,3 +368,197 @@ def test_readme_names_the_views_and_the_shell() -> None:
     assert shutil.which("duckdb", path=str(Path(sys.executable).parent)), (
         "the DuckDB shell is installed with the project"
     )
+
+
+# ------------------------------------------------------------------ progress of snapshot create and report
+def on_a_terminal(*args: str, lake: Path) -> tuple[int, str, str]:
+    """The command with stderr on a pseudo-terminal (120 columns), as a user at a shell sees it:
+    exit status, stdout, and everything written to the terminal."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the other end is closed
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "corpus.cli", "--lake", str(lake), *args],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+            env=ENV,
+            timeout=600,
+        )
+    finally:
+        os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    return p.returncode, p.stdout, b"".join(chunks).decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Path, dict[str, str]]:
+    """A lake ingested, curated and tokenized (remi) with --format json; the stdout of each step."""
+    lake = tmp_path_factory.mktemp("pipeline") / "lake"
+    out = {}
+    for name, args in [
+        ("ingest", ("ingest", "dir", str(data_dir / "midi" / "magenta"), "--source", "magenta")),
+        ("curate", ("curate",)),
+        ("tokenize", ("tokenize", "--scheme", "remi")),
+    ]:
+        r = cli("--workers", "0", *args, "--format", "json", lake=lake)
+        assert r.returncode == 0, r.stderr
+        out[name] = r.stdout
+    return lake, out
+
+
+def test_snapshot_create_shows_progress_on_a_terminal(pipeline: tuple[Path, dict[str, str]]) -> None:
+    lake, _ = pipeline
+    rc, out, term = on_a_terminal("snapshot", "create", "prog", "--scheme", "remi", lake=lake)
+    assert rc == 0, term
+    tokens = int(re.search(r"([\d,]+) tokens \(", out).group(1).replace(",", ""))
+    from tqdm import tqdm
+
+    total = tqdm.format_sizeof(tokens)  # the bar's unit_scale figure, e.g. 99.3k
+    assert re.search(rf"snapshot create prog: +\d+%\|.*\| [\d.]+k?/{re.escape(total)} \[", term), term
+    assert "tokens/s" in term and "writing train" in term
+
+
+def test_report_shows_progress_on_a_terminal(pipeline: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    from reports import figures
+
+    lake, _ = pipeline
+    rc, out, term = on_a_terminal("report", "--out", str(tmp_path / "report"), lake=lake)
+    assert rc == 0 and out == f"report: {tmp_path / 'report' / 'index.html'}\n", term
+    assert re.search(rf"report: +\d+%\|.*\| \d+/{len(figures) + 1} \[", term), term
+
+
+def test_snapshot_and_report_tell_their_steps(pipeline: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """The library calls behind the bars: done reaches the total, through the named steps."""
+    from corpus import snapshot
+    from corpus.lake import Lake
+    from corpus.progress import Step
+    from reports import figures, write_report
+
+    lake = Lake(pipeline[0])
+    seen: list[Step] = []
+
+    def record(st: Step) -> None:
+        seen.append(Step(st.done, st.total, st.what))
+
+    with lake.lock("test"):
+        res = snapshot.create(lake, snapshot.SnapshotSpec(name="steps", scheme="remi", seed=3), progress=record)
+    tokens = res.manifest["counts"]["tokens"]
+    assert tokens > 0 and seen[0] == Step(0, None, "selecting pieces")
+    assert [s.what for s in seen if s.what.startswith("writing ") and s.done == 0][:1] == ["writing train"]
+    assert [s.done for s in seen] == sorted(s.done for s in seen) and seen[-1] == Step(
+        tokens, tokens, "registering in the lake"
+    )
+    seen.clear()
+    write_report(lake, tmp_path / "report", progress=record)
+    assert seen[0] == Step(0, len(figures) + 1, "opening the lake")
+    assert seen[-1] == Step(len(figures) + 1, len(figures) + 1, "writing the page")
+    assert {s.what for s in seen} >= {f.name for f in figures}
+
+
+# ------------------------------------------------------------------ --format json for scripts
+def test_summaries_as_json(pipeline: tuple[Path, dict[str, str]], data_dir: Path) -> None:
+    lake, out = pipeline
+    for name, text in out.items():
+        assert text.count("\n") == 1, (name, text)  # one JSON object on one line
+    ingest = json.loads(out["ingest"])
+    assert ingest == {
+        "command": "ingest magenta",
+        "inputs": 11,
+        "ok": 11,
+        "rejected": 0,
+        "duplicate": 0,
+        "unchanged": 0,
+        "reasons": {},
+        "seconds": ingest["seconds"],
+        "already_in_lake": 0,
+    }
+    curate = json.loads(out["curate"])
+    assert (curate["command"], curate["analysed"], curate["failed"], curate["pieces"]) == ("curate", 11, 0, 11)
+    tok = json.loads(out["tokenize"])
+    assert tok["command"] == "tokenize" and [(s["scheme"], s["pieces"], s["rejected"]) for s in tok["schemes"]] == [
+        ("remi", 11, 0)
+    ]
+    r = cli("--workers", "0", "ingest", "dir", str(data_dir / "midi" / "magenta"), "--source", "magenta", lake=lake)
+    assert r.stdout.startswith("ingest magenta: 11 inputs = 0 ok + 0 rejected + 0 duplicate + 11 unchanged")  # text
+
+
+def test_snapshot_list_and_create_as_json(pipeline: tuple[Path, dict[str, str]]) -> None:
+    lake, _ = pipeline
+    r = cli("snapshot", "create", "js", "--scheme", "remi", "--seed", "7", "--format", "json", lake=lake)
+    assert r.returncode == 0, r.stderr
+    made = json.loads(r.stdout)
+    assert made["name"] == "js" and made["created"] is True and made["pieces"] == 11
+    assert sum(made["splits"][sp]["tokens"] for sp in ("train", "valid", "test")) == made["tokens"] > 0
+    r = cli("snapshot", "create", "js", "--scheme", "remi", "--seed", "7", lake=lake)
+    assert r.stdout == (
+        f"snapshot js@{made['version']} already there (same content): 11 pieces, {made['sequences']} sequences, "
+        f"{made['tokens']:,} tokens (train {made['splits']['train']['tokens']:,}, valid "
+        f"{made['splits']['valid']['tokens']:,}, test {made['splits']['test']['tokens']:,}) at {made['path']}\n"
+    )
+    r = cli("snapshot", "list", "--format", "json", lake=lake)
+    rows = [row for row in json.loads(r.stdout) if row["name"] == "js"]
+    assert [(x["version"], x["pieces"], x["tokens"], x["path"]) for x in rows] == [
+        (made["version"], 11, made["tokens"], made["path"])
+    ]
+    r = cli("snapshot", "list", lake=lake)
+    assert r.stdout.startswith("name ") and made["version"] in r.stdout  # the table, by default
+
+
+def test_snapshot_list_json_when_there_are_none(small_lake: Path) -> None:
+    r = cli("snapshot", "list", "--format", "json", lake=small_lake)
+    assert (r.returncode, r.stdout) == (0, "[]\n")
+    assert cli("snapshot", "list", lake=small_lake).stdout == "no snapshots\n"
+
+
+def test_lake_versions_as_json(pipeline: tuple[Path, dict[str, str]]) -> None:
+    lake, _ = pipeline
+    r = cli("lake", "versions", "--format", "json", "--last", "100", lake=lake)
+    assert r.returncode == 0, r.stderr
+    versions = json.loads(r.stdout)
+    commands = [v["command"] for v in versions]
+    assert "ingest magenta" in commands and "curate" in commands and "tokenize" in commands
+    ingest = versions[commands.index("ingest magenta")]
+    assert ingest["rows_written"]["pieces"] == 11 and isinstance(ingest["version"], int)
+    r = cli("lake", "versions", "--last", "1", lake=lake)
+    assert r.stdout.splitlines()[0].split() == ["version", "committed_at", "(UTC)", "command", "rows", "written"]
+    assert len(r.stdout.splitlines()) == 3
+    r = cli("lake", "versions", "--format", "json", "--last", "1", lake=lake)
+    assert json.loads(r.stdout) == versions[-1:]
+
+
+# ------------------------------------------------------------------ SHOW TABLES
+def test_every_view_show_tables_lists_is_in_the_readme(small_lake: Path) -> None:
+    """The internal views (``*_t``, ``*_latest``) cannot leave SHOW TABLES without a rename across
+    the code base (DuckDB's SHOW TABLES lists every schema on the search path, temp included), so
+    the README names each one, in ``midicorpus sql`` and in ``lake shell``."""
+    r = cli("sql", "SHOW TABLES", "--format", "json", lake=small_lake)
+    names = [row["name"] for row in json.loads(r.stdout)]
+    assert "pieces_t" in names and "dedup_latest" in names and "features" in names
+    r = cli("lake", "shell", "-c", "SHOW TABLES", lake=small_lake)
+    assert r.returncode == 0, r.stderr
+    in_shell = [n for n in re.findall(r"│ (\w+) +│", r.stdout) if n not in ("name", "varchar")]
+    assert set(names) <= set(in_shell) and "midicorpus_schema" in in_shell
+    readme = (REPO / "README.md").read_text()
+    assert [n for n in in_shell if f"`{n}`" not in readme] == []
