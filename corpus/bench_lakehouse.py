@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -170,12 +171,17 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _key(step: str) -> str:
+    """A step's label without its sizes ("ingest dir (176581 files)" and "(20000 files)" are one step)."""
+    return re.sub(r"\d+(?= (new )?files)", "N", step)
+
+
 def compare(small: dict[str, Any], large: dict[str, Any]) -> str:
     """Ratios large/small per step (the issue's "+-20% of the same command on a 20k lake")."""
-    by = {r["step"].split(" (")[0]: r for r in small["rows"]}
+    by = {_key(r["step"]): r for r in small["rows"]}
     lines = [f"| step | wall {large['n']} / {small['n']} | peak RSS {large['n']} / {small['n']} |", "|---|---|---|"]
     for r in large["rows"]:
-        s = by.get(r["step"].split(" (")[0])
+        s = by.get(_key(r["step"]))
         if s and s["wall_s"] and s["driver_peak_rss_mb"]:
             lines.append(
                 f"| {r['step']} | {r['wall_s'] / s['wall_s']:.2f}x | {r['driver_peak_rss_mb'] / s['driver_peak_rss_mb']:.2f}x |"
