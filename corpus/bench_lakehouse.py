@@ -45,11 +45,23 @@ def _rss_kb(pid: int) -> int | None:
     return None
 
 
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` itself (not its children), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_command(argv: Sequence[str], env: dict[str, str] | None = None, every: float = 0.05) -> dict[str, Any]:
-    """Run ``argv``; its wall time, exit status, last output line and peak RSS (MB), sampled from outside."""
+    """Run ``argv``; its wall time, exit status, last output line, peak RSS (MB) and CPU seconds,
+    sampled from outside."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
     peak = [0]
+    cpu = [0.0]
     done = threading.Event()
 
     def sample() -> None:
@@ -57,6 +69,9 @@ def run_command(argv: Sequence[str], env: dict[str, str] | None = None, every: f
             kb = _rss_kb(proc.pid)
             if kb is not None and kb > peak[0]:
                 peak[0] = kb
+            c = _cpu_s(proc.pid)
+            if c is not None:
+                cpu[0] = c
             done.wait(every)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -71,6 +86,7 @@ def run_command(argv: Sequence[str], env: dict[str, str] | None = None, every: f
         "rc": proc.returncode,
         "wall_s": round(wall, 2),
         "driver_peak_rss_mb": round(peak[0] / 1024, 1),
+        "driver_cpu_s": round(cpu[0], 2),  # the command's own process, to its last sample (the workers are others)
         "last_line": lines[-1] if lines else "",
         "output": out if proc.returncode else None,
     }
@@ -162,12 +178,17 @@ def run_lakehouse(
 def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"lakehouse run, N = {result['n']} synthetic pieces, {result['workers']} workers",
-        "| step | wall | driver peak RSS |",
-        "|---|---|---|",
+        "| step | wall | driver peak RSS | driver CPU |",
+        "|---|---|---|---|",
     ]
     for r in result["rows"]:
         mark = "" if r["rc"] == 0 else f" (exit {r['rc']})"
-        lines.append(f"| {r['step']} | {r['wall_s']:.1f} s{mark} | {r['driver_peak_rss_mb']:,.0f} MB |")
+        cpu = r.get("driver_cpu_s")
+        lines.append(
+            f"| {r['step']} | {r['wall_s']:.1f} s{mark} | {r['driver_peak_rss_mb']:,.0f} MB | "
+            + ("-" if cpu is None else f"{cpu:.1f} s")
+            + " |"
+        )
     return "\n".join(lines)
 
 

@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -840,7 +841,12 @@ class Lake:
             ).fetchall()
             if int(r[0]) not in keep
         ]
+        spill = tempfile.mkdtemp(prefix="midicorpus-maintain-spill-")
         try:
+            # the rewrite of large token files spills to disk past this: memory bounded, not by the lake
+            con.execute(f"SET memory_limit = '{MAINTAIN_MEMORY_LIMIT}'")
+            con.execute(f"SET temp_directory = {_q(spill)}")
+            con.execute("SET preserve_insertion_order = false")
             con.execute("CALL ducklake_rewrite_data_files('lake')")  # apply the deletes of replaced rows
             con.execute("CALL ducklake_merge_adjacent_files('lake')")
             if old:
@@ -849,6 +855,11 @@ class Lake:
             con.execute("CALL ducklake_delete_orphaned_files('lake', cleanup_all => true)")
         except Exception as exc:  # noqa: BLE001 - DuckDB's and the catalog's errors; others pass through _cause/_failed
             raise LakeError(f"maintenance of {self.location!r} failed: {_cause(exc)}; the lake is as it was") from None
+        finally:
+            for setting in ("memory_limit", "temp_directory", "preserve_insertion_order"):
+                with contextlib.suppress(Exception):
+                    con.execute(f"RESET {setting}")
+            shutil.rmtree(spill, ignore_errors=True)
         return {
             "files_before": before_files,
             "files_after": files(),
@@ -856,6 +867,9 @@ class Lake:
             "snapshots_after": snaps(),
             "expired": len(old),
         }
+
+
+MAINTAIN_MEMORY_LIMIT = os.environ.get("MIDICORPUS_MAINTAIN_MEMORY", "1GB")  # DuckDB's, during lake maintain
 
 
 class Transaction:

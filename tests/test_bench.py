@@ -85,7 +85,7 @@ def test_lakehouse_table_runs_every_command(tmp_path: Path) -> None:
     r = run_lakehouse(24, 4, src_dir=DATA, workers=1, work_dir=tmp_path / "w", out=out, echo=lines.append)
     rows = {row["step"]: row for row in r["rows"]}
     assert len(rows) == 11 and all(row["rc"] == 0 for row in rows.values()), r["rows"]
-    assert all(row["wall_s"] > 0 and row["driver_peak_rss_mb"] > 0 for row in rows.values())
+    assert all(row["wall_s"] > 0 and row["driver_peak_rss_mb"] > 0 and row["driver_cpu_s"] > 0 for row in rows.values())
     assert "pieces decided again" in rows["nightly delta: curate"]["last_line"]
     assert rows["curate again with nothing new"]["last_line"].startswith("curate: nothing new:")
     assert json.loads(out.read_text())["rows"] == r["rows"]
