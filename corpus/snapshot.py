@@ -684,7 +684,7 @@ def build(lake: Lake, spec: SnapshotSpec, out_dir: Path) -> dict[str, Any]:
         kept_from = previous[0] if previous and not np.array_equal(split_code, hashed) else None
         moved: list[dict[str, Any]] = []
         if previous:  # the pieces of the previous version whose split changed (few)
-            prev = previous[1]
+            prev = previous[1].combine_chunks()
             at = pc.index_in(prev.column("piece_id"), value_set=pids)
             now = split_str.take(at)  # null where the piece is not selected now
             change = pc.and_kleene(pc.is_valid(at), pc.not_equal(now, prev.column("split")))
