@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from corpus.lake import Lake, _fsync_dir, now_utc
@@ -272,9 +273,162 @@ def leakage_line(leak: Mapping[str, Any]) -> str:
     )
 
 
-def _previous_splits(lake: Lake, con: Any, spec: SnapshotSpec) -> tuple[str, dict[str, str]] | None:
-    """(version, {piece: split}) of the latest version of ``spec.name`` built with the same seed and
-    fractions, or None: splits then come from the hash alone."""
+# ----------------------------------------------------------------------------- columnar forms
+# ``build`` keeps per-piece and per-sequence state in Arrow and NumPy columns, not in Python objects,
+# so the driver's memory grows with a few bytes per piece, not with dicts and lists per row. Each of
+# these functions gives what its per-piece counterpart above gives (song_groups, assign_splits,
+# leakage_check), for every piece of a selection at once; tests/test_snapshot.py checks the bytes.
+
+
+def _str_col(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A string column as one array, nulls written as Python's f-string writes None ('None')."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return pc.fill_null(arr.cast(pa.string()), "None")
+
+
+def _list_keys(lists: pa.Array | pa.ChunkedArray, prefix: str) -> tuple[pa.Array, np.ndarray]:
+    """``prefix + value`` of every element of a list column, and the row each came from (null lists: none)."""
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    values = _str_col(pc.list_flatten(lists))
+    rows = np.asarray(pc.list_parent_indices(lists).to_numpy(zero_copy_only=False), dtype=np.int64)
+    return pc.binary_join_element_wise(pa.scalar(prefix), values, ""), rows
+
+
+def _unit_keys(sel: pa.Table) -> pa.Array:
+    """The song-group key of every piece of ``sel`` (columns piece_id, song_group, dedup_cluster,
+    msd_ids, mutopia_ids): :func:`song_groups` of the keys ``song:``, ``cluster:``, ``msd:``,
+    ``mutopia:``, computed on integer columns. The keys are ranked by (kind, key) as :func:`song_groups`
+    ranks them; a union-find over the ranks, with each root the smallest rank of its component
+    (hook every root to the smallest root across an edge, compress, repeat), gives each piece the
+    smallest key of its group."""
+    n = sel.num_rows
+    parts: list[tuple[pa.Array, np.ndarray]] = [
+        (pc.binary_join_element_wise("song:", _str_col(sel.column("song_group")), ""), np.arange(n)),
+        (pc.binary_join_element_wise("cluster:", _str_col(sel.column("dedup_cluster")), ""), np.arange(n)),
+        _list_keys(sel.column("msd_ids"), "msd:"),
+        _list_keys(sel.column("mutopia_ids"), "mutopia:"),
+    ]
+    keys = pa.concat_arrays([p[0].cast(pa.string()) for p in parts])
+    piece_of = np.concatenate([p[1].astype(np.int64) for p in parts])
+    enc = (
+        pc.dictionary_encode(keys).combine_chunks() if isinstance(keys, pa.ChunkedArray) else pc.dictionary_encode(keys)
+    )
+    uniq = enc.dictionary
+    kind = np.full(len(uniq), 9, dtype=np.int8)
+    for name, order in _KIND_ORDER.items():  # kind = the text before the first ':', as song_groups reads it
+        kind[np.asarray(pc.starts_with(uniq, f"{name}:").to_numpy(zero_copy_only=False), dtype=bool)] = order
+    ranked = pc.sort_indices(
+        pa.table({"kind": kind, "key": uniq}), sort_keys=[("kind", "ascending"), ("key", "ascending")]
+    )
+    order = np.asarray(ranked.to_numpy(), dtype=np.int64)
+    rank_of = np.empty(len(uniq), dtype=np.int64)
+    rank_of[order] = np.arange(len(uniq))
+    key_rank = rank_of[np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)]
+    first = np.full(n, len(uniq), dtype=np.int64)  # per piece, its smallest key
+    np.minimum.at(first, piece_of, key_rank)
+    u, v = key_rank, first[piece_of]  # edges: every key of a piece to the piece's smallest key
+    parent = np.arange(len(uniq), dtype=np.int64)
+    while True:
+        ru, rv = parent[u], parent[v]
+        if np.array_equal(ru, rv):
+            break
+        lo = np.minimum(ru, rv)
+        np.minimum.at(parent, ru, lo)
+        np.minimum.at(parent, rv, lo)
+        while True:  # parent[x] <= x always, so this ends, with every parent a root
+            up = parent[parent]
+            if np.array_equal(up, parent):
+                break
+            parent = up
+    return uniq.take(pa.array(order[parent[first]]))
+
+
+_SPLIT_NAMES = pa.array(SPLITS, pa.string())
+
+
+def _split_codes(
+    units: pa.Array, seed: int, fractions: Sequence[float], pieces: pa.Array, previous: pa.Table | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(split, hashed split) of every piece as indices into SPLITS: :func:`assign_splits` with and
+    without ``previous`` (a table of piece_id and split), given each piece's unit key ``units``.
+    One :func:`split_of` per unit, not per piece."""
+    enc = pc.dictionary_encode(units)
+    unit_of = np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    groups = enc.dictionary
+    by_unit = np.empty(len(groups), dtype=np.int8)
+    code = {sp: i for i, sp in enumerate(SPLITS)}
+    step = 65536
+    for i in range(0, len(groups), step):  # Python strings one slice at a time
+        for j, key in enumerate(groups.slice(i, step).to_pylist()):
+            by_unit[i + j] = code[split_of(key, seed, fractions)]
+    hashed = by_unit[unit_of]
+    if previous is None or previous.num_rows == 0:
+        return hashed, hashed
+    at = pc.index_in(pieces, value_set=previous.column("piece_id").combine_chunks())
+    had = np.asarray(pc.is_valid(at).to_numpy(zero_copy_only=False), dtype=bool)
+    prev_split = previous.column("split").combine_chunks().take(at.filter(pc.is_valid(at)))
+    prev_code = np.asarray(pc.index_in(prev_split, value_set=_SPLIT_NAMES).to_numpy(zero_copy_only=False))
+    votes = np.zeros((len(groups), len(SPLITS)), dtype=np.int64)
+    np.add.at(votes, (unit_of[had], prev_code.astype(np.int64)), 1)
+    voted = votes.any(axis=1)
+    chosen = np.where(voted, votes.argmax(axis=1), by_unit).astype(np.int8)  # argmax: ties to train, valid, test
+    return chosen[unit_of], hashed
+
+
+def _sequences(rows: pa.Table, max_seq_len: int | None) -> tuple[pa.Table, np.ndarray, int]:
+    """The sequences of a split's token rows (sequences.parquet's table), the offsets of index.npy and
+    the number of tokens: per row its ``seq_lengths`` (one per track), each cut at ``max_seq_len``."""
+    lists = rows.column("seq_lengths").combine_chunks()
+    per_row = np.asarray(pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    lengths = np.asarray(pc.list_flatten(lists).to_numpy(zero_copy_only=False), dtype=np.int64)
+    row_of = np.repeat(np.arange(rows.num_rows, dtype=np.int64), per_row)
+    track = np.arange(len(lengths), dtype=np.int64) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    track_start = np.cumsum(lengths) - lengths
+    step = np.full(len(lengths), max_seq_len, dtype=np.int64) if max_seq_len else np.maximum(lengths, 1)
+    n_chunks = (lengths + step - 1) // step  # 0 for an empty track
+    of = np.repeat(np.arange(len(lengths), dtype=np.int64), n_chunks)
+    chunk = np.arange(len(of), dtype=np.int64) - np.repeat(np.cumsum(n_chunks) - n_chunks, n_chunks)
+    s0 = chunk * step[of]
+    start = track_start[of] + s0
+    length = np.minimum(step[of], lengths[of] - s0)
+    row = pa.array(row_of[of])
+    tbl = pa.table(
+        {
+            "seq": pa.array(np.arange(len(of), dtype=np.int64)),
+            "piece_id": rows.column("piece_id").take(row).cast(pa.string()),
+            "transpose": rows.column("transpose").take(row).cast(pa.int32()),
+            "track": pa.array(track[of].astype(np.int32)),
+            "chunk": pa.array(chunk.astype(np.int32)),
+            "start": pa.array(start),
+            "length": pa.array(length),
+            "song_group": rows.column("song_group").take(row).cast(pa.string()),
+            "dedup_cluster": rows.column("dedup_cluster").take(row).cast(pa.string()),
+        }
+    )
+    tbl = pa.Table.from_arrays([c.combine_chunks() for c in tbl.columns], names=tbl.column_names)
+    offsets = np.concatenate([np.zeros(1, dtype=np.int64), start + length])
+    return tbl, offsets, int(lengths.sum())
+
+
+def _leakage(pieces: pa.Table) -> dict[str, Any]:
+    """:func:`leakage_check` of a table of split, song_group, dedup_cluster (one row per piece)."""
+    out: dict[str, Any] = {}
+    for what, col in (("song_groups", "song_group"), ("dedup_clusters", "dedup_cluster")):
+        t = pieces.select([col, "split"]).filter(pc.is_valid(pieces.column(col)))
+        per = t.group_by(col).aggregate([("split", "count_distinct")])
+        spanning = per.filter(pc.greater(per.column("split_count_distinct"), 1)).column(col)
+        spanning = spanning.take(pc.sort_indices(spanning))
+        out[what] = per.num_rows
+        out[f"{what}_spanning_splits"] = len(spanning)
+        out[f"{what}_spanning_examples"] = spanning.slice(0, 10).to_pylist()
+    return out
+
+
+def _previous_splits(lake: Lake, con: Any, spec: SnapshotSpec) -> tuple[str, pa.Table] | None:
+    """(version, table of piece_id and split) of the latest version of ``spec.name`` built with the same
+    seed and fractions, or None: splits then come from the hash alone."""
     rows = [r for r in list_snapshots(lake) if r["name"] == spec.name]
     if not rows:
         return None
@@ -287,8 +441,8 @@ def _previous_splits(lake: Lake, con: Any, spec: SnapshotSpec) -> tuple[str, dic
     got = con.execute(
         "SELECT DISTINCT piece_id, split FROM snapshot_pieces WHERE name = ? AND version = ?",
         [spec.name, row["version"]],
-    ).fetchall()
-    return row["version"], dict(got)
+    ).to_arrow_table()
+    return row["version"], got
 
 
 def license_terms(lic: str | None) -> str:
@@ -334,31 +488,25 @@ def _table_versions(lake: Lake) -> tuple[dict[str, int | None], int | None]:
     return {t: written.get(t) for t in SOURCE_TABLES}, lake.current_version()
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
 BUILD_MEMORY_LIMIT = os.environ.get("MIDICORPUS_SNAPSHOT_MEMORY", "1GB")  # DuckDB's, while a snapshot is built
 STREAM_BATCH_ROWS = 2048  # token rows (pieces x transpositions) per Arrow batch while writing tokens.npy
 
 
-def _ids_batches(
-    con: Any, rows: list[dict[str, Any]], ids_col: str, tok_filter: str, params: list[Any]
-) -> Iterator[pa.Array]:
-    """The ids of ``rows`` (sorted by piece and shift), STREAM_BATCH_ROWS rows at a time, in their
-    order: each batch is a join of the tokens on its (piece, shift, run) keys, restricted to its
-    piece-id range so DuckDB reads only the row groups that can hold it. No sort of the token lists
-    and no window over them: memory is bounded by one batch, whatever the split's size."""
-    for i in range(0, len(rows), STREAM_BATCH_ROWS):
-        batch = rows[i : i + STREAM_BATCH_ROWS]
+def _ids_batches(con: Any, rows: pa.Table, ids_col: str, tok_filter: str, params: list[Any]) -> Iterator[pa.Array]:
+    """The ids of ``rows`` (columns piece_id, transpose, run_id; sorted by piece and shift),
+    STREAM_BATCH_ROWS rows at a time, in their order: each batch is a join of the tokens on its
+    (piece, shift, run) keys, restricted to its piece-id range so DuckDB reads only the row groups
+    that can hold it. No sort of the token lists and no window over them: memory is bounded by one
+    batch, whatever the split's size."""
+    for i in range(0, rows.num_rows, STREAM_BATCH_ROWS):
+        batch = rows.slice(i, STREAM_BATCH_ROWS)
+        pids = batch.column("piece_id").cast(pa.string())
         keys = pa.table(
             {
-                "piece_id": pa.array([r["piece_id"] for r in batch], pa.string()),
-                "transpose": pa.array([r["transpose"] for r in batch], pa.int32()),
-                "run_id": pa.array([r["run_id"] for r in batch], pa.string()),
-                "pos": pa.array(range(len(batch)), pa.int64()),
+                "piece_id": pids,
+                "transpose": batch.column("transpose").cast(pa.int32()),
+                "run_id": batch.column("run_id").cast(pa.string()),
+                "pos": pa.array(np.arange(batch.num_rows, dtype=np.int64)),
             }
         )
         con.register("snapshot_batch", keys)
@@ -366,12 +514,12 @@ def _ids_batches(
             got = con.execute(
                 f"SELECT b.pos, t.{ids_col} AS ids FROM tokens t JOIN snapshot_batch b USING (piece_id, transpose, run_id) "
                 f"WHERE {tok_filter} AND t.piece_id BETWEEN ? AND ?",
-                [*params, batch[0]["piece_id"], batch[-1]["piece_id"]],
+                [*params, pids[0].as_py(), pids[-1].as_py()],
             ).to_arrow_table()
         finally:
             con.unregister("snapshot_batch")
-        if got.num_rows != len(batch):
-            raise RuntimeError(f"{got.num_rows} token rows read for {len(batch)} chosen rows")
+        if got.num_rows != batch.num_rows:
+            raise RuntimeError(f"{got.num_rows} token rows read for {batch.num_rows} chosen rows")
         order = np.argsort(got.column("pos").to_numpy(), kind="stable")
         yield got.column("ids").take(pa.array(order)).combine_chunks()
 
@@ -431,6 +579,29 @@ def _write(path: Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def _write_npy(path: Path, arr: np.ndarray) -> dict[str, Any]:
+    """``np.save`` of ``arr`` into ``path`` (written as it is saved, not copied through memory); its sha256 and size."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        np.save(fh, arr, allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return {"sha256": _sha256_file(path), "bytes": path.stat().st_size}
+
+
+def _write_parquet(path: Path, tbl: pa.Table) -> dict[str, Any]:
+    """``tbl`` as one zstd Parquet file (the bytes ``pq.write_table`` gives in memory); its sha256 and size."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        pq.write_table(tbl, fh, compression="zstd")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return {"sha256": _sha256_file(path), "bytes": path.stat().st_size}
+
+
+PIECES_FILE = ".pieces.parquet"  # a build's snapshot_pieces rows, for registration; removed before rename
 
 
 # ----------------------------------------------------------------------------- selection
@@ -532,161 +703,139 @@ def build(
             raise SnapshotError(
                 f"--where {spec.where!r} is not a valid condition on features and pieces columns: {msg}"
             ) from None
-        sel_rows = sel.to_pylist()
+        sel = sel.combine_chunks()
+        pids = sel.column("piece_id").combine_chunks().cast(pa.string())
+        n_sel = sel.num_rows
 
-        # song groups and splits (before augmentation: per piece, copies follow)
-        keys = {
-            r["piece_id"]: [f"song:{r['song_group']}", f"cluster:{r['dedup_cluster']}"]
-            + [f"msd:{m}" for m in r["msd_ids"] or []]
-            + [f"mutopia:{m}" for m in r["mutopia_ids"] or []]
-            for r in sel_rows
-        }
-        group_of = {r["piece_id"]: r["song_group"] for r in sel_rows}
-        cluster_of = {r["piece_id"]: r["dedup_cluster"] for r in sel_rows}
+        # song groups and splits (before augmentation: per piece, copies follow), as columns
         previous = _previous_splits(lake, con, spec)
-        units = song_groups(keys)
-        hashed = assign_splits(units, spec.seed, spec.split, {})
-        split = assign_splits(units, spec.seed, spec.split, previous[1]) if previous else hashed
-        kept_from = previous[0] if previous and split != hashed else None  # the previous version changed a split
-        moved = (
-            [
-                {"piece_id": p, "from": a, "to": split[p]}
-                for p, a in sorted(previous[1].items())
-                if p in split and split[p] != a
-            ]
-            if previous
-            else []
-        )
+        units = _unit_keys(sel)
+        split_code, hashed = _split_codes(units, spec.seed, spec.split, pids, previous[1] if previous else None)
+        del units
+        split_str = _SPLIT_NAMES.take(pa.array(split_code))
+        kept_from = previous[0] if previous and not np.array_equal(split_code, hashed) else None
+        moved: list[dict[str, Any]] = []
+        if previous:  # the pieces of the previous version whose split changed (few)
+            prev = previous[1].combine_chunks()
+            at = pc.index_in(prev.column("piece_id"), value_set=pids)
+            now = split_str.take(at)  # null where the piece is not selected now
+            change = pc.and_kleene(pc.is_valid(at), pc.not_equal(now, prev.column("split")))
+            ch = pa.table({"piece_id": prev.column("piece_id"), "from": prev.column("split"), "to": now}).filter(
+                pc.fill_null(change, False)
+            )
+            moved = sorted(ch.to_pylist(), key=lambda x: (x["piece_id"], x["from"]))
+            del prev, at, now, change, ch
+        hashed = None
 
         # which token rows: per piece, the wanted shifts
-        wanted: list[tuple[str, int, str]] = []
         if mode == "normalize":
             from corpus.curation.transpose import normalize_shift
 
-            for r in sel_rows:
-                if r["key_tonic_pc"] is not None and r["key_mode"] in ("major", "minor"):
-                    wanted.append(
-                        (r["piece_id"], normalize_shift(int(r["key_tonic_pc"]), r["key_mode"]), split[r["piece_id"]])
-                    )
+            tonic = sel.column("key_tonic_pc")
+            kmode = sel.column("key_mode").cast(pa.string())
+            ok = pc.fill_null(
+                pc.and_(pc.is_valid(tonic), pc.is_in(kmode, value_set=pa.array(["major", "minor"]))), False
+            )
+            take = np.flatnonzero(np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool))
+            t_np = np.asarray(tonic.take(pa.array(take)).to_numpy(zero_copy_only=False)).astype(np.int64)
+            minor = np.asarray(pc.equal(kmode.take(pa.array(take)), "minor").to_numpy(zero_copy_only=False), dtype=bool)
+            shift = np.zeros(len(take), dtype=np.int32)
+            for tv in np.unique(t_np):  # normalize_shift per distinct key (its own range check included)
+                for is_minor in (False, True):
+                    m = (t_np == tv) & (minor == is_minor)
+                    if m.any():
+                        shift[m] = normalize_shift(int(tv), "minor" if is_minor else "major")
+            want_idx = take.astype(np.int64)
+            want_shift = shift
         else:
-            shifts = [0] if mode == "none" else list(range(-k, k + 1))
-            wanted = [(r["piece_id"], s, split[r["piece_id"]]) for r in sel_rows for s in shifts]
+            shifts = np.array([0] if mode == "none" else list(range(-k, k + 1)), dtype=np.int32)
+            want_idx = np.repeat(np.arange(n_sel, dtype=np.int64), len(shifts))
+            want_shift = np.tile(shifts, n_sel)
+        wi = pa.array(want_idx)
         want_tbl = pa.table(
             {
-                "piece_id": pa.array([w[0] for w in wanted], pa.string()),
-                "transpose": pa.array([w[1] for w in wanted], pa.int32()),
-                "split": pa.array([w[2] for w in wanted], pa.string()),
+                "piece_id": pids.take(wi),
+                "transpose": pa.array(want_shift.astype(np.int32)),
+                "split": split_str.take(wi),
+                "song_group": sel.column("song_group").take(wi).cast(pa.string()),
+                "dedup_cluster": sel.column("dedup_cluster").take(wi).cast(pa.string()),
             }
         )
+        del wi, want_idx, want_shift
         con.register("snapshot_wanted", want_tbl)
         tok_filter = "t.scheme = ? AND t.tokenizer_hash = ?"
         params = [spec.scheme, tokinfo["hash"]]
         rows_tbl = con.sql(
-            "SELECT w.split, t.piece_id, t.transpose, t.seq_lengths, t.n_tokens, t.run_id FROM tokens t "
-            f"JOIN snapshot_wanted w USING (piece_id, transpose) WHERE {tok_filter} "
+            "SELECT w.split, t.piece_id, t.transpose, t.seq_lengths, t.n_tokens, t.run_id, w.song_group, w.dedup_cluster "
+            f"FROM tokens t JOIN snapshot_wanted w USING (piece_id, transpose) WHERE {tok_filter} "
             "QUALIFY row_number() OVER (PARTITION BY t.piece_id, t.transpose ORDER BY t.run_id) = 1 "
             "ORDER BY t.piece_id, t.transpose",
             params=params,
         ).to_arrow_table()
+        con.unregister("snapshot_wanted")
         done_so_far.what = "choosing token rows"
         progress(done_so_far)
         tok_text, specials, vocab_sizes, transform = _tokenizer_facts(tokinfo["config_json"])
         multi = tokinfo["is_multi_vocab"]
         dtype = np.dtype(np.uint16) if max(vocab_sizes) <= 65535 else np.dtype(np.int32)
 
+        # the wanted rows with no tokens (not tokenized or rejected): their number, the first 100
+        missing_tbl = want_tbl.select(["piece_id", "transpose"]).join(
+            rows_tbl.select(["piece_id", "transpose"]), keys=["piece_id", "transpose"], join_type="left anti"
+        )
+        n_missing = missing_tbl.num_rows
+        missing = missing_tbl.sort_by([("piece_id", "ascending"), ("transpose", "ascending")]).slice(0, 100).to_pylist()
+        del missing_tbl, want_tbl
+        in_snapshot = np.asarray(
+            pc.is_in(pids, value_set=rows_tbl.column("piece_id").combine_chunks()).to_numpy(zero_copy_only=False),
+            dtype=bool,
+        )
+
         files: dict[str, dict[str, Any]] = {}
         split_counts: dict[str, dict[str, int]] = {}
-        present = set()
-        snap_pieces: list[dict[str, Any]] = []
-        # the rows chosen (first run per piece and shift); their ids are read batch by batch (_ids_batches)
-        all_rows = rows_tbl.to_pylist()
-        for r in all_rows:
-            present.add((r["piece_id"], r["transpose"]))
-        done_so_far.total = sum(sum(r["seq_lengths"] or []) for r in all_rows)
+        snap_pieces: list[pa.Table] = []
+        ids_col = "ids_multi" if multi else "ids"
+        lengths = pc.list_flatten(rows_tbl.column("seq_lengths"))
+        done_so_far.total = int(pc.sum(lengths).as_py() or 0)
         for sp in SPLITS:
             done_so_far.what = f"writing {sp}"
             progress(done_so_far)
-            rows = [r for r in all_rows if r["split"] == sp]
-            ids_col = "ids_multi" if multi else "ids"
-            # sequences: per row by seq_lengths, cut at max_seq_len
-            seq_rows: dict[str, list[Any]] = {
-                k2: []
-                for k2 in (
-                    "seq",
-                    "piece_id",
-                    "transpose",
-                    "track",
-                    "chunk",
-                    "start",
-                    "length",
-                    "song_group",
-                    "dedup_cluster",
-                )
-            }
-            offsets = [0]
-            pos = 0
-            n_pieces = set()
-            for r in rows:
-                n_pieces.add(r["piece_id"])
-                snap_pieces.append(
+            # the rows chosen (first run per piece and shift); their ids are read batch by batch (_ids_batches)
+            rows = rows_tbl.filter(pc.equal(rows_tbl.column("split"), sp))
+            snap_pieces.append(
+                pa.table(
                     {
-                        "piece_id": r["piece_id"],
-                        "split": sp,
-                        "transpose": r["transpose"],
-                        "n_tokens": int(r["n_tokens"]),
+                        "piece_id": rows.column("piece_id").cast(pa.string()),
+                        "split": rows.column("split").cast(pa.string()),
+                        "transpose": rows.column("transpose").cast(pa.int32()),
+                        "n_tokens": rows.column("n_tokens").cast(pa.int64()),
                     }
                 )
-                for track, length in enumerate(r["seq_lengths"] or []):
-                    step = spec.max_seq_len or max(length, 1)
-                    for chunk, s0 in enumerate(range(0, length, step)):
-                        ln = min(step, length - s0)
-                        seq_rows["seq"].append(len(offsets) - 1)
-                        seq_rows["piece_id"].append(r["piece_id"])
-                        seq_rows["transpose"].append(r["transpose"])
-                        seq_rows["track"].append(track)
-                        seq_rows["chunk"].append(chunk)
-                        seq_rows["start"].append(pos + s0)
-                        seq_rows["length"].append(ln)
-                        seq_rows["song_group"].append(group_of[r["piece_id"]])
-                        seq_rows["dedup_cluster"].append(cluster_of[r["piece_id"]])
-                        offsets.append(pos + s0 + ln)
-                    pos += length
+            )
+            # sequences: per row by seq_lengths, cut at max_seq_len
+            seq_tbl, offsets, pos = _sequences(rows, spec.max_seq_len)
             shape = (pos, len(vocab_sizes)) if multi else (pos,)
             files[f"{sp}/tokens.npy"] = _stream_tokens(
-                _counted(_ids_batches(con, rows, ids_col, tok_filter, params), done_so_far, progress),
+                _counted(
+                    _ids_batches(con, rows.select(["piece_id", "transpose", "run_id"]), ids_col, tok_filter, params),
+                    done_so_far,
+                    progress,
+                ),
                 out_dir / sp / "tokens.npy",
                 shape,
                 dtype,
                 spec.scheme,
             )
-            index_b = _npy_bytes(np.asarray(offsets, dtype=np.int64))
-            seq_tbl = pa.table(
-                {
-                    "seq": pa.array(seq_rows["seq"], pa.int64()),
-                    "piece_id": pa.array(seq_rows["piece_id"], pa.string()),
-                    "transpose": pa.array(seq_rows["transpose"], pa.int32()),
-                    "track": pa.array(seq_rows["track"], pa.int32()),
-                    "chunk": pa.array(seq_rows["chunk"], pa.int32()),
-                    "start": pa.array(seq_rows["start"], pa.int64()),
-                    "length": pa.array(seq_rows["length"], pa.int64()),
-                    "song_group": pa.array(seq_rows["song_group"], pa.string()),
-                    "dedup_cluster": pa.array(seq_rows["dedup_cluster"], pa.string()),
-                }
-            )
-            buf = io.BytesIO()
-            pq.write_table(seq_tbl, buf, compression="zstd")
-            for rel, blob in (
-                (f"{sp}/index.npy", index_b),
-                (f"{sp}/sequences.parquet", buf.getvalue()),
-            ):
-                _write(out_dir / rel, blob)
-                files[rel] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+            files[f"{sp}/index.npy"] = _write_npy(out_dir / sp / "index.npy", offsets)
+            files[f"{sp}/sequences.parquet"] = _write_parquet(out_dir / sp / "sequences.parquet", seq_tbl)
             split_counts[sp] = {
-                "pieces": len(n_pieces),
-                "rows": len(rows),
+                "pieces": int(pc.count_distinct(rows.column("piece_id")).as_py()),
+                "rows": rows.num_rows,
                 "sequences": len(offsets) - 1,
                 "tokens": int(pos),
             }
+            del rows, seq_tbl, offsets
+        del rows_tbl
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
@@ -696,44 +845,69 @@ def build(
     progress(done_so_far)
     _write(out_dir / "tokenizer.json", tok_text.encode())
     files["tokenizer.json"] = {"sha256": hashlib.sha256(tok_text.encode()).hexdigest(), "bytes": len(tok_text.encode())}
-    in_snapshot = {p for p, _ in present}
-    attr_lines = ["piece_id\tsplit\tsources\tlicenses\tsource_uri\tterms"]
+    kept = pa.array(in_snapshot)
+    chosen = pa.table(
+        {
+            "piece_id": pids,
+            "split": split_str,
+            "sources": sel.column("sources"),
+            "licenses": sel.column("licenses"),
+            "source_uri": sel.column("source_uri"),
+            "song_group": sel.column("song_group").cast(pa.string()),
+            "dedup_cluster": sel.column("dedup_cluster").cast(pa.string()),
+        }
+    ).filter(kept)
     lic_counts: dict[str, dict[str, Any]] = {}
     src_counts: dict[str, int] = {}
-    for r in sel_rows:
-        if r["piece_id"] not in in_snapshot:
-            continue
-        lics = r["licenses"]
-        attr_lines.append(
-            "\t".join(
-                [
-                    r["piece_id"],
-                    split[r["piece_id"]],
-                    ",".join(r["sources"]),
-                    ",".join(lics),
-                    r["source_uri"] or "",
-                    " | ".join(license_terms(x) for x in lics),
-                ]
-            )
-        )
-        for lic in lics:
-            e = lic_counts.setdefault(
-                lic, {"pieces": 0, "terms": license_terms(None if lic == "unknown" else lic), "sources": set()}
-            )
-            e["pieces"] += 1
-            e["sources"].update(r["sources"])
-        for s in r["sources"]:
-            src_counts[s] = src_counts.get(s, 0) + 1
-    attr = ("\n".join(attr_lines) + "\n").encode()
-    _write(out_dir / "ATTRIBUTION.tsv", attr)
-    files["ATTRIBUTION.tsv"] = {"sha256": hashlib.sha256(attr).hexdigest(), "bytes": len(attr)}
+    terms_of: dict[str, str] = {}
+    attr_path = out_dir / "ATTRIBUTION.tsv"
+    h = hashlib.sha256()
+    with open(attr_path, "wb") as fh:
+        head = b"piece_id\tsplit\tsources\tlicenses\tsource_uri\tterms\n"
+        fh.write(head)
+        h.update(head)
+        for batch in chosen.select(["piece_id", "split", "sources", "licenses", "source_uri"]).to_batches(8192):
+            lines = []
+            for r in batch.to_pylist():  # Python objects for one batch of pieces at a time
+                lics = r["licenses"]
+                for x in lics:
+                    if x not in terms_of:
+                        terms_of[x] = license_terms(x)
+                lines.append(
+                    "\t".join(
+                        [
+                            r["piece_id"],
+                            r["split"],
+                            ",".join(r["sources"]),
+                            ",".join(lics),
+                            r["source_uri"] or "",
+                            " | ".join(terms_of[x] for x in lics),
+                        ]
+                    )
+                    + "\n"
+                )
+                for lic in lics:
+                    e = lic_counts.setdefault(
+                        lic, {"pieces": 0, "terms": license_terms(None if lic == "unknown" else lic), "sources": set()}
+                    )
+                    e["pieces"] += 1
+                    e["sources"].update(r["sources"])
+                for s in r["sources"]:
+                    src_counts[s] = src_counts.get(s, 0) + 1
+            blob = "".join(lines).encode()
+            fh.write(blob)
+            h.update(blob)
+        fh.flush()
+        os.fsync(fh.fileno())
+    files["ATTRIBUTION.tsv"] = {"sha256": h.hexdigest(), "bytes": attr_path.stat().st_size}
     licenses = {
         k2: {"pieces": v["pieces"], "terms": v["terms"], "sources": sorted(v["sources"])}
         for k2, v in sorted(lic_counts.items())
     }
 
-    missing = sorted({(w[0], w[1]) for w in wanted} - present)
-    leakage = leakage_check({p: (split[p], group_of[p], cluster_of[p]) for p in in_snapshot})
+    leakage = _leakage(chosen.select(["split", "song_group", "dedup_cluster"]))
+    n_in_snapshot = chosen.num_rows
+    del chosen, sel, pids, split_str
     recipe = {
         "format": FORMAT,
         "selection": {
@@ -750,12 +924,12 @@ def build(
     version = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     table_versions, lake_version = _table_versions(lake)
     counts: dict[str, Any] = {
-        "pieces": len(in_snapshot),
+        "pieces": n_in_snapshot,
         "rows": sum(c["rows"] for c in split_counts.values()),
         "sequences": sum(c["sequences"] for c in split_counts.values()),
         "tokens": sum(c["tokens"] for c in split_counts.values()),
-        "selected_pieces": len(sel_rows),
-        "missing_token_rows": len(missing),
+        "selected_pieces": n_sel,
+        "missing_token_rows": n_missing,
         **split_counts,
     }
     manifest = {
@@ -796,12 +970,13 @@ def build(
         "counts": counts,
         "sources": dict(sorted(src_counts.items())),
         "licenses": licenses,
-        "missing_token_rows": [f"{p}@{t}" for p, t in missing[:100]],
+        "missing_token_rows": [f"{x['piece_id']}@{x['transpose']}" for x in missing],
     }
     card = render_card(manifest).encode()
     _write(out_dir / "README.md", card)
     _write(out_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
-    (out_dir / ".pieces.json").write_text(json.dumps(snap_pieces))  # for registration; removed before rename
+    # for registration (the snapshot_pieces rows); removed before rename
+    pq.write_table(pa.concat_tables(snap_pieces), out_dir / PIECES_FILE)
     return manifest
 
 
@@ -915,8 +1090,8 @@ def create(lake: Lake, spec: SnapshotSpec, progress: Callable[[Step], None] = _n
     try:
         manifest = build(lake, spec, tmp, progress)
         version = manifest["version"]
-        pieces = json.loads((tmp / ".pieces.json").read_text())
-        (tmp / ".pieces.json").unlink()
+        pieces = pq.read_table(tmp / PIECES_FILE)
+        (tmp / PIECES_FILE).unlink()
         target = base / spec.name / version
         progress(Step(manifest["counts"]["tokens"], manifest["counts"]["tokens"], "putting the version in place"))
         created = False
@@ -946,8 +1121,8 @@ def _create_remote(lake: Lake, spec: SnapshotSpec, progress: Callable[[Step], No
         manifest = build(lake, spec, tmp, progress)
         tokens = manifest["counts"]["tokens"]
         version = manifest["version"]
-        pieces = json.loads((tmp / ".pieces.json").read_text())
-        (tmp / ".pieces.json").unlink()
+        pieces = pq.read_table(tmp / PIECES_FILE)
+        (tmp / PIECES_FILE).unlink()
         rel = version_rel(spec.name, version)
         created = False
         if lake.file_exists(f"{rel}/manifest.json"):
@@ -977,7 +1152,7 @@ def _drop_partial_uploads(lake: Lake) -> None:
             lake.remove(rel)
 
 
-def _register(lake: Lake, manifest: Mapping[str, Any], pieces: list[dict[str, Any]]) -> None:
+def _register(lake: Lake, manifest: Mapping[str, Any], pieces: pa.Table) -> None:
     name, version = manifest["name"], manifest["version"]
     con = lake.connect()
     try:
@@ -1004,7 +1179,17 @@ def _register(lake: Lake, manifest: Mapping[str, Any], pieces: list[dict[str, An
                 }
             ],
         )
-        tx.write("snapshot_pieces", [{"name": name, "version": version, **p} for p in pieces])
+        n = pieces.num_rows
+        tx.write(
+            "snapshot_pieces",
+            pa.table(
+                {
+                    "name": pa.repeat(pa.scalar(name, pa.string()), n),
+                    "version": pa.repeat(pa.scalar(version, pa.string()), n),
+                    **{c: pieces.column(c) for c in ("piece_id", "split", "transpose", "n_tokens")},
+                }
+            ),
+        )
 
 
 def _list_row(m: Mapping[str, Any], path: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -183,3 +184,128 @@ def test_streamed_tokens_are_the_bytes_of_np_save(tmp_path: Path) -> None:
     assert meta["bytes"] == len(want.getvalue())
     with pytest.raises(RuntimeError, match="seq_lengths sum to"):
         S._stream_tokens(iter(batches), tmp_path / "t2.npy", (total + 1,), np.dtype(np.uint16), "x")
+
+
+def _reference_files(lake, spec: S.SnapshotSpec, manifest: dict) -> dict[str, bytes]:
+    """The data files of ``spec`` computed the plain way, a Python dict or list per piece, row and
+    sequence (as the builder did before it kept them in columns): the bytes build() must give."""
+    import io
+
+    cols = {r["column_name"] for r in lake.query("SELECT column_name FROM (DESCRIBE pieces)").to_pylist()}
+    sel = lake.query(S._selection_sql(spec.where, "mutopia_id" in cols)).to_pylist()
+    keys = {
+        r["piece_id"]: [f"song:{r['song_group']}", f"cluster:{r['dedup_cluster']}"]
+        + [f"msd:{m}" for m in r["msd_ids"] or []]
+        + [f"mutopia:{m}" for m in r["mutopia_ids"] or []]
+        for r in sel
+    }
+    split = S.assign_splits(S.song_groups(keys), spec.seed, spec.split, {})
+    of = {r["piece_id"]: r for r in sel}
+    mode, k = S.transpose_shifts(spec.transpose)
+    assert mode != "normalize"
+    shifts = [0] if mode == "none" else list(range(-k, k + 1))
+    multi = manifest["tokenizer"]["is_multi_vocab"]
+    width = len(manifest["tokenizer"]["vocab_sizes"]) if multi else 1
+    dtype = np.dtype(manifest["shard_format"]["dtype"])
+    first: dict[tuple[str, int], dict] = {}
+    for r in lake.query(
+        f"SELECT piece_id, transpose, run_id, seq_lengths, {'ids_multi' if multi else 'ids'} AS ids FROM tokens "
+        "WHERE scheme = ? AND tokenizer_hash = ? ORDER BY piece_id, transpose, run_id",
+        [spec.scheme, manifest["tokenizer"]["hash"]],
+    ).to_pylist():
+        if r["piece_id"] in of and r["transpose"] in shifts:
+            first.setdefault((r["piece_id"], r["transpose"]), r)
+    out: dict[str, bytes] = {}
+    for sp in S.SPLITS:
+        seqs: dict[str, list] = {c: [] for c in ("seq", "piece_id", "transpose", "track", "chunk", "start", "length")}
+        seqs |= {"song_group": [], "dedup_cluster": []}
+        offsets, ids, pos = [0], [], 0
+        for (pid, tr), r in sorted(first.items()):
+            if split[pid] != sp:
+                continue
+            ids.extend(r["ids"])
+            for track, length in enumerate(r["seq_lengths"] or []):
+                step = spec.max_seq_len or max(length, 1)
+                for chunk, s0 in enumerate(range(0, length, step)):
+                    ln = min(step, length - s0)
+                    for c, v in zip(seqs, (len(offsets) - 1, pid, tr, track, chunk, pos + s0, ln), strict=False):
+                        seqs[c].append(v)
+                    seqs["song_group"].append(of[pid]["song_group"])
+                    seqs["dedup_cluster"].append(of[pid]["dedup_cluster"])
+                    offsets.append(pos + s0 + ln)
+                pos += length
+        tokens = np.asarray(ids, dtype=np.int64).reshape((-1, width) if multi else (-1,)).astype(dtype)
+        for rel, arr in (("tokens", tokens), ("index", np.asarray(offsets, dtype=np.int64))):
+            buf = io.BytesIO()
+            np.save(buf, arr, allow_pickle=False)
+            out[f"{sp}/{rel}.npy"] = buf.getvalue()
+        types = [pa.int64(), pa.string(), pa.int32(), pa.int32(), pa.int32(), pa.int64(), pa.int64()]
+        tbl = pa.table({c: pa.array(v, t) for (c, v), t in zip(seqs.items(), [*types, pa.string(), pa.string()])})
+        buf = io.BytesIO()
+        pq.write_table(tbl, buf, compression="zstd")
+        out[f"{sp}/sequences.parquet"] = buf.getvalue()
+    lines = ["piece_id\tsplit\tsources\tlicenses\tsource_uri\tterms"]
+    for r in sel:
+        if any(p == r["piece_id"] for p, _ in first):
+            lics = r["licenses"]
+            terms = " | ".join(S.license_terms(x) for x in lics)
+            lines.append(
+                "\t".join([r["piece_id"], split[r["piece_id"]], ",".join(r["sources"]), ",".join(lics)])
+                + f"\t{r['source_uri'] or ''}\t{terms}"
+            )
+    out["ATTRIBUTION.tsv"] = ("\n".join(lines) + "\n").encode()
+    return out
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        S.SnapshotSpec(
+            "ref", "remi_multitrack", transpose="augment:1", max_seq_len=300, split=(0.5, 0.25, 0.25), seed=5
+        ),
+        S.SnapshotSpec("ref", "remi_multitrack", where="n_notes > 50", split=(0.4, 0.3, 0.3), seed=2),
+        S.SnapshotSpec("ref", "cpword", max_seq_len=97, split=(0.6, 0.2, 0.2)),
+    ],
+    ids=["augment-max_seq_len", "where-whole", "cpword"],
+)
+def test_build_gives_the_bytes_of_a_plain_per_piece_computation(lake, tmp_path: Path, spec) -> None:
+    m = S.build(lake, spec, tmp_path / "b")
+    want = _reference_files(lake, spec, m)
+    assert sorted(want) == sorted(r for r in m["files"] if r != "tokenizer.json")
+    for rel, blob in want.items():
+        assert (tmp_path / "b" / rel).read_bytes() == blob, rel
+        assert m["files"][rel]["sha256"] == hashlib.sha256(blob).hexdigest()
+
+
+def test_columnar_song_groups_and_splits_match_the_per_piece_functions() -> None:
+    rng = np.random.default_rng(1)
+    n = 400
+    pieces = [f"p{i:04d}" for i in range(n)]
+    sel = pa.table(
+        {
+            "piece_id": pieces,
+            "song_group": [None if i % 37 == 0 else f"g{rng.integers(0, 150)}" for i in range(n)],
+            "dedup_cluster": [f"p{rng.integers(0, n):04d}" for _ in range(n)],
+            "msd_ids": [
+                None if i % 3 else [f"TR{rng.integers(0, 60)}" for _ in range(rng.integers(0, 3))] for i in range(n)
+            ],
+            "mutopia_ids": [[f"{rng.integers(0, 40)}"] if i % 5 == 0 else [] for i in range(n)],
+        }
+    )
+    keys = {
+        r["piece_id"]: [f"song:{r['song_group']}", f"cluster:{r['dedup_cluster']}"]
+        + [f"msd:{m}" for m in r["msd_ids"] or []]
+        + [f"mutopia:{m}" for m in r["mutopia_ids"] or []]
+        for r in sel.to_pylist()
+    }
+    units = S.song_groups(keys)
+    got = S._unit_keys(sel).to_pylist()
+    assert got == [units[p] for p in pieces]
+    assert len(set(got)) > 10
+    fractions = (0.5, 0.3, 0.2)
+    prev = {p: S.SPLITS[int(rng.integers(0, 3))] for p in pieces[::3]} | {"gone": "test"}
+    want = S.assign_splits(units, 4, fractions, prev)
+    prev_tbl = pa.table({"piece_id": list(prev), "split": list(prev.values())})
+    codes, hashed = S._split_codes(pa.array(got), 4, fractions, pa.array(pieces), prev_tbl)
+    assert [S.SPLITS[c] for c in codes] == [want[p] for p in pieces]
+    assert [S.SPLITS[c] for c in hashed] == [S.assign_splits(units, 4, fractions, {})[p] for p in pieces]
