@@ -490,16 +490,33 @@ def _table_versions(lake: Lake) -> tuple[dict[str, int | None], int | None]:
 
 BUILD_MEMORY_LIMIT = os.environ.get("MIDICORPUS_SNAPSHOT_MEMORY", "1GB")  # DuckDB's, while a snapshot is built
 STREAM_BATCH_ROWS = 2048  # token rows (pieces x transpositions) per Arrow batch while writing tokens.npy
+STREAM_BATCH_TOKENS = 2_000_000  # and tokens per batch (one longer row makes a batch of its own)
+
+
+def _batch_bounds(n_tokens: pa.ChunkedArray | pa.Array | None, n_rows: int) -> Iterator[tuple[int, int]]:
+    """(first row, row count) of each batch: at most STREAM_BATCH_ROWS rows and, past its first row,
+    at most STREAM_BATCH_TOKENS tokens (a batch of long pieces is as heavy as one of short ones)."""
+    if n_tokens is None:
+        for i in range(0, n_rows, STREAM_BATCH_ROWS):
+            yield i, min(STREAM_BATCH_ROWS, n_rows - i)
+        return
+    sizes = np.asarray(pc.fill_null(n_tokens, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    i = 0
+    while i < n_rows:
+        ends = np.cumsum(sizes[i : i + STREAM_BATCH_ROWS])
+        n = max(1, int(np.searchsorted(ends, STREAM_BATCH_TOKENS, side="right")))
+        yield i, n
+        i += n
 
 
 def _ids_batches(con: Any, rows: pa.Table, ids_col: str, tok_filter: str, params: list[Any]) -> Iterator[pa.Array]:
-    """The ids of ``rows`` (columns piece_id, transpose, run_id; sorted by piece and shift),
-    STREAM_BATCH_ROWS rows at a time, in their order: each batch is a join of the tokens on its
+    """The ids of ``rows`` (columns piece_id, transpose, run_id, n_tokens; sorted by piece and
+    shift), a batch at a time (:func:`_batch_bounds`), in their order: each batch is a join of the tokens on its
     (piece, shift, run) keys, restricted to its piece-id range so DuckDB reads only the row groups
     that can hold it. No sort of the token lists and no window over them: memory is bounded by one
     batch, whatever the split's size."""
-    for i in range(0, rows.num_rows, STREAM_BATCH_ROWS):
-        batch = rows.slice(i, STREAM_BATCH_ROWS)
+    for i, n in _batch_bounds(rows.column("n_tokens") if "n_tokens" in rows.column_names else None, rows.num_rows):
+        batch = rows.slice(i, n)
         pids = batch.column("piece_id").cast(pa.string())
         keys = pa.table(
             {
@@ -817,7 +834,9 @@ def build(
             shape = (pos, len(vocab_sizes)) if multi else (pos,)
             files[f"{sp}/tokens.npy"] = _stream_tokens(
                 _counted(
-                    _ids_batches(con, rows.select(["piece_id", "transpose", "run_id"]), ids_col, tok_filter, params),
+                    _ids_batches(
+                        con, rows.select(["piece_id", "transpose", "run_id", "n_tokens"]), ids_col, tok_filter, params
+                    ),
                     done_so_far,
                     progress,
                 ),

@@ -309,3 +309,21 @@ def test_columnar_song_groups_and_splits_match_the_per_piece_functions() -> None
     codes, hashed = S._split_codes(pa.array(got), 4, fractions, pa.array(pieces), prev_tbl)
     assert [S.SPLITS[c] for c in codes] == [want[p] for p in pieces]
     assert [S.SPLITS[c] for c in hashed] == [S.assign_splits(units, 4, fractions, {})[p] for p in pieces]
+
+
+def test_token_batches_are_capped_by_rows_and_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(S, "STREAM_BATCH_ROWS", 4)
+    monkeypatch.setattr(S, "STREAM_BATCH_TOKENS", 100)
+    sizes = [30, 30, 30, 30, 500, 10, 10, 10, 10, 10, 90, 20]
+    got = list(S._batch_bounds(pa.array(sizes, pa.int64()), len(sizes)))
+    assert got == [(0, 3), (3, 1), (4, 1), (5, 4), (9, 2), (11, 1)]
+    # contiguous, every row once; a row over the cap alone
+    assert [i for i, n in got for i in range(i, i + n)] == list(range(len(sizes)))
+
+
+def test_smaller_token_batches_write_the_same_bytes(lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = S.SnapshotSpec("b", "remi_multitrack", transpose="augment:1")
+    want = S.build(lake, spec, tmp_path / "a")
+    monkeypatch.setattr(S, "STREAM_BATCH_TOKENS", 5_000)
+    got = S.build(lake, spec, tmp_path / "b")
+    assert got["version"] == want["version"] and got["files"] == want["files"]
