@@ -553,21 +553,17 @@ def _recluster(
             lambda keys: _fetch_vectors(con, tsql, keys, songs.TRACK_DIM),
         )
 
-        def ngrams_of(keys: list[str]) -> dict[str, np.ndarray]:
-            import pyarrow as pa
-
-            con.register("wanted_tracks", pa.table({"key": pa.array(keys, pa.string())}))
-            try:
-                got = con.execute(
-                    "SELECT piece_id || ':' || track_index AS key, ngrams FROM track_signatures_t "
-                    "WHERE scheme = ? AND piece_id || ':' || track_index IN (SELECT key FROM wanted_tracks)",
-                    [songs.TRACK_SCHEME],
-                ).fetchall()
-            finally:
-                con.unregister("wanted_tracks")
-            return {k: np.asarray(v, np.int32) for k, v in got}
-
-        matches = songs.match_tracks(tidx, new_tracks, ngrams_of) if new_tracks else []
+        matches = (
+            songs.match_tracks_sql(
+                con,
+                tidx,
+                new_tracks,
+                "SELECT piece_id, track_index, ngrams FROM track_signatures_t "
+                f"WHERE scheme = '{songs.TRACK_SCHEME}' AND has_identity",
+            )
+            if new_tracks
+            else []
+        )
         cols = {r[0] for r in con.execute("DESCRIBE pieces").fetchall()}
         version = int(con.execute("SELECT id FROM ducklake_current_snapshot('lake')").fetchone()[0])
         base = _last_decision(con, params_json)

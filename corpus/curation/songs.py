@@ -239,6 +239,32 @@ def _better(m: TrackMatch, old: TrackMatch | None) -> bool:
     return old is None or (m.containment, m.shared, m.cosine) > (old.containment, old.shared, old.cosine)
 
 
+def candidates(
+    index: dedup.NearDupIndex, query_keys: Sequence[str], *, k: int = CANDIDATE_K, floor: float = CANDIDATE_FLOOR
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate track pairs of ``query_keys``: (query row, other row, cosine) arrays, per query
+    its ``k`` nearest tracks of other pieces at cosine >= ``floor``, in query order then rank.
+    Vectorized, 4,096 queries at a time: no Python object per candidate."""
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
+    if not query_keys or len(index) < 2:
+        return empty
+    _, piece_code = np.unique(np.asarray([key.rpartition(":")[0] for key in index.piece_ids]), return_inverse=True)
+    rows = np.asarray([index._row[q] for q in query_keys], np.int64)
+    out_q, out_o, out_s = [], [], []
+    step = 4096
+    for lo in range(0, len(rows), step):
+        chunk = rows[lo : lo + step]
+        x = np.stack([np.asarray(index.index.reconstruct(int(r)), np.float32) for r in chunk])
+        scores, hits = index._knn(x, k + 1)
+        ok = (hits >= 0) & (scores >= floor)
+        ok &= piece_code[np.where(hits >= 0, hits, 0)] != piece_code[chunk][:, None]
+        qi, col = np.nonzero(ok)
+        out_q.append(chunk[qi])
+        out_o.append(hits[qi, col].astype(np.int64))
+        out_s.append(scores[qi, col].astype(np.float64))
+    return np.concatenate(out_q), np.concatenate(out_o), np.concatenate(out_s)
+
+
 def match_tracks(
     index: dedup.NearDupIndex,
     query_keys: Sequence[str],
@@ -251,27 +277,14 @@ def match_tracks(
 
     ``index`` holds the vectors of every identity track (ids from :func:`track_key`), queries
     included; ``ngrams_of(keys) -> {key: codes}`` (or a mapping) gives the n-gram sets. One match
-    per piece pair: the track pair with the highest containment.
+    per piece pair: the track pair with the highest containment (then shared n-grams, then
+    cosine; on a tie, the first candidate). :func:`match_tracks_sql` decides the same in DuckDB.
     """
-    if not query_keys or len(index) < 2:
+    q_rows, o_rows, cos = candidates(index, query_keys, k=k, floor=floor)
+    if not len(q_rows):
         return []
-    rows = [index._row[q] for q in query_keys]
-    x = np.stack([np.asarray(index.index.reconstruct(r), np.float32) for r in rows])
-    cands: list[tuple[str, str, float]] = []
-    step = 4096
-    for lo in range(0, len(rows), step):
-        scores, hits = index._knn(x[lo : lo + step], k + 1)
-        for qi in range(len(hits)):
-            q = query_keys[lo + qi]
-            qpid = split_key(q)[0]
-            for s, h in zip(scores[qi], hits[qi], strict=True):
-                if h < 0 or s < floor:
-                    continue
-                other = index.piece_ids[int(h)]
-                if split_key(other)[0] != qpid:
-                    cands.append((q, other, float(s)))
-    if not cands:
-        return []
+    keys = index.piece_ids
+    cands = [(keys[q], keys[o], s) for q, o, s in zip(q_rows.tolist(), o_rows.tolist(), cos.tolist(), strict=True)]
     need = sorted({c[0] for c in cands} | {c[1] for c in cands})
     grams = ngrams_of(need) if callable(ngrams_of) else {key: ngrams_of[key] for key in need}
     best: dict[tuple[str, str], TrackMatch] = {}
@@ -284,6 +297,58 @@ def match_tracks(
         if _better(m, best.get((pa_, pb))):
             best[(pa_, pb)] = m
     return [best[key] for key in sorted(best)]
+
+
+def match_tracks_sql(
+    con: Any,
+    index: dedup.NearDupIndex,
+    query_keys: Sequence[str],
+    signatures: str,
+    *,
+    k: int = CANDIDATE_K,
+    floor: float = CANDIDATE_FLOOR,
+) -> list[TrackMatch]:
+    """:func:`match_tracks`, with the n-gram sets verified in DuckDB on ``con`` (``signatures``: a
+    relation with columns piece_id, track_index, ngrams): the candidates go in as one Arrow table
+    and the n-gram lists never become Python objects, so the driver's memory does not grow with
+    the number of candidates (a first curate of 176k pieces has millions)."""
+    import pyarrow as pa
+
+    q_rows, o_rows, cos = candidates(index, query_keys, k=k, floor=floor)
+    if not len(q_rows):
+        return []
+    keys = pa.array(index.piece_ids, pa.string())
+    cand = pa.table(
+        {
+            "q": keys.take(pa.array(q_rows)),
+            "o": keys.take(pa.array(o_rows)),
+            "cosine": pa.array(cos, pa.float64()),
+            "ord": pa.array(np.arange(len(q_rows), dtype=np.int64)),
+        }
+    )
+    con.register("track_candidates", cand)
+    try:
+        got = con.execute(
+            f"""
+            WITH c AS (SELECT least(q, o) AS a, greatest(q, o) AS b, cosine, ord FROM track_candidates),
+            s AS (SELECT piece_id || ':' || track_index AS key, ngrams FROM ({signatures})),
+            v AS (
+                SELECT split_part(c.a, ':', 1) AS pa, CAST(split_part(c.a, ':', 2) AS INTEGER) AS ta,
+                       split_part(c.b, ':', 1) AS pb, CAST(split_part(c.b, ':', 2) AS INTEGER) AS tb,
+                       c.cosine, c.ord, len(list_intersect(sa.ngrams, sb.ngrams)) AS shared,
+                       least(len(sa.ngrams), len(sb.ngrams)) AS smaller
+                FROM c JOIN s sa ON sa.key = c.a JOIN s sb ON sb.key = c.b
+            )
+            SELECT pa, ta, pb, tb, cosine, shared,
+                   CASE WHEN smaller = 0 THEN 0.0 ELSE shared / smaller END AS containment
+            FROM v
+            QUALIFY row_number() OVER (PARTITION BY pa, pb ORDER BY containment DESC, shared DESC, cosine DESC, ord) = 1
+            ORDER BY pa, pb
+            """
+        ).fetchall()
+    finally:
+        con.unregister("track_candidates")
+    return [TrackMatch(str(a), int(ta), str(b), int(tb), float(c), int(sh), float(ct)) for a, ta, b, tb, c, sh, ct in got]
 
 
 def passes(containment: float, shared: int, threshold: float = DEFAULT_THRESHOLD, min_shared: int = MIN_SHARED) -> bool:

@@ -214,6 +214,25 @@ def test_index_matches_what_is_stored(song_lake: Lake) -> None:
     assert isinstance(idx, NearDupIndex) and set(idx.piece_ids) == keys and idx.meta["pairs_stored"]
 
 
+def test_matching_in_duckdb_decides_what_the_python_verification_decides(song_lake: Lake) -> None:
+    """match_tracks_sql (what curate runs: candidates as one Arrow table, n-grams intersected in
+    DuckDB) gives the matches of match_tracks (n-gram sets as NumPy arrays, verified one by one),
+    pair for pair, on every identity track of the real files."""
+    from corpus.curate import load_index
+
+    idx = load_index(song_lake, "tracks", songs.TRACK_CONFIG)
+    sig = f"SELECT piece_id, track_index, ngrams FROM track_signatures_t WHERE scheme = '{songs.TRACK_SCHEME}'"
+    con = song_lake.connect()
+    try:
+        grams = {f"{p}:{t}": np.asarray(g, np.int32) for p, t, g in con.execute(sig).fetchall() if g is not None}
+        in_sql = songs.match_tracks_sql(con, idx, idx.piece_ids, sig)
+    finally:
+        con.close()
+    in_python = songs.match_tracks(idx, idx.piece_ids, grams)
+    assert len(in_python) > 100
+    assert in_sql == in_python  # every field, the tracks of the best pair included (ties: the first candidate)
+
+
 # ------------------------------------------------------------------------------------ incremental
 def _files(arrangements_dir: Path, lo: int, hi: int, dst: Path) -> Path:
     dst.mkdir()
