@@ -465,7 +465,7 @@ def _open_index(lake: Lake, name: str, config: dict[str, object], known: set[str
     return index
 
 
-def _update_index(index: Any, known: list[str], vectors: Any) -> tuple[Any, list[str]]:
+def _update_index(index: Any, known: list[str], vectors: Any, dim: int) -> tuple[Any, list[str]]:
     """Add the keys of ``known`` that ``index`` lacks (``vectors(keys)`` gives their matrix); (index, new keys).
 
     Without an index, or once the lake has grown past twice what an IVF index was trained on,
@@ -475,14 +475,16 @@ def _update_index(index: Any, known: list[str], vectors: Any) -> tuple[Any, list
 
     if index is not None and index.kind == "ivf" and len(known) > 2 * int(index.meta.get("trained_n", len(index)) or 1):
         index = None
-    if index is None:
-        index = NearDupIndex.build(known, vectors(known))
+    from corpus.curation.dedup import BUILD_CHUNK
+
+    if index is None:  # the vectors are read a chunk at a time, never all at once beside the index
+        index = NearDupIndex.build_from(known, lambda rows: vectors([known[int(i)] for i in rows]), dim)
         index.meta = {"trained_n": len(known)}
         return index, list(known)
     have = set(index.piece_ids)
     new = [k for k in known if k not in have]
-    if new:
-        index.add(new, vectors(new))
+    for lo in range(0, len(new), BUILD_CHUNK):
+        index.add(new[lo : lo + BUILD_CHUNK], vectors(new[lo : lo + BUILD_CHUNK]))
     return index, new
 
 
@@ -529,6 +531,7 @@ def _recluster(
             lambda keys: _fetch_vectors(
                 con, "SELECT piece_id AS key, dedup_vector AS vector FROM piece_analysis_t", keys, dedup.VECTOR_DIM
             ),
+            dedup.VECTOR_DIM,
         )
         new_dup_pairs = [
             (pidx.piece_ids[i], pidx.piece_ids[j], sc)
@@ -551,6 +554,7 @@ def _recluster(
             _open_index(lake, "tracks", songs.TRACK_CONFIG, set(track_keys)),
             track_keys,
             lambda keys: _fetch_vectors(con, tsql, keys, songs.TRACK_DIM),
+            songs.TRACK_DIM,
         )
 
         matches = (

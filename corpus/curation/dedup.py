@@ -26,7 +26,7 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
@@ -72,6 +72,8 @@ DEFAULT_THRESHOLD: Final = 0.7  # copies >= 0.75, Goldberg variations <= 0.24, u
 PAIR_K: Final = 32  # neighbours asked per piece when collecting pairs
 EXACT_MAX_N: Final = 50_000  # up to this many pieces IndexFlatIP (exact), above it IVF
 IVF_NPROBE: Final = 16
+IVF_TRAIN_PER_LIST: Final = 64  # IVF k-means sample: this many vectors per list (faiss asks 39-256)
+BUILD_CHUNK: Final = 32_768  # vectors added to a new index at a time (build_from)
 IndexKind = Literal["auto", "flat", "ivf"]
 PairReason = Literal["content_hash", "transposed_hash", "near_dup"]
 
@@ -320,7 +322,7 @@ class NearDupIndex:
     Up to EXACT_MAX_N pieces the index is ``IndexFlatIP``: exact, no training, and cheap enough
     (a full k-NN self-join of 20k x 512 takes a few seconds on two cores, 50k about half a
     minute). Brute force grows with N squared, so above that ``IndexIVFFlat`` takes over
-    (Lakh-scale, ~180k pieces): 4*sqrt(N) lists trained by k-means on a fixed-seed sample,
+    (Lakh-scale, ~180k pieces): 4*sqrt(N) lists trained by k-means on a fixed-seed sample (64 vectors a list),
     IVF_NPROBE lists probed, which keeps the self-join to about 1% of the brute-force work.
     IVF rather than HNSW because it trains in seconds, builds without the graph's per-insert
     cost, and supports range search and reconstruction by id; near-duplicates (cosine >= 0.7) are
@@ -352,31 +354,49 @@ class NearDupIndex:
         nprobe: int = IVF_NPROBE,
     ) -> NearDupIndex:
         """Index ``vectors`` (one row per id); ``kind="auto"`` is flat up to ``exact_max_n`` pieces."""
+        ids = [str(p) for p in piece_ids]
+        x = _as_matrix(vectors, len(ids)) if len(ids) else np.zeros((0, VECTOR_DIM), np.float32)
+        return cls.build_from(
+            ids, lambda rows: x[rows], x.shape[1], kind=kind, exact_max_n=exact_max_n, nprobe=nprobe, chunk=len(ids)
+        )
+
+    @classmethod
+    def build_from(
+        cls,
+        piece_ids: Sequence[str],
+        rows_of: Callable[[np.ndarray], np.ndarray],
+        dim: int,
+        *,
+        kind: IndexKind = "auto",
+        exact_max_n: int = EXACT_MAX_N,
+        nprobe: int = IVF_NPROBE,
+        chunk: int = BUILD_CHUNK,
+    ) -> NearDupIndex:
+        """:meth:`build` from ``rows_of(row numbers) -> matrix``, asked for the IVF training sample
+        and then ``chunk`` rows at a time: the vectors are never all in memory at once beside the
+        index (a lake's curate reads them from its tables batch by batch). The same index as
+        :meth:`build` of the whole matrix."""
         import faiss
 
         ids = [str(p) for p in piece_ids]
-        x = _as_matrix(vectors, len(ids)) if len(ids) else np.zeros((0, VECTOR_DIM), np.float32)
-        d = x.shape[1]
+        n = len(ids)
         if kind not in ("auto", "flat", "ivf"):
             raise ValueError(f"kind must be 'auto', 'flat' or 'ivf', got {kind!r}")
-        chosen: Literal["flat", "ivf"] = (
-            "flat" if kind == "flat" or (kind == "auto" and len(ids) <= exact_max_n) else "ivf"
-        )
+        chosen: Literal["flat", "ivf"] = "flat" if kind == "flat" or (kind == "auto" and n <= exact_max_n) else "ivf"
         if chosen == "flat":
-            index: faiss.Index = faiss.IndexFlatIP(d)
+            index: faiss.Index = faiss.IndexFlatIP(dim)
         else:
-            nlist = max(1, min(int(4 * math.sqrt(len(ids))), len(ids) // 39))
-            quantizer = faiss.IndexFlatIP(d)
-            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-            sample = x
-            if len(x) > 256 * nlist:
-                rows = np.random.default_rng(0).choice(len(x), 256 * nlist, replace=False)
-                sample = x[np.sort(rows)]
-            index.train(sample)
+            nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
+            quantizer = faiss.IndexFlatIP(dim)
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            sample = np.arange(n)
+            if n > IVF_TRAIN_PER_LIST * nlist:  # k-means on a fixed-seed sample, not on every vector
+                sample = np.sort(np.random.default_rng(0).choice(n, IVF_TRAIN_PER_LIST * nlist, replace=False))
+            index.train(np.ascontiguousarray(rows_of(sample), dtype=np.float32))
             index.nprobe = min(nprobe, nlist)
             index.make_direct_map()
-        if len(x):
-            index.add(x)
+        for lo in range(0, n, max(1, chunk)):
+            index.add(np.ascontiguousarray(rows_of(np.arange(lo, min(n, lo + chunk))), dtype=np.float32))
         return cls(index, ids, chosen)
 
     def add(self, piece_ids: Sequence[str], vectors: np.ndarray | Sequence[np.ndarray]) -> list[int]:
@@ -410,8 +430,15 @@ class NearDupIndex:
         """Like :meth:`pairs`, for the pieces at ``rows`` only (each against the whole index)."""
         if not rows or len(self) < 2:
             return []
-        x = np.stack([np.asarray(self.index.reconstruct(int(r)), np.float32) for r in rows])
-        return self._pairs_from(x, list(rows), threshold, k)
+        best: dict[tuple[int, int], float] = {}
+        rows = list(rows)
+        for lo in range(0, len(rows), BUILD_CHUNK):  # the query vectors a chunk at a time
+            part = rows[lo : lo + BUILD_CHUNK]
+            x = np.stack([np.asarray(self.index.reconstruct(int(r)), np.float32) for r in part])
+            for i, j, s in self._pairs_from(x, part, threshold, k):
+                if s > best.get((i, j), -2.0):
+                    best[(i, j)] = s
+        return [(i, j, s) for (i, j), s in sorted(best.items())]
 
     def _pairs_from(self, x: np.ndarray, rows: list[int], threshold: float, k: int) -> list[tuple[int, int, float]]:
         best: dict[tuple[int, int], float] = {}

@@ -348,7 +348,9 @@ def match_tracks_sql(
         ).fetchall()
     finally:
         con.unregister("track_candidates")
-    return [TrackMatch(str(a), int(ta), str(b), int(tb), float(c), int(sh), float(ct)) for a, ta, b, tb, c, sh, ct in got]
+    return [
+        TrackMatch(str(a), int(ta), str(b), int(tb), float(c), int(sh), float(ct)) for a, ta, b, tb, c, sh, ct in got
+    ]
 
 
 def passes(containment: float, shared: int, threshold: float = DEFAULT_THRESHOLD, min_shared: int = MIN_SHARED) -> bool:

@@ -471,3 +471,27 @@ def test_cluster_20k_pieces_in_seconds() -> None:
     elapsed = time.perf_counter() - start
     assert result.n_clusters == 20_000 - 500
     assert elapsed < 30, f"clustering 20k pieces took {elapsed:.1f} s"  # ~5 s on 2 shared cores
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_an_index_built_a_chunk_at_a_time_is_the_index_built_at_once(kind: str) -> None:
+    """build_from (what curate does: the training sample, then the vectors a chunk at a time, read
+    from the tables) gives the index of build over the whole matrix: the same vectors, lists and answers."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(3000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = [f"p{i:05d}" for i in range(len(x))]
+    asked: list[int] = []
+
+    def rows_of(rows: np.ndarray) -> np.ndarray:
+        asked.append(len(rows))
+        return x[rows]
+
+    whole = NearDupIndex.build(ids, x, kind=kind)
+    chunked = NearDupIndex.build_from(ids, rows_of, 32, kind=kind, chunk=500)
+    assert asked[-6:] == [500] * 6  # six chunks of 500 after the training sample
+    assert chunked.kind == whole.kind == kind
+    assert np.array_equal(chunked.index.reconstruct_n(0, 3000), whole.index.reconstruct_n(0, 3000))
+    assert chunked.pairs_of(list(range(3000)), 0.5) == whole.pairs_of(list(range(3000)), 0.5)
+    q = x[:50]
+    assert np.array_equal(chunked._knn(q, 5)[1], whole._knn(q, 5)[1])
