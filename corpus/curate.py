@@ -935,12 +935,7 @@ def _delta_decision(
 
     def find(x: tuple[str, str]) -> tuple[str, str]:
         parent.setdefault(x, x)
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
+        return songs.root_of(parent, x)
 
     def union(x: tuple[str, str], y: tuple[str, str]) -> None:
         rx, ry = find(x), find(y)

@@ -353,6 +353,16 @@ def match_tracks_sql(
     ]
 
 
+def root_of(parent: Any, x: Any) -> Any:
+    """The root of ``x`` in a union-find forest ``parent`` (a list or a dict), compressing the path."""
+    root = x
+    while parent[root] != root:
+        root = parent[root]
+    while parent[x] != root:
+        parent[x], x = root, parent[x]
+    return root
+
+
 def passes(containment: float, shared: int, threshold: float = DEFAULT_THRESHOLD, min_shared: int = MIN_SHARED) -> bool:
     """The ``song-v1`` decision on one stored pair: at least ``min_shared`` shared n-grams, and a
     containment of ``threshold``, or STRONG_SHARED shared n-grams at STRONG_CONTAINMENT."""
@@ -400,12 +410,7 @@ def group_songs(
     parent = list(range(len(ids)))
 
     def find(i: int) -> int:
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        while parent[i] != root:
-            parent[i], i = root, parent[i]
-        return root
+        return root_of(parent, i)
 
     strength = {kind: n for n, kind in enumerate(JOIN_KINDS)}
     joined: dict[str, str] = {}
