@@ -490,7 +490,7 @@ def _table_versions(lake: Lake) -> tuple[dict[str, int | None], int | None]:
 
 BUILD_MEMORY_LIMIT = os.environ.get("MIDICORPUS_SNAPSHOT_MEMORY", "1GB")  # DuckDB's, while a snapshot is built
 STREAM_BATCH_ROWS = 2048  # token rows (pieces x transpositions) per Arrow batch while writing tokens.npy
-STREAM_BATCH_TOKENS = 2_000_000  # and tokens per batch (one longer row makes a batch of its own)
+STREAM_BATCH_TOKENS = 8_000_000  # and tokens per batch (one longer row makes a batch of its own)
 
 
 def _batch_bounds(n_tokens: pa.ChunkedArray | pa.Array | None, n_rows: int) -> Iterator[tuple[int, int]]:

@@ -331,7 +331,11 @@ def match_tracks_sql(
         got = con.execute(
             f"""
             WITH c AS (SELECT least(q, o) AS a, greatest(q, o) AS b, cosine, ord FROM track_candidates),
-            s AS (SELECT piece_id || ':' || track_index AS key, ngrams FROM ({signatures})),
+            need AS (SELECT a AS key FROM c UNION SELECT b FROM c),
+            s AS (
+                SELECT piece_id || ':' || track_index AS key, ngrams FROM ({signatures})
+                WHERE piece_id || ':' || track_index IN (SELECT key FROM need)
+            ),
             v AS (
                 SELECT split_part(c.a, ':', 1) AS pa, CAST(split_part(c.a, ':', 2) AS INTEGER) AS ta,
                        split_part(c.b, ':', 1) AS pb, CAST(split_part(c.b, ':', 2) AS INTEGER) AS tb,
