@@ -1358,8 +1358,8 @@ def _read(lake: Lake, row: Mapping[str, Any], rel: str) -> bytes:
 
 
 def show(lake: Lake, ref: str) -> str:
-    """The card of ``NAME[@VERSION]``."""
-    return _read(lake, _find(lake, ref), "README.md").decode()
+    """The card of ``NAME[@VERSION]``, without the YAML front matter that ``datasets`` reads."""
+    return hf.strip_front_matter(_read(lake, _find(lake, ref), "README.md").decode())
 
 
 @dataclass

@@ -260,6 +260,14 @@ def front_matter(m: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def strip_front_matter(card: str) -> str:
+    """``card`` without its leading ``---`` YAML block (and the blank line after it)."""
+    if not card.startswith("---\n"):
+        return card
+    end = card.find("\n---\n", 3)
+    return card if end < 0 else card[end + 5 :].lstrip("\n")
+
+
 def card_section(m: Mapping[str, Any]) -> list[str]:
     """The card's lines on loading the snapshot with ``datasets``."""
     midi = m["hf"]["with_midi"]

@@ -141,3 +141,9 @@ def test_verify_detects_a_tampered_hf_file(lake) -> None:
 def test_front_matter_licences() -> None:
     assert H.hub_licenses(["Apache-2.0", "MIT", "MIT"]) == ["apache-2.0", "mit"]
     assert H.hub_licenses(["CC-BY-SA-4.0", "public domain", "unknown"]) == ["cc-by-sa-4.0", "other"]
+
+
+def test_show_prints_the_card_without_its_front_matter() -> None:
+    card = "---\nconfigs:\n- config_name: default\n---\n\n# Snapshot a@b\n\ntext\n"
+    assert H.strip_front_matter(card) == "# Snapshot a@b\n\ntext\n"
+    assert H.strip_front_matter("# Snapshot a@b\n") == "# Snapshot a@b\n"
