@@ -69,6 +69,9 @@ def test_load_dataset_equals_the_npy_shards(lake, tmp_path: Path, monkeypatch, s
             attribution[p] for p in rows["piece_id"]
         ]
     assert ds["train"].num_rows > 0 and ds["valid"].num_rows > 0
+    # streaming reads the same Parquet files in place, no Arrow cache
+    streamed = datasets.load_dataset(str(r.path), streaming=True)["valid"]
+    assert [row["input_ids"] for row in streamed] == ds["valid"]["input_ids"]
     if multi:
         assert len(ds["train"][0]["input_ids"][0]) == len(r.manifest["tokenizer"]["vocab_sizes"])
     # the card: front matter for datasets, attribution content kept
