@@ -636,7 +636,7 @@ def _selection_sql(where: str | None, has_mutopia: bool) -> str:
         "SELECT piece_id, any_value(dedup_cluster) AS dedup_cluster, any_value(song_group) AS song_group, "
         "list_sort(list_distinct(list(source))) AS sources, "
         "list_sort(list_distinct(list(coalesce(license, 'unknown')))) AS licenses, "
-        "min(source_uri) AS source_uri, "
+        "min(source_uri) AS source_uri, any_value(size_bytes) AS size_bytes, "
         "list_sort(list_distinct(flatten(list(coalesce(msd_ids, []::VARCHAR[]))))) AS msd_ids, "
         f"{mut} AS mutopia_ids, any_value(key_tonic_pc) AS key_tonic_pc, any_value(key_mode) AS key_mode "
         "FROM (SELECT * FROM features JOIN (SELECT * FROM pieces WHERE status = 'ok' AND piece_id IS NOT NULL) USING (piece_id)) "
@@ -785,6 +785,7 @@ def build(
                 "dedup_cluster": sel.column("dedup_cluster").take(wi).cast(pa.string()),
                 "source": pc.binary_join(sel.column("sources"), ",").take(wi),
                 "license": pc.binary_join(sel.column("licenses"), ",").take(wi),
+                "size_bytes": sel.column("size_bytes").take(wi).cast(pa.int64()),
             }
         )
         del wi, want_idx, want_shift
@@ -793,7 +794,7 @@ def build(
         params = [spec.scheme, tokinfo["hash"]]
         rows_tbl = con.sql(
             "SELECT w.split, t.piece_id, t.transpose, t.seq_lengths, t.n_tokens, t.run_id, w.song_group, w.dedup_cluster, "
-            "w.source, w.license "
+            "w.source, w.license, w.size_bytes "
             f"FROM tokens t JOIN snapshot_wanted w USING (piece_id, transpose) WHERE {tok_filter} "
             "QUALIFY row_number() OVER (PARTITION BY t.piece_id, t.transpose ORDER BY t.run_id) = 1 "
             "ORDER BY t.piece_id, t.transpose",
@@ -845,7 +846,7 @@ def build(
             # the Hugging Face file of the split, written from the same batches as tokens.npy
             hf_out = hf.HFWriter(
                 out_dir / sp / hf.HF_FILE,
-                hf.per_sequence(seq_tbl, rows.select(["piece_id", "source", "license"])),
+                hf.per_sequence(seq_tbl, rows.select(["piece_id", "source", "license", "size_bytes"])),
                 len(vocab_sizes) if multi else None,
                 lake.get_raws if spec.with_midi else None,
             )

@@ -9,8 +9,8 @@ sequence, the rows of ``sequences.parquet`` in the same order, the ids of ``toke
 
 The files are written while ``tokens.npy`` is streamed (:class:`HFWriter` sees each batch of token
 rows once), so memory stays bounded by one batch and one row group. Row groups are cut from the
-sequence lengths alone (at most :data:`ROW_GROUP_ROWS` sequences and :data:`ROW_GROUP_TOKENS` tokens),
-never from the read batches, and the writer settings are fixed, so the same recipe gives the same bytes.
+sequence lengths alone (at most :data:`ROW_GROUP_ROWS` sequences, :data:`ROW_GROUP_TOKENS` tokens and,
+with MIDI, :data:`ROW_GROUP_MIDI_BYTES` by the pieces' ``size_bytes``), never from the read batches, and the writer settings are fixed, so the same recipe gives the same bytes.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 HF_FILE = "data-00000-of-00001.parquet"  # per split folder; the card's data_files glob is ``<split>/data-*.parquet``
 ROW_GROUP_ROWS = 1024  # sequences per Parquet row group at most
 ROW_GROUP_TOKENS = 1_000_000  # and tokens per row group (one longer sequence makes a group of its own)
+ROW_GROUP_MIDI_BYTES = 64 << 20  # and MIDI bytes (a piece's bytes once per sequence of it)
 
 HF_FORMAT = (
     "<split>/data-00000-of-00001.parquet: Parquet (zstd) for Hugging Face datasets, one row per sequence in "
@@ -90,14 +91,18 @@ def hf_schema(multi: bool, with_midi: bool) -> pa.Schema:
     return pa.schema(fields)
 
 
-def row_groups(lengths: np.ndarray) -> list[tuple[int, int]]:
+def row_groups(lengths: np.ndarray, midi_bytes: np.ndarray | None = None) -> list[tuple[int, int]]:
     """(first sequence, end) of each row group: at most ROW_GROUP_ROWS sequences and, past its
-    first one, at most ROW_GROUP_TOKENS tokens. A function of the sequence lengths only."""
+    first one, at most ROW_GROUP_TOKENS tokens and ROW_GROUP_MIDI_BYTES of ``midi_bytes`` (per
+    sequence, its piece's size). A function of the sequences alone, not of how they were read."""
     out: list[tuple[int, int]] = []
     i, n = 0, len(lengths)
     while i < n:
         ends = np.cumsum(lengths[i : i + ROW_GROUP_ROWS])
         k = max(1, int(np.searchsorted(ends, ROW_GROUP_TOKENS, side="right")))
+        if midi_bytes is not None:
+            sizes = np.cumsum(midi_bytes[i : i + k])
+            k = max(1, int(np.searchsorted(sizes, ROW_GROUP_MIDI_BYTES, side="right")))
         out.append((i, i + k))
         i += k
     return out
@@ -118,8 +123,8 @@ class HFWriter:
     """Writes one split's Hugging Face Parquet file from the batches of token rows that fill
     ``tokens.npy`` (:meth:`tee` passes them on unchanged).
 
-    ``seqs``: the split's sequences.parquet table (start, length, piece_id, ...) plus ``source`` and
-    ``license`` per sequence. ``read_midi``: the raw bytes of piece ids (``Lake.get_raws``), or None
+    ``seqs``: the split's sequences.parquet table (start, length, piece_id, ...) plus ``source``,
+    ``license`` and, with MIDI, ``size_bytes`` per sequence (:func:`per_sequence`). ``read_midi``: the raw bytes of piece ids (``Lake.get_raws``), or None
     for no ``midi`` column.
     """
 
@@ -137,7 +142,8 @@ class HFWriter:
         self.schema = hf_schema(width is not None, read_midi is not None)
         self.starts = np.asarray(seqs.column("start").to_numpy(), dtype=np.int64)
         lengths = np.asarray(seqs.column("length").to_numpy(), dtype=np.int64)
-        self.groups = row_groups(lengths)
+        sizes = np.asarray(pc.fill_null(seqs.column("size_bytes"), 0).to_numpy(), dtype=np.int64) if read_midi else None
+        self.groups = row_groups(lengths, sizes)
         self.pos = 0  # tokens seen
         self.next_seq = 0  # first sequence not yet in pending
         self.pending: list[pa.Array] = []  # input_ids of sequences [written, next_seq)
@@ -219,12 +225,13 @@ class HFWriter:
 
 
 def per_sequence(seqs: pa.Table, pieces: pa.Table) -> pa.Table:
-    """``seqs`` with the ``source`` and ``license`` of each sequence's piece (``pieces``: piece_id,
-    source, license; one row per piece at least)."""
+    """``seqs`` with the ``source``, ``license`` (and ``size_bytes`` when ``pieces`` has it) of each
+    sequence's piece (``pieces``: piece_id and those columns; one row per piece at least)."""
     at = pc.index_in(seqs.column("piece_id"), value_set=pieces.column("piece_id").combine_chunks())
-    return seqs.append_column("source", pieces.column("source").take(at)).append_column(
-        "license", pieces.column("license").take(at)
-    )
+    for col in ("source", "license", "size_bytes"):
+        if col in pieces.column_names:
+            seqs = seqs.append_column(col, pieces.column(col).take(at))
+    return seqs
 
 
 # ----------------------------------------------------------------------------- card

@@ -81,8 +81,10 @@ def test_load_dataset_equals_the_npy_shards(lake, tmp_path: Path, monkeypatch, s
     assert f"{sp}/{H.HF_FILE}" in r.manifest["files"] and r.manifest["format"] == "midicorpus-snapshot/2"
 
 
-def test_midi_column_parses_to_the_pieces_notes(lake, tmp_path: Path) -> None:
+def test_midi_column_parses_to_the_pieces_notes(lake, tmp_path: Path, monkeypatch) -> None:
     import symusic
+
+    monkeypatch.setattr(H, "ROW_GROUP_MIDI_BYTES", 300_000)  # row groups cut by MIDI bytes too
 
     r = _create(
         lake, S.SnapshotSpec("hfmidi", "remi_multitrack", max_seq_len=500, split=(0.6, 0.2, 0.2), with_midi=True)
@@ -110,6 +112,18 @@ def test_midi_column_parses_to_the_pieces_notes(lake, tmp_path: Path) -> None:
             assert sum(len(t) for t in notes) > 0
             checked += 1
     assert checked == r.manifest["counts"]["pieces"]
+    assert pq.ParquetFile(r.path / "train" / H.HF_FILE).metadata.num_row_groups > 1
+
+
+def test_row_groups_are_capped_by_rows_tokens_and_midi_bytes(monkeypatch) -> None:
+    monkeypatch.setattr(H, "ROW_GROUP_ROWS", 4)
+    monkeypatch.setattr(H, "ROW_GROUP_TOKENS", 100)
+    monkeypatch.setattr(H, "ROW_GROUP_MIDI_BYTES", 1000)
+    lengths = np.array([30, 30, 30, 30, 500, 10, 10, 10, 10, 10, 90, 20])
+    assert H.row_groups(lengths) == [(0, 3), (3, 4), (4, 5), (5, 9), (9, 11), (11, 12)]
+    sizes = np.array([400, 400, 400, 5000, 1, 1, 1, 1, 1, 1, 1, 1])
+    assert H.row_groups(lengths, sizes) == [(0, 2), (2, 3), (3, 4), (4, 5), (5, 9), (9, 11), (11, 12)]
+    assert H.row_groups(np.array([], dtype=np.int64)) == []
 
 
 def test_same_recipe_same_version_and_bytes(lake, tmp_path: Path, monkeypatch) -> None:
