@@ -491,6 +491,7 @@ def cmd_snapshot_create(ctx: Ctx) -> int:
             seed=a.seed,
             max_seq_len=a.max_seq_len,
             tokenizer_hash=a.tokenizer,
+            with_midi=a.with_midi,
         )
         spec.validate()
         res = _snapshot_create(ctx, spec)
@@ -1126,6 +1127,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="cut sequences into windows of at most this many tokens (default: whole pieces)",
     )
     sc.add_argument("--tokenizer", default=None, help="tokenizer hash (default: the latest registered under --scheme)")
+    sc.add_argument(
+        "--with-midi",
+        action="store_true",
+        help="add each piece's original MIDI bytes (column midi) to the Hugging Face Parquet files",
+    )
     _format_option(sc)
     sc.set_defaults(func=cmd_snapshot_create)
     sl = snsub.add_parser("list", help="every snapshot version")

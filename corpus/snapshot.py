@@ -10,6 +10,9 @@
   how it was made). ``ATTRIBUTION.tsv``: one row per piece with its source and licence.
 - ``<split>/tokens.npy``, ``<split>/index.npy``, ``<split>/sequences.parquet`` per split
   (``train``, ``valid``, ``test``); the format is in :data:`SHARD_FORMAT` and in the manifest.
+- ``<split>/data-00000-of-00001.parquet``: the same sequences for Hugging Face ``datasets``
+  (``load_dataset("<snapshot dir>")`` reads the card's YAML front matter; see :mod:`corpus.snapshot_hf`),
+  with each piece's MIDI bytes when built ``with_midi``.
 
 Versions come from content: the version is a hash of the data files and of the recipe
 (selection, scheme, tokenizer, splits, seed), never of the time or of unrelated lake commits,
@@ -56,10 +59,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from corpus import snapshot_hf as hf
 from corpus.lake import Lake, _fsync_dir, now_utc
 from corpus.progress import Step
 
-FORMAT = "midicorpus-snapshot/1"
+FORMAT = "midicorpus-snapshot/2"  # 2: the Hugging Face Parquet files per split and the card's YAML
 SPLITS = ("train", "valid", "test")
 DEFAULT_SPLIT = (0.9, 0.05, 0.05)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -67,7 +71,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SOURCE_TABLES = ("pieces", "piece_facts", "piece_analysis", "dedup", "song_groups", "tokens", "tokenizers")
 
 SHARD_FORMAT = {
-    "layout": "<split>/tokens.npy, <split>/index.npy, <split>/sequences.parquet for split in train, valid, test",
+    "layout": "<split>/tokens.npy, <split>/index.npy, <split>/sequences.parquet, <split>/data-00000-of-00001.parquet "
+    "for split in train, valid, test",
     "tokens.npy": (
         "NumPy .npy (np.load(path, mmap_mode='r')). Single-vocabulary schemes: 1-D array of all token ids of "
         "the split, sequences concatenated. Multi-vocabulary schemes: 2-D array (n_tokens, n_vocabularies), "
@@ -80,6 +85,7 @@ SHARD_FORMAT = {
         "number when max_seq_len cut the sequence), start, length, song_group, dedup_cluster"
     ),
     "order": "sequences sorted by piece_id, transpose, track, chunk; no BOS/EOS stored (see tokenizer.special_ids)",
+    hf.HF_FILE: hf.HF_FORMAT,
 }
 
 
@@ -100,6 +106,7 @@ class SnapshotSpec:
     seed: int = 0
     max_seq_len: int | None = None
     tokenizer_hash: str | None = None  # default: the latest tokenizer registered under ``scheme``
+    with_midi: bool = False  # a ``midi`` column (each piece's raw bytes) in the Hugging Face files
 
     def validate(self) -> None:
         if not NAME_RE.match(self.name):
@@ -629,7 +636,7 @@ def _selection_sql(where: str | None, has_mutopia: bool) -> str:
         "SELECT piece_id, any_value(dedup_cluster) AS dedup_cluster, any_value(song_group) AS song_group, "
         "list_sort(list_distinct(list(source))) AS sources, "
         "list_sort(list_distinct(list(coalesce(license, 'unknown')))) AS licenses, "
-        "min(source_uri) AS source_uri, "
+        "min(source_uri) AS source_uri, any_value(size_bytes) AS size_bytes, "
         "list_sort(list_distinct(flatten(list(coalesce(msd_ids, []::VARCHAR[]))))) AS msd_ids, "
         f"{mut} AS mutopia_ids, any_value(key_tonic_pc) AS key_tonic_pc, any_value(key_mode) AS key_mode "
         "FROM (SELECT * FROM features JOIN (SELECT * FROM pieces WHERE status = 'ok' AND piece_id IS NOT NULL) USING (piece_id)) "
@@ -776,6 +783,9 @@ def build(
                 "split": split_str.take(wi),
                 "song_group": sel.column("song_group").take(wi).cast(pa.string()),
                 "dedup_cluster": sel.column("dedup_cluster").take(wi).cast(pa.string()),
+                "source": pc.binary_join(sel.column("sources"), ",").take(wi),
+                "license": pc.binary_join(sel.column("licenses"), ",").take(wi),
+                "size_bytes": sel.column("size_bytes").take(wi).cast(pa.int64()),
             }
         )
         del wi, want_idx, want_shift
@@ -783,7 +793,8 @@ def build(
         tok_filter = "t.scheme = ? AND t.tokenizer_hash = ?"
         params = [spec.scheme, tokinfo["hash"]]
         rows_tbl = con.sql(
-            "SELECT w.split, t.piece_id, t.transpose, t.seq_lengths, t.n_tokens, t.run_id, w.song_group, w.dedup_cluster "
+            "SELECT w.split, t.piece_id, t.transpose, t.seq_lengths, t.n_tokens, t.run_id, w.song_group, w.dedup_cluster, "
+            "w.source, w.license, w.size_bytes "
             f"FROM tokens t JOIN snapshot_wanted w USING (piece_id, transpose) WHERE {tok_filter} "
             "QUALIFY row_number() OVER (PARTITION BY t.piece_id, t.transpose ORDER BY t.run_id) = 1 "
             "ORDER BY t.piece_id, t.transpose",
@@ -832,19 +843,36 @@ def build(
             # sequences: per row by seq_lengths, cut at max_seq_len
             seq_tbl, offsets, pos = _sequences(rows, spec.max_seq_len)
             shape = (pos, len(vocab_sizes)) if multi else (pos,)
-            files[f"{sp}/tokens.npy"] = _stream_tokens(
-                _counted(
-                    _ids_batches(
-                        con, rows.select(["piece_id", "transpose", "run_id", "n_tokens"]), ids_col, tok_filter, params
-                    ),
-                    done_so_far,
-                    progress,
-                ),
-                out_dir / sp / "tokens.npy",
-                shape,
-                dtype,
-                spec.scheme,
+            # the Hugging Face file of the split, written from the same batches as tokens.npy
+            hf_out = hf.HFWriter(
+                out_dir / sp / hf.HF_FILE,
+                hf.per_sequence(seq_tbl, rows.select(["piece_id", "source", "license", "size_bytes"])),
+                len(vocab_sizes) if multi else None,
+                lake.get_raws if spec.with_midi else None,
             )
+            try:
+                files[f"{sp}/tokens.npy"] = _stream_tokens(
+                    hf_out.tee(
+                        _counted(
+                            _ids_batches(
+                                con,
+                                rows.select(["piece_id", "transpose", "run_id", "n_tokens"]),
+                                ids_col,
+                                tok_filter,
+                                params,
+                            ),
+                            done_so_far,
+                            progress,
+                        )
+                    ),
+                    out_dir / sp / "tokens.npy",
+                    shape,
+                    dtype,
+                    spec.scheme,
+                )
+                files[f"{sp}/{hf.HF_FILE}"] = hf_out.close()
+            finally:
+                hf_out.abort()
             files[f"{sp}/index.npy"] = _write_npy(out_dir / sp / "index.npy", offsets)
             files[f"{sp}/sequences.parquet"] = _write_parquet(out_dir / sp / "sequences.parquet", seq_tbl)
             split_counts[sp] = {
@@ -934,6 +962,7 @@ def build(
             "sql": sel_sql,
             "transpose": spec.transpose,
             "max_seq_len": spec.max_seq_len,
+            "with_midi": spec.with_midi,
         },
         "scheme": spec.scheme,
         "tokenizer_hash": tokinfo["hash"],
@@ -986,6 +1015,12 @@ def build(
         "library_versions": _library_versions(),
         "shard_format": {**SHARD_FORMAT, "dtype": dtype.name, "n_vocabularies": len(vocab_sizes) if multi else 1},
         "files": dict(sorted(files.items())),
+        "hf": {
+            "splits": list(SPLITS),
+            "files": {sp: f"{sp}/{hf.HF_FILE}" for sp in SPLITS},
+            "with_midi": spec.with_midi,
+            "load": "datasets.load_dataset('<snapshot dir>') (README.md front matter)",
+        },
         "counts": counts,
         "sources": dict(sorted(src_counts.items())),
         "licenses": licenses,
@@ -1005,6 +1040,7 @@ def render_card(m: Mapping[str, Any]) -> str:
     t = m["tokenizer"]
     sel = m["selection"]
     lines = [
+        *([hf.front_matter(m)] if "hf" in m else []),
         f"# Snapshot {m['name']}@{m['version']}",
         "",
         f"{c['pieces']} pieces, {c['sequences']} sequences, {c['tokens']:,} tokens of scheme `{m['scheme']}` "
@@ -1077,6 +1113,8 @@ def render_card(m: Mapping[str, Any]) -> str:
         "```",
         "",
     ]
+    if "hf" in m:
+        lines += hf.card_section(m)
     return "\n".join(lines)
 
 
@@ -1321,8 +1359,8 @@ def _read(lake: Lake, row: Mapping[str, Any], rel: str) -> bytes:
 
 
 def show(lake: Lake, ref: str) -> str:
-    """The card of ``NAME[@VERSION]``."""
-    return _read(lake, _find(lake, ref), "README.md").decode()
+    """The card of ``NAME[@VERSION]``, without the YAML front matter that ``datasets`` reads."""
+    return hf.strip_front_matter(_read(lake, _find(lake, ref), "README.md").decode())
 
 
 @dataclass

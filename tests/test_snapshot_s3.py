@@ -17,7 +17,7 @@ from corpus.cli import main
 from corpus.lake import Lake
 from tests.conftest import new_pg_database, point_at_s3
 
-SPEC = ["--scheme", "remi_multitrack", "--split", "0.6,0.2,0.2"]
+SPEC = ["--scheme", "remi_multitrack", "--split", "0.6,0.2,0.2", "--with-midi"]  # midi: raw bytes read from S3
 
 
 def _cli(capsys: pytest.CaptureFixture[str], lake: str, *argv: str) -> tuple[int, str, str]:
