@@ -1,4 +1,4 @@
-"""The REMI / TSD / MIDILike / Structured fast path gives exactly miditok's ids, on every real file."""
+"""The REMI / TSD / MIDILike / Structured / CPWord fast path gives exactly miditok's ids, on every real file."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def test_identical_ids_on_synthetic_scores(scheme):
 
 
 @pytest.mark.parametrize("config_name", sorted(EXTRA_CONFIGS))
-@pytest.mark.parametrize("tokenizer_class", ["REMI", "TSD", "MIDILike", "Structured"])
+@pytest.mark.parametrize("tokenizer_class", ["REMI", "TSD", "MIDILike", "Structured", "CPWord"])
 def test_identical_ids_for_other_supported_configs(tokenizer_class, config_name, real_scores):
     tokenizer = getattr(miditok, tokenizer_class)(miditok.TokenizerConfig(**EXTRA_CONFIGS[config_name]))
     assert fastpath.supports(tokenizer)
@@ -189,7 +189,9 @@ UNSUPPORTED = {
     "max_bar_embedding": lambda: miditok.REMI(miditok.TokenizerConfig(max_bar_embedding=300)),
     "trailing_bars": lambda: miditok.REMI(miditok.TokenizerConfig(add_trailing_bars=True)),
     "bpe_trained": _trained_remi,
-    "cpword": lambda: miditok.CPWord(),
+    "cpword_rests": lambda: miditok.CPWord(miditok.TokenizerConfig(use_rests=True, use_time_signatures=False)),
+    "cpword_chords": lambda: miditok.CPWord(miditok.TokenizerConfig(use_chords=True)),
+    "octuple": lambda: miditok.Octuple(),
     "midilike_rests": lambda: miditok.MIDILike(miditok.TokenizerConfig(use_rests=True)),
     "remi_subclass": lambda: _CustomREMI(),
 }
@@ -209,7 +211,7 @@ def test_presets_are_supported(scheme):
 
 
 def test_unknown_scheme_names_the_accepted_ones():
-    with pytest.raises(ValueError, match="'remy'.*remi, tsd, midilike, structured"):
+    with pytest.raises(ValueError, match="'remy'.*remi, tsd, midilike, structured, cpword"):
         fastpath.make_tokenizer("remy")
 
 
