@@ -1,4 +1,4 @@
-"""Vectorized REMI / TSD / MIDILike / Structured / CPWord encoder producing exactly miditok 3.1's token ids.
+"""Vectorized REMI / TSD / MIDILike / Structured / CPWord / Octuple encoder: exactly miditok 3.1's ids.
 
 miditok builds one Python ``Event`` object per token, sorts them, walks them in a
 Python loop to insert time tokens and finally looks every token string up in the
@@ -57,14 +57,26 @@ to every program or none (CPWord's own rule; anything else falls back). Rests an
 ``supports`` says False. Pedals, pitch bends, control changes, key signatures: CPWord
 switches them off itself, so they cannot change its ids.
 
+Octuple (``_encode_octuple``) is one row per note (Pitch, Position, Bar, then the optional
+slots), in the same event order; its own walk starts at 4/4 and keeps the bar / position of
+the last time change, computed before a TimeSig at that tick applies (see its docstring).
+Past ``max_bar_embedding`` bars it clips the score and warns exactly as miditok does (the
+stage turns that warning into a ``too_many_bars`` reject). Octuple switches off rests,
+chords, pedals, pitch bends, control changes and key signatures itself.
+
 Schemes not on the fast path yet, and what they get (miditok's own encoder, so the same
-ids at miditok's speed): Octuple and MuMIDI (multi-vocabulary, one row per note with
-bar / position / program columns; Octuple sorts notes by time, program, pitch and cuts at
-``max_bar_embedding`` with a warning the stage turns into a reject), MMM (track blocks of a
-base tokenizer, wrappable around this one), PerTok (microtiming: closest-value searches on
-every event), the performance preset (MIDILike with sustain pedals after an absolute-time
-transform) and trained (BPE/Unigram) tokenizers. None of these is impossible; they were not
-reached in the sessions that added MIDILike and CPWord (see issue 16).
+ids at miditok's speed):
+
+* MuMIDI: multi-vocabulary with its own per-track Program / Bar / Position layout and
+  relative bar embeddings; needs its own walk (not started).
+* MMM: see below if on the fast path; otherwise it is REMI / TSD / MIDILike per track
+  wrapped in ``Track_Start``, ``Program``, ..., ``Track_End``.
+* PerTok: microtiming tokens and its own time walk; not started.
+* The performance preset (MIDILike with sustain pedals, after an absolute-time transform)
+  and note_duration (TSD without velocities: already fast, it is TSD with options the grid
+  covers) - the performance preset stays on miditok because of its pedal tokens.
+* Trained (BPE / Unigram) tokenizers: base ids here would need miditok's byte mapping and
+  HF ``encode_batch``; the stage already batches the subword step instead.
 
 Anything the fast path cannot reproduce (a token missing from the vocabulary, which
 makes miditok raise, a missing ticks-per-beat table, an out-of-range section) makes
@@ -81,6 +93,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
+from corpus.tokenize.presets import MAX_BAR_EMBEDDING
+
 if TYPE_CHECKING:
     import miditok
     import symusic
@@ -96,9 +110,11 @@ Scheme = Literal[
     "structured_multitrack",
     "cpword",
     "cpword_multitrack",
+    "octuple",
+    "octuple_multitrack",
 ]
 SCHEMES: tuple[str, ...] = get_args(Scheme)  # the presets with a fast path
-Kind = Literal["remi", "tsd", "midilike", "structured", "cpword"]
+Kind = Literal["remi", "tsd", "midilike", "structured", "cpword", "octuple"]
 
 # Multitrack preset of the pipeline: one stream with Program tokens, tempos and
 # time signatures (all other options at miditok defaults).
@@ -146,19 +162,22 @@ def _scheme_kind(tokenizer: miditok.MusicTokenizer) -> Kind | None:
         return "structured"
     if type(tokenizer) is miditok.CPWord:
         return "cpword"
+    if type(tokenizer) is miditok.Octuple:
+        return "octuple"
     return None
 
 
 def supports(tokenizer: miditok.MusicTokenizer) -> bool:
     """Whether ``FastTokenizer(tokenizer)`` reproduces ``tokenizer.encode`` exactly.
 
-    True for untrained ``miditok.REMI`` / ``TSD`` / ``MIDILike`` / ``Structured`` / ``CPWord`` whose config only uses
+    True for untrained ``miditok.REMI`` / ``TSD`` / ``MIDILike`` / ``Structured`` / ``CPWord`` / ``Octuple``
+    whose config only uses
     pitch, velocity, duration, time signature, tempo and program tokens (single
     stream or one stream per track, without ``program_changes``). The caller should
     use miditok itself otherwise.
     """
     kind = _scheme_kind(tokenizer)
-    if kind is None or tokenizer.is_trained or tokenizer.is_multi_voc != (kind == "cpword"):
+    if kind is None or tokenizer.is_trained or tokenizer.is_multi_voc != (kind in ("cpword", "octuple")):
         return False
     if getattr(tokenizer, "_note_on_off", False) != (kind == "midilike"):
         return False
@@ -203,12 +222,12 @@ def _lookup(table: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 
 class FastTokenizer:
-    """Exact, vectorized ``encode`` for a REMI, TSD, MIDILike, Structured or CPWord ``miditok`` tokenizer.
+    """Exact, vectorized ``encode`` for a REMI, TSD, MIDILike, Structured, CPWord or Octuple tokenizer.
 
     ``encode_ids(score)`` returns ``tokenizer.encode(score).ids`` (a ``list[int]``)
     when ``tokenizer.one_token_stream``, else ``[seq.ids for seq in
     tokenizer.encode(score)]`` (one ``list[int]`` per track after preprocessing,
-    or a single sequence of global tokens for a score without tracks). For CPWord each
+    or a single sequence of global tokens for a score without tracks). For CPWord and Octuple each
     token is itself a ``list[int]`` (one sub-id per vocabulary), as in miditok.
     ``fallbacks`` counts the scores that were handed to miditok.
     """
@@ -227,16 +246,23 @@ class FastTokenizer:
         self.fallbacks = 0
         config = tokenizer.config
         vocab = tokenizer.vocab
-        # CPWord has one vocabulary per compound-token slot: each table reads its own.
-        types: dict[str, int] = tokenizer.vocab_types_idx if self.kind == "cpword" else {}
+        # CPWord and Octuple have one vocabulary per compound-token slot: each table reads its own.
+        multi = self.kind in ("cpword", "octuple")
+        types: dict[str, int] = tokenizer.vocab_types_idx if multi else {}
 
         def sub(token_type: str) -> dict[str, int]:
-            if self.kind != "cpword":
+            if not multi:
                 return vocab
             return vocab[types[token_type]] if token_type in types else {}
 
         if self.kind == "cpword":
             self._init_cpword(tokenizer)
+        if self.kind == "octuple":
+            self._max_bars = int(config.additional_params["max_bar_embedding"])
+            self._oct_cols = dict(types)
+            self._cp_durations = bool(config.using_note_duration_tokens)
+            self._bar_ids = _id_table(sub("Bar"), "Bar", range(self._max_bars))
+            self._oct_default_tempo = sub("Tempo").get(f"Tempo_{tokenizer.default_tempo}", -1)
         self._vocab = vocab
         self._ts_vocab = sub("TimeSig")
         self._tempo_vocab = sub("Tempo")
@@ -314,6 +340,8 @@ class FastTokenizer:
                 return self._encode_structured(score)
             if self.kind == "cpword":
                 return self._encode_cpword(score)
+            if self.kind == "octuple":
+                return self._encode_octuple(score)
             return self._encode_preprocessed(score)
         except _Fallback:
             return self._miditok_ids(score, preprocessed=True)
@@ -578,6 +606,138 @@ class FastTokenizer:
         ends = np.cumsum(np.bincount(sid, weights=counts, minlength=n_streams).astype(np.int64)).tolist()
         return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
+    def _merged_events(self, score: Any) -> tuple | None:
+        """Global and note events of the compound-token schemes, sorted as miditok does.
+
+        Returns None when there is no event at all, else per event (in stream then
+        miditok's order): time, stream, kind (0 TimeSig, 1 Tempo, 2 note), index in the
+        global or note arrays, is-TimeSig, stream start flags, index of the stream's first
+        event, TimeSig events passed before it in its stream; then the global ids, the note
+        id columns, the TimeSig list and the number of streams.
+        """
+        g_time, g_ids, g_is_ts, ts_list = self._global_events(score)
+        onsets, track_of, note_ids, note_masks = self._note_events(score)
+        n_tracks = len(score.tracks)
+        n_global = len(g_time)
+        n_notes = len(onsets)
+        if self._cp_durations and not note_masks[3].all():
+            raise _Fallback  # durations for some programs only: miditok indexes other events
+
+        n_streams = 1 if (self._one_stream or n_tracks == 0) else n_tracks
+        note_sid = np.zeros(n_notes, dtype=np.int64) if self._one_stream else track_of
+        g_rep = np.tile(np.arange(n_global), n_streams)
+        sid = np.concatenate([np.repeat(np.arange(n_streams), n_global), note_sid])
+        t = np.concatenate([g_time[g_rep], onsets])
+        if len(t) == 0:
+            return None
+        kind = np.concatenate([np.where(g_is_ts[g_rep], 0, 1), np.full(n_notes, 2)])
+        idx = np.concatenate([g_rep, np.arange(n_notes)])
+        if not self._one_stream and n_tracks == 0 and n_global <= 2:
+            order = np.arange(len(t))  # miditok sorts a track-less sequence only past two events
+        else:
+            span = int(t.max()) + 1
+            order = np.argsort(sid * span + t, kind="stable")
+        t, sid, kind, idx = t[order], sid[order], kind[order], idx[order]
+        is_ts = kind == 0
+        n = len(t)
+        ts_cum = np.cumsum(is_ts)
+        stream_first = np.ones(n, dtype=bool)
+        stream_first[1:] = sid[1:] != sid[:-1]
+        first_idx = np.maximum.accumulate(np.where(stream_first, np.arange(n), 0))
+        state = ts_cum - is_ts - (ts_cum[first_idx] - is_ts[first_idx])
+        return t, sid, kind, idx, is_ts, stream_first, first_idx, state, g_ids, note_ids, ts_list, n_streams
+
+    def _encode_octuple(self, score: Any) -> list[list[int]] | list[list[list[int]]]:
+        """Octuple: one compound token per note (Pitch, Position, Bar, [Velocity], [Duration],
+        [Program], [Tempo], [TimeSig]), in miditok's event order (REMI's).
+
+        miditok's walk starts at 4/4 (not the first TimeSig) with ``previous_tick = 0``
+        and recomputes bar and position only when the time changes, under the TimeSig
+        in force *before* the event that changes it: a note at the tick of a TimeSig
+        change keeps the bar / position of the old TimeSig but carries the new TimeSig
+        token. A score with more bars than ``max_bar_embedding`` is clipped and warned
+        about as miditok does (same call, same message: the stage rejects on it).
+        """
+        import warnings
+
+        from miditok.utils import get_bars_ticks
+
+        bar_ticks = get_bars_ticks(score, only_notes_onsets=True)
+        if self._max_bars < len(bar_ticks):
+            score = score.clip(0, bar_ticks[self._max_bars])
+            msg = (
+                f"miditok: {type(self.tokenizer).__name__} cannot tokenize entirely this file "
+                f"as it contains {len(bar_ticks)} bars whereas the limit of the "
+                f"tokenizer is {self._max_bars}. "
+                "It is therefore clipped to "
+                f"{self._max_bars} bars."
+            )
+            warnings.warn(msg, stacklevel=3)
+        merged = self._merged_events(score)
+        if merged is None:
+            return [] if self._one_stream else [[] for _ in range(max(len(score.tracks), 1))]
+        t, sid, kind, idx, is_ts, stream_first, first_idx, state, g_ids, note_ids, ts_list, n_streams = merged
+        n = len(t)
+        tpq = int(score.ticks_per_quarter)
+        states = [(4, 4)] + [(num, den) for _, num, den in ts_list]
+        n_states = len(states)
+        tau = np.zeros(n_states, dtype=np.int64)
+        bar0 = np.zeros(n_states, dtype=np.int64)
+        per_bar = np.zeros(n_states, dtype=np.int64)
+        per_pos = np.zeros(n_states, dtype=np.int64)
+        ts_id = np.zeros(n_states, dtype=np.int64)
+        for k, (num, den) in enumerate(states):
+            ticks_bar, _, ticks_pos = _ticks_per_units(self.tokenizer, (num, den), tpq)
+            if ticks_bar <= 0 or ticks_pos <= 0:
+                raise _Fallback  # miditok divides by zero
+            per_bar[k], per_pos[k] = ticks_bar, ticks_pos
+            ts_id[k] = self._ts_id(num, den)
+            if k > 0:
+                tau[k] = ts_list[k - 1][0]
+                bar0[k] = bar0[k - 1] + (tau[k] - tau[k - 1]) // per_bar[k - 1]
+
+        # Bar / position at the last time change (stream start: tick 0, bar 0, position 0).
+        opens = stream_first.copy()
+        opens[1:] |= t[1:] != t[:-1]
+        so = state[opens]
+        to = t[opens]
+        bar_o = bar0[so] + (to - tau[so]) // per_bar[so]
+        pos_o = (to - (tau[so] + (bar_o - bar0[so]) * per_bar[so])) // per_pos[so]
+        bar_o[stream_first[opens] & (to == 0)] = 0
+        pos_o[stream_first[opens] & (to == 0)] = 0
+        group = np.cumsum(opens) - 1
+
+        note_ev = np.flatnonzero(kind == 2)
+        which = idx[note_ev]
+        cols = self._oct_cols
+        out = np.empty((len(note_ev), len(cols)), dtype=np.int64)
+        out[:, cols["Pitch"]] = note_ids[1][which]
+        out[:, cols["Position"]] = _lookup(self._position_ids, pos_o[group[note_ev]])
+        out[:, cols["Bar"]] = _lookup(self._bar_ids, bar_o[group[note_ev]])
+        if "Velocity" in cols:
+            out[:, cols["Velocity"]] = note_ids[2][which]
+        if "Duration" in cols:
+            out[:, cols["Duration"]] = note_ids[3][which]
+        if "Program" in cols:
+            out[:, cols["Program"]] = note_ids[0][which]
+        if "Tempo" in cols:
+            is_tempo = kind == 1
+            last_tempo = np.maximum.accumulate(np.where(is_tempo, np.arange(n), -1))
+            tempo_ids = np.full(n, -1, dtype=np.int64)
+            tempo_ids[is_tempo] = g_ids[idx[is_tempo]]
+            current = np.where(last_tempo >= first_idx, tempo_ids[np.maximum(last_tempo, 0)], self._oct_default_tempo)
+            out[:, cols["Tempo"]] = current[note_ev]
+        if "TimeSig" in cols:
+            out[:, cols["TimeSig"]] = ts_id[state[note_ev]]
+        if (out < 0).any():
+            raise _Fallback  # a token outside the vocabulary: miditok raises KeyError
+
+        flat = out.tolist()
+        if self._one_stream:
+            return flat
+        ends = np.cumsum(np.bincount(sid[note_ev], minlength=n_streams)).tolist()
+        return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+
     def _encode_cpword(self, score: Any) -> list[list[int]] | list[list[list[int]]]:
         """CPWord: REMI's bar / position walk, one compound token per Bar, Position and note.
 
@@ -589,39 +749,12 @@ class FastTokenizer:
         default before any), a note token Pitch, Velocity, Duration and Program.
         TimeSig and Tempo events make no token of their own.
         """
-        g_time, g_ids, g_is_ts, ts_list = self._global_events(score)
-        onsets, track_of, note_ids, note_masks = self._note_events(score)
-        n_tracks = len(score.tracks)
-        n_global = len(g_time)
-        n_notes = len(onsets)
-        if self._cp_durations and not note_masks[3].all():
-            raise _Fallback  # durations for some programs only: CPWord indexes other events
-
-        n_streams = 1 if (self._one_stream or n_tracks == 0) else n_tracks
-        note_sid = np.zeros(n_notes, dtype=np.int64) if self._one_stream else track_of
-        g_rep = np.tile(np.arange(n_global), n_streams)
-        sid = np.concatenate([np.repeat(np.arange(n_streams), n_global), note_sid])
-        t = np.concatenate([g_time[g_rep], onsets])
-        if len(t) == 0:
-            return [] if self._one_stream else [[] for _ in range(n_streams)]
-        # kind: 0 TimeSig, 1 Tempo, 2 note; idx: index in the global or note arrays
-        kind = np.concatenate([np.where(g_is_ts[g_rep], 0, 1), np.full(n_notes, 2)])
-        idx = np.concatenate([g_rep, np.arange(n_notes)])
-        if not self._one_stream and n_tracks == 0 and n_global <= 2:
-            order = np.arange(len(t))  # miditok sorts a track-less sequence only past two events
-        else:
-            span = int(t.max()) + 1
-            order = np.argsort(sid * span + t, kind="stable")
-        t, sid, kind, idx = t[order], sid[order], kind[order], idx[order]
-        is_ts = kind == 0
-        tpq = int(score.ticks_per_quarter)
-
+        merged = self._merged_events(score)
+        if merged is None:
+            return [] if self._one_stream else [[] for _ in range(max(len(score.tracks), 1))]
+        t, sid, kind, idx, is_ts, stream_first, first_idx, state, g_ids, note_ids, ts_list, n_streams = merged
         n = len(t)
-        ts_cum = np.cumsum(is_ts)
-        stream_first = np.ones(n, dtype=bool)
-        stream_first[1:] = sid[1:] != sid[:-1]
-        first_idx = np.maximum.accumulate(np.where(stream_first, np.arange(n), 0))
-        state = ts_cum - is_ts - (ts_cum[first_idx] - is_ts[first_idx])
+        tpq = int(score.ticks_per_quarter)
 
         walk = self._bar_walk(t, sid, is_ts, stream_first, state, ts_list, tpq)
         g, sg, n_bars, has_pos = walk["g"], walk["sg"], walk["n_bars"], walk["has_pos"]
@@ -893,12 +1026,15 @@ def make_tokenizer(scheme: Scheme) -> miditok.MusicTokenizer:
         "midilike": miditok.MIDILike,
         "structured": miditok.Structured,
         "cpword": miditok.CPWord,
+        "octuple": miditok.Octuple,
     }
     base, _, variant = scheme.partition("_")
     if base not in classes or variant not in ("", "multitrack"):
-        msg = f"unknown scheme {scheme!r}; expected one of remi, tsd, midilike, structured, cpword (each also with _multitrack)"
+        msg = f"unknown scheme {scheme!r}; expected one of remi, tsd, midilike, structured, cpword, octuple (each also with _multitrack)"
         raise ValueError(msg)
-    config = miditok.TokenizerConfig(**MULTITRACK_PRESET) if variant else miditok.TokenizerConfig()
+    # Octuple: the pipeline preset's bar limit (miditok's 60 clips most pieces)
+    extra = {"max_bar_embedding": MAX_BAR_EMBEDDING} if base == "octuple" else {}
+    config = miditok.TokenizerConfig(**(MULTITRACK_PRESET if variant else {}), **extra)
     return classes[base](config)
 
 

@@ -23,7 +23,7 @@ miditok = pytest.importorskip("miditok")
 from corpus.tokenize import fastpath  # noqa: E402 - after the importorskip guard
 from tests.tokenize.test_fastpath import _first_difference, real_scores  # noqa: E402, F401 - fixture
 
-CLASSES = ("REMI", "TSD", "MIDILike", "Structured", "CPWord")
+CLASSES = ("REMI", "TSD", "MIDILike", "Structured", "CPWord", "Octuple")
 TIME = {
     "plain": {},
     "tempos": {"use_tempos": True},
@@ -54,13 +54,17 @@ EXTRA = {
 }
 NOT_ON_FAST_PATH = {"rests", "sustain-pedals", "pitch-bends", "chords"}
 # options a scheme switches off itself, so they cannot change its ids: Structured allows
-# none of them in its token order, CPWord has no pedal / pitch-bend slot
-SWITCHED_OFF = {"Structured": NOT_ON_FAST_PATH, "CPWord": {"sustain-pedals", "pitch-bends"}}
+# none of them in its token order, CPWord has no pedal / pitch-bend slot, Octuple none
+SWITCHED_OFF = {
+    "Structured": NOT_ON_FAST_PATH,
+    "CPWord": {"sustain-pedals", "pitch-bends"},
+    "Octuple": NOT_ON_FAST_PATH,  # Octuple has no slot for any of them
+}
 
 
 def _grid() -> list[tuple[str, str, dict[str, Any], bool]]:
     """(id, class, config kwargs, expected on the fast path): every class x time x programs x
-    resolution, each with one of the extra options in turn (240 configurations)."""
+    resolution, each with one of the extra options in turn (288 configurations)."""
     out = []
     extras = list(EXTRA.items())
     product = itertools.product(CLASSES, TIME.items(), PROGRAMS.items(), RESOLUTION.items())

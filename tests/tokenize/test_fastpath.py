@@ -1,4 +1,4 @@
-"""The REMI / TSD / MIDILike / Structured / CPWord fast path gives exactly miditok's ids, on every real file."""
+"""The REMI / TSD / MIDILike / Structured / CPWord / Octuple fast path gives exactly miditok's ids, on every real file."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def test_identical_ids_on_synthetic_scores(scheme):
 
 
 @pytest.mark.parametrize("config_name", sorted(EXTRA_CONFIGS))
-@pytest.mark.parametrize("tokenizer_class", ["REMI", "TSD", "MIDILike", "Structured", "CPWord"])
+@pytest.mark.parametrize("tokenizer_class", ["REMI", "TSD", "MIDILike", "Structured", "CPWord", "Octuple"])
 def test_identical_ids_for_other_supported_configs(tokenizer_class, config_name, real_scores):
     tokenizer = getattr(miditok, tokenizer_class)(miditok.TokenizerConfig(**EXTRA_CONFIGS[config_name]))
     assert fastpath.supports(tokenizer)
@@ -191,7 +191,8 @@ UNSUPPORTED = {
     "bpe_trained": _trained_remi,
     "cpword_rests": lambda: miditok.CPWord(miditok.TokenizerConfig(use_rests=True, use_time_signatures=False)),
     "cpword_chords": lambda: miditok.CPWord(miditok.TokenizerConfig(use_chords=True)),
-    "octuple": lambda: miditok.Octuple(),
+    "mumidi": lambda: miditok.MuMIDI(),
+    "mmm": lambda: miditok.MMM(miditok.TokenizerConfig(base_tokenizer="REMI")),
     "midilike_rests": lambda: miditok.MIDILike(miditok.TokenizerConfig(use_rests=True)),
     "remi_subclass": lambda: _CustomREMI(),
 }
@@ -211,7 +212,7 @@ def test_presets_are_supported(scheme):
 
 
 def test_unknown_scheme_names_the_accepted_ones():
-    with pytest.raises(ValueError, match="'remy'.*remi, tsd, midilike, structured, cpword"):
+    with pytest.raises(ValueError, match="'remy'.*remi, tsd, midilike, structured, cpword, octuple"):
         fastpath.make_tokenizer("remy")
 
 
@@ -250,3 +251,27 @@ def test_bench_reports_identical_ids(real_scores):
     assert result["unparseable"] == len(unparseable[:1])
     assert result["identical_fraction"] == 1.0
     assert result["miditok_ms_per_file"] > 0 and result["fast_ms_per_file"] > 0
+
+
+def test_octuple_clips_long_pieces_with_miditok_warning(real_scores):
+    """Past ``max_bar_embedding`` bars miditok clips the piece and warns (the stage rejects
+    on that warning): the fast path gives the clipped ids and the same warning."""
+    import warnings
+
+    tokenizer = miditok.Octuple(miditok.TokenizerConfig(max_bar_embedding=20))
+    fast = fastpath.FastTokenizer(tokenizer)
+    long = [(n, s) for n, s in real_scores if len(s.tracks) > 0][::10]
+    clipped = 0
+    for name, score in long:
+        with warnings.catch_warnings(record=True) as ref_warnings:
+            warnings.simplefilter("always")
+            expected = fastpath.miditok_ids(tokenizer.encode(score))
+        with warnings.catch_warnings(record=True) as fast_warnings:
+            warnings.simplefilter("always")
+            got = fast.encode_ids(score)
+        ref = [str(w.message) for w in ref_warnings if "cannot tokenize entirely" in str(w.message)]
+        assert [str(w.message) for w in fast_warnings if "cannot tokenize entirely" in str(w.message)] == ref, name
+        assert got == expected, name
+        clipped += bool(ref)
+    assert clipped > 0, "some real piece should pass 20 bars"
+    assert fast.fallbacks == 0
