@@ -1,4 +1,4 @@
-"""Vectorized REMI / TSD / MIDILike / Structured / CPWord / Octuple encoder: exactly miditok 3.1's ids.
+"""Vectorized REMI / TSD / MIDILike / Structured / CPWord / Octuple / MMM encoder: exactly miditok 3.1's ids.
 
 miditok builds one Python ``Event`` object per token, sorts them, walks them in a
 Python loop to insert time tokens and finally looks every token string up in the
@@ -64,17 +64,21 @@ Past ``max_bar_embedding`` bars it clips the score and warns exactly as miditok 
 stage turns that warning into a ``too_many_bars`` reject). Octuple switches off rests,
 chords, pedals, pitch bends, control changes and key signatures itself.
 
+MMM (``_encode_mmm``) over a REMI / TSD / MIDILike base is that base's per-track walk with
+MMM's config (``program_changes``: no Program token per note) and vocabulary, each track
+wrapped in ``Track_Start``, ``Program``, ..., ``Track_End`` and all concatenated. miditok
+gives no time tokens to a sequence of fewer than two events and leaves a track-less
+sequence of two global events unsorted; the first is reproduced, the rare out-of-order
+second one (and an empty one, where miditok fails) goes to miditok.
+
 Schemes not on the fast path yet, and what they get (miditok's own encoder, so the same
 ids at miditok's speed):
 
-* MuMIDI: multi-vocabulary with its own per-track Program / Bar / Position layout and
-  relative bar embeddings; needs its own walk (not started).
-* MMM: see below if on the fast path; otherwise it is REMI / TSD / MIDILike per track
-  wrapped in ``Track_Start``, ``Program``, ..., ``Track_End``.
-* PerTok: microtiming tokens and its own time walk; not started.
-* The performance preset (MIDILike with sustain pedals, after an absolute-time transform)
-  and note_duration (TSD without velocities: already fast, it is TSD with options the grid
-  covers) - the performance preset stays on miditok because of its pedal tokens.
+* MuMIDI: multi-vocabulary with its own token layout and walk (its source was not ported:
+  not reached in the time of the session that added CPWord / Octuple / MMM).
+* PerTok: microtiming tokens and its own time walk; not reached either.
+* The performance preset: MIDILike with sustain pedals (``supports`` says False for
+  pedal tokens). The note_duration preset is TSD with options on the fast path already.
 * Trained (BPE / Unigram) tokenizers: base ids here would need miditok's byte mapping and
   HF ``encode_batch``; the stage already batches the subword step instead.
 
@@ -112,6 +116,7 @@ Scheme = Literal[
     "cpword_multitrack",
     "octuple",
     "octuple_multitrack",
+    "mmm",
 ]
 SCHEMES: tuple[str, ...] = get_args(Scheme)  # the presets with a fast path
 Kind = Literal["remi", "tsd", "midilike", "structured", "cpword", "octuple"]
@@ -176,13 +181,22 @@ def supports(tokenizer: miditok.MusicTokenizer) -> bool:
     stream or one stream per track, without ``program_changes``). The caller should
     use miditok itself otherwise.
     """
+    import miditok
+
     kind = _scheme_kind(tokenizer)
+    mmm = type(tokenizer) is miditok.MMM
+    if mmm:  # MMM: per-track blocks of its base tokenizer, which must be on the fast path itself
+        kind = _scheme_kind(tokenizer.base_tokenizer)
+        if kind not in ("remi", "tsd", "midilike"):
+            return False
     if kind is None or tokenizer.is_trained or tokenizer.is_multi_voc != (kind in ("cpword", "octuple")):
         return False
     if getattr(tokenizer, "_note_on_off", False) != (kind == "midilike"):
         return False
     config = tokenizer.config
-    if any(getattr(config, flag, False) for flag in _UNSUPPORTED_FLAGS):
+    # MMM always sets program_changes: one Program token per track block, none per note
+    flags = [f for f in _UNSUPPORTED_FLAGS if not (mmm and f == "program_changes")]
+    if any(getattr(config, flag, False) for flag in flags):
         return False
     if kind == "remi":
         params = config.additional_params
@@ -243,6 +257,11 @@ class FastTokenizer:
 
         self.tokenizer = tokenizer
         self.kind = _scheme_kind(tokenizer)
+        # MMM: the base tokenizer's walk per track (with MMM's own config and vocabulary),
+        # wrapped in Track_Start, Program, ..., Track_End (see _encode_mmm)
+        self._mmm = type(tokenizer) is miditok.MMM
+        if self._mmm:
+            self.kind = _scheme_kind(tokenizer.base_tokenizer)
         self.fallbacks = 0
         config = tokenizer.config
         vocab = tokenizer.vocab
@@ -270,7 +289,8 @@ class FastTokenizer:
         self._use_ts = bool(config.use_time_signatures)
         self._use_tempos = bool(config.use_tempos)
         self._use_velocities = bool(config.use_velocities)
-        self._use_programs = bool(config.use_programs)
+        # MMM (program_changes) has no Program token per note, only one per track block
+        self._use_programs = bool(config.use_programs) and not self._mmm
         self._use_pitchdrum = bool(config.use_pitchdrum_tokens)
         self._duration_programs = set(config.use_note_duration_programs)
         self._compute_ticks_per_beat = miditok.utils.compute_ticks_per_beat
@@ -336,6 +356,8 @@ class FastTokenizer:
                 return self._miditok_ids(score)
         score = self.tokenizer.preprocess_score(score)
         try:
+            if self._mmm:
+                return self._encode_mmm(score)
             if self.kind == "structured":
                 return self._encode_structured(score)
             if self.kind == "cpword":
@@ -605,6 +627,39 @@ class FastTokenizer:
             return flat
         ends = np.cumsum(np.bincount(sid, weights=counts, minlength=n_streams).astype(np.int64)).tolist()
         return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+
+    def _encode_mmm(self, score: Any) -> list[int]:
+        """MMM: per track, ``Track_Start``, ``Program``, the base tokenizer's tokens of the
+        track (global events included, no Program per note), ``Track_End``; all tracks
+        concatenated. miditok treats a track of fewer than two events (and a score without
+        tracks) specially or fails on it: those are left to miditok.
+        """
+        n_tracks = len(score.tracks)
+        n_global = (len(score.time_signatures) if self._use_ts else 0) + (len(score.tempos) if self._use_tempos else 0)
+        start, end = self._vocab.get("Track_Start", -1), self._vocab.get("Track_End", -1)
+        if min(start, end) < 0:
+            raise _Fallback
+        if n_tracks == 0 and n_global == 1:  # a lone global event: no time tokens in miditok
+            g_ids = self._global_events(score)[1]
+            if g_ids[0] < 0:
+                raise _Fallback
+            return [start, int(g_ids[0]), end]
+        if n_tracks == 0 and n_global == 0:
+            raise _Fallback  # miditok fails (IndexError)
+        if n_tracks == 0 and n_global == 2 and np.diff(self._global_events(score)[0])[0] < 0:
+            raise _Fallback  # miditok leaves two global events unsorted: here out of order
+        if n_global < 2 and any(len(track.notes) + n_global < 2 for track in score.tracks):
+            raise _Fallback  # miditok skips the time events of such a track
+        seqs = self._encode_preprocessed(score)
+        if n_tracks == 0:  # one block of global events, without a Program token
+            return [start, *seqs[0], end]
+        out: list[int] = []
+        for track, seq in zip(score.tracks, seqs, strict=True):
+            program = self._program_ids[(-1 if track.is_drum else int(track.program)) + 1]
+            if min(start, end, program) < 0:
+                raise _Fallback  # a token outside the vocabulary: miditok raises KeyError
+            out += [start, int(program), *seq, end]
+        return out
 
     def _merged_events(self, score: Any) -> tuple | None:
         """Global and note events of the compound-token schemes, sorted as miditok does.
@@ -1028,9 +1083,11 @@ def make_tokenizer(scheme: Scheme) -> miditok.MusicTokenizer:
         "cpword": miditok.CPWord,
         "octuple": miditok.Octuple,
     }
+    if scheme == "mmm":  # the pipeline preset: MMM over REMI
+        return miditok.MMM(miditok.TokenizerConfig(base_tokenizer="REMI"))
     base, _, variant = scheme.partition("_")
     if base not in classes or variant not in ("", "multitrack"):
-        msg = f"unknown scheme {scheme!r}; expected one of remi, tsd, midilike, structured, cpword, octuple (each also with _multitrack)"
+        msg = f"unknown scheme {scheme!r}; expected one of remi, tsd, midilike, structured, cpword, octuple (each also with _multitrack), mmm"
         raise ValueError(msg)
     # Octuple: the pipeline preset's bar limit (miditok's 60 clips most pieces)
     extra = {"max_bar_embedding": MAX_BAR_EMBEDDING} if base == "octuple" else {}

@@ -1,4 +1,4 @@
-"""The REMI / TSD / MIDILike / Structured / CPWord / Octuple fast path gives exactly miditok's ids, on every real file."""
+"""The REMI / TSD / MIDILike / Structured / CPWord / Octuple / MMM fast path gives exactly miditok's ids, on every real file."""
 
 from __future__ import annotations
 
@@ -192,7 +192,8 @@ UNSUPPORTED = {
     "cpword_rests": lambda: miditok.CPWord(miditok.TokenizerConfig(use_rests=True, use_time_signatures=False)),
     "cpword_chords": lambda: miditok.CPWord(miditok.TokenizerConfig(use_chords=True)),
     "mumidi": lambda: miditok.MuMIDI(),
-    "mmm": lambda: miditok.MMM(miditok.TokenizerConfig(base_tokenizer="REMI")),
+    "mmm_rests": lambda: miditok.MMM(miditok.TokenizerConfig(base_tokenizer="REMI", use_rests=True)),
+    "mmm_chords": lambda: miditok.MMM(miditok.TokenizerConfig(base_tokenizer="TSD", use_chords=True)),
     "midilike_rests": lambda: miditok.MIDILike(miditok.TokenizerConfig(use_rests=True)),
     "remi_subclass": lambda: _CustomREMI(),
 }
@@ -212,7 +213,7 @@ def test_presets_are_supported(scheme):
 
 
 def test_unknown_scheme_names_the_accepted_ones():
-    with pytest.raises(ValueError, match="'remy'.*remi, tsd, midilike, structured, cpword, octuple"):
+    with pytest.raises(ValueError, match="'remy'.*remi, tsd, midilike, structured, cpword, octuple.*mmm"):
         fastpath.make_tokenizer("remy")
 
 
@@ -275,3 +276,17 @@ def test_octuple_clips_long_pieces_with_miditok_warning(real_scores):
         clipped += bool(ref)
     assert clipped > 0, "some real piece should pass 20 bars"
     assert fast.fallbacks == 0
+
+
+MMM_CONFIGS = {
+    "tsd-tempos": {"base_tokenizer": "TSD", "use_tempos": True},
+    "midilike-no-timesigs": {"base_tokenizer": "MIDILike", "use_time_signatures": False, "use_tempos": True},
+    "remi-beat_res-vel8": {"base_tokenizer": "REMI", "beat_res": {(0, 2): 12, (2, 8): 4}, "num_velocities": 8},
+}
+
+
+@pytest.mark.parametrize("config_name", sorted(MMM_CONFIGS))
+def test_mmm_over_each_base_gives_miditok_ids(config_name, real_scores):
+    tokenizer = miditok.MMM(miditok.TokenizerConfig(**MMM_CONFIGS[config_name]))
+    assert fastpath.supports(tokenizer)
+    _assert_identical(tokenizer, SYNTHETIC[:60] + real_scores[::4])
