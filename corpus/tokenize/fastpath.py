@@ -1,4 +1,4 @@
-"""Vectorized REMI / TSD / MIDILike encoder producing exactly miditok 3.1's token ids.
+"""Vectorized REMI / TSD / MIDILike / Structured / CPWord / Octuple / MMM encoder: exactly miditok 3.1's ids.
 
 miditok builds one Python ``Event`` object per token, sorts them, walks them in a
 Python loop to insert time tokens and finally looks every token string up in the
@@ -46,13 +46,41 @@ every note (the closest shift value, ``TimeShift_0.0.1`` for none), measured per
 from the previous onset, or in one stream before each Program token after a stable sort.
 Options it switches off itself (tempos, rests, pedals...) cannot change its ids.
 
+CPWord (``_encode_cpword``) is REMI's bar / position walk (``_bar_walk``, shared) over
+compound tokens, one row of sub-ids (one vocabulary per slot, ``Ignore_None`` where a slot
+is unused) per Bar, Position and note: Program events are skipped by miditok's walk and
+only carry the program into the note row, so a note is one event; TimeSig and Tempo events
+make no row of their own. A Bar row carries the current TimeSig, except the last bar
+inserted before a TimeSig event, which carries the new one; a Position row carries the tempo
+of the last Tempo event passed in its stream (miditok's default before any). Durations go
+to every program or none (CPWord's own rule; anything else falls back). Rests and chords:
+``supports`` says False. Pedals, pitch bends, control changes, key signatures: CPWord
+switches them off itself, so they cannot change its ids.
+
+Octuple (``_encode_octuple``) is one row per note (Pitch, Position, Bar, then the optional
+slots), in the same event order; its own walk starts at 4/4 and keeps the bar / position of
+the last time change, computed before a TimeSig at that tick applies (see its docstring).
+Past ``max_bar_embedding`` bars it clips the score and warns exactly as miditok does (the
+stage turns that warning into a ``too_many_bars`` reject). Octuple switches off rests,
+chords, pedals, pitch bends, control changes and key signatures itself.
+
+MMM (``_encode_mmm``) over a REMI / TSD / MIDILike base is that base's per-track walk with
+MMM's config (``program_changes``: no Program token per note) and vocabulary, each track
+wrapped in ``Track_Start``, ``Program``, ..., ``Track_End`` and all concatenated. miditok
+gives no time tokens to a sequence of fewer than two events and leaves a track-less
+sequence of two global events unsorted; the first is reproduced, the rare out-of-order
+second one (and an empty one, where miditok fails) goes to miditok.
+
 Schemes not on the fast path yet, and what they get (miditok's own encoder, so the same
-ids at miditok's speed): CPWord, Octuple and MuMIDI (multi-vocabulary:
-each token is a list of sub-ids built from bar/position state; a port needs its own
-array layout), MMM (track blocks of a base tokenizer, wrappable around this one), PerTok
-(microtiming: closest-value searches on every event), and trained (BPE/Unigram)
-tokenizers. None of these is impossible; they were not done in the session that added
-MIDILike (see the issue).
+ids at miditok's speed):
+
+* MuMIDI: multi-vocabulary with its own token layout and walk (its source was not ported:
+  not reached in the time of the session that added CPWord / Octuple / MMM).
+* PerTok: microtiming tokens and its own time walk; not reached either.
+* The performance preset: MIDILike with sustain pedals (``supports`` says False for
+  pedal tokens). The note_duration preset is TSD with options on the fast path already.
+* Trained (BPE / Unigram) tokenizers: base ids here would need miditok's byte mapping and
+  HF ``encode_batch``; the stage already batches the subword step instead.
 
 Anything the fast path cannot reproduce (a token missing from the vocabulary, which
 makes miditok raise, a missing ticks-per-beat table, an out-of-range section) makes
@@ -69,6 +97,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
+from corpus.tokenize.presets import MAX_BAR_EMBEDDING
+
 if TYPE_CHECKING:
     import miditok
     import symusic
@@ -82,9 +112,14 @@ Scheme = Literal[
     "tsd_multitrack",
     "midilike_multitrack",
     "structured_multitrack",
+    "cpword",
+    "cpword_multitrack",
+    "octuple",
+    "octuple_multitrack",
+    "mmm",
 ]
 SCHEMES: tuple[str, ...] = get_args(Scheme)  # the presets with a fast path
-Kind = Literal["remi", "tsd", "midilike", "structured"]
+Kind = Literal["remi", "tsd", "midilike", "structured", "cpword", "octuple"]
 
 # Multitrack preset of the pipeline: one stream with Program tokens, tempos and
 # time signatures (all other options at miditok defaults).
@@ -130,24 +165,38 @@ def _scheme_kind(tokenizer: miditok.MusicTokenizer) -> Kind | None:
         return "midilike"
     if type(tokenizer) is miditok.Structured:
         return "structured"
+    if type(tokenizer) is miditok.CPWord:
+        return "cpword"
+    if type(tokenizer) is miditok.Octuple:
+        return "octuple"
     return None
 
 
 def supports(tokenizer: miditok.MusicTokenizer) -> bool:
     """Whether ``FastTokenizer(tokenizer)`` reproduces ``tokenizer.encode`` exactly.
 
-    True for untrained ``miditok.REMI`` / ``TSD`` / ``MIDILike`` / ``Structured`` whose config only uses
+    True for untrained ``miditok.REMI`` / ``TSD`` / ``MIDILike`` / ``Structured`` / ``CPWord`` / ``Octuple``
+    whose config only uses
     pitch, velocity, duration, time signature, tempo and program tokens (single
     stream or one stream per track, without ``program_changes``). The caller should
     use miditok itself otherwise.
     """
+    import miditok
+
     kind = _scheme_kind(tokenizer)
-    if kind is None or tokenizer.is_trained or tokenizer.is_multi_voc:
+    mmm = type(tokenizer) is miditok.MMM
+    if mmm:  # MMM: per-track blocks of its base tokenizer, which must be on the fast path itself
+        kind = _scheme_kind(tokenizer.base_tokenizer)
+        if kind not in ("remi", "tsd", "midilike"):
+            return False
+    if kind is None or tokenizer.is_trained or tokenizer.is_multi_voc != (kind in ("cpword", "octuple")):
         return False
     if getattr(tokenizer, "_note_on_off", False) != (kind == "midilike"):
         return False
     config = tokenizer.config
-    if any(getattr(config, flag, False) for flag in _UNSUPPORTED_FLAGS):
+    # MMM always sets program_changes: one Program token per track block, none per note
+    flags = [f for f in _UNSUPPORTED_FLAGS if not (mmm and f == "program_changes")]
+    if any(getattr(config, flag, False) for flag in flags):
         return False
     if kind == "remi":
         params = config.additional_params
@@ -165,6 +214,16 @@ def _id_table(vocab: dict[str, int], prefix: str, values: Iterable[int]) -> np.n
     return table
 
 
+def _ticks_per_units(tokenizer: miditok.MusicTokenizer, time_sig: tuple[int, int], tpq: int) -> tuple[int, int, int]:
+    """Ticks per bar, beat and position under ``time_sig``, as REMI and CPWord compute them."""
+    from miditok.utils import compute_ticks_per_bar, compute_ticks_per_beat
+    from symusic import TimeSignature
+
+    ticks_per_bar = compute_ticks_per_bar(TimeSignature(0, *time_sig), tpq)
+    ticks_per_beat = compute_ticks_per_beat(time_sig[1], tpq)
+    return ticks_per_bar, ticks_per_beat, ticks_per_beat // tokenizer.config.max_num_pos_per_beat
+
+
 def _lookup(table: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``table[index]`` with -1 for indexes outside the table."""
     index = np.asarray(index, dtype=np.int64)
@@ -177,12 +236,13 @@ def _lookup(table: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 
 class FastTokenizer:
-    """Exact, vectorized ``encode`` for a REMI or TSD ``miditok`` tokenizer.
+    """Exact, vectorized ``encode`` for a REMI, TSD, MIDILike, Structured, CPWord or Octuple tokenizer.
 
     ``encode_ids(score)`` returns ``tokenizer.encode(score).ids`` (a ``list[int]``)
     when ``tokenizer.one_token_stream``, else ``[seq.ids for seq in
     tokenizer.encode(score)]`` (one ``list[int]`` per track after preprocessing,
-    or a single sequence of global tokens for a score without tracks).
+    or a single sequence of global tokens for a score without tracks). For CPWord and Octuple each
+    token is itself a ``list[int]`` (one sub-id per vocabulary), as in miditok.
     ``fallbacks`` counts the scores that were handed to miditok.
     """
 
@@ -197,32 +257,57 @@ class FastTokenizer:
 
         self.tokenizer = tokenizer
         self.kind = _scheme_kind(tokenizer)
+        # MMM: the base tokenizer's walk per track (with MMM's own config and vocabulary),
+        # wrapped in Track_Start, Program, ..., Track_End (see _encode_mmm)
+        self._mmm = type(tokenizer) is miditok.MMM
+        if self._mmm:
+            self.kind = _scheme_kind(tokenizer.base_tokenizer)
         self.fallbacks = 0
         config = tokenizer.config
         vocab = tokenizer.vocab
+        # CPWord and Octuple have one vocabulary per compound-token slot: each table reads its own.
+        multi = self.kind in ("cpword", "octuple")
+        types: dict[str, int] = tokenizer.vocab_types_idx if multi else {}
+
+        def sub(token_type: str) -> dict[str, int]:
+            if not multi:
+                return vocab
+            return vocab[types[token_type]] if token_type in types else {}
+
+        if self.kind == "cpword":
+            self._init_cpword(tokenizer)
+        if self.kind == "octuple":
+            self._max_bars = int(config.additional_params["max_bar_embedding"])
+            self._oct_cols = dict(types)
+            self._cp_durations = bool(config.using_note_duration_tokens)
+            self._bar_ids = _id_table(sub("Bar"), "Bar", range(self._max_bars))
+            self._oct_default_tempo = sub("Tempo").get(f"Tempo_{tokenizer.default_tempo}", -1)
         self._vocab = vocab
+        self._ts_vocab = sub("TimeSig")
+        self._tempo_vocab = sub("Tempo")
         self._one_stream = bool(config.one_token_stream_for_programs)
         self._use_ts = bool(config.use_time_signatures)
         self._use_tempos = bool(config.use_tempos)
         self._use_velocities = bool(config.use_velocities)
-        self._use_programs = bool(config.use_programs)
+        # MMM (program_changes) has no Program token per note, only one per track block
+        self._use_programs = bool(config.use_programs) and not self._mmm
         self._use_pitchdrum = bool(config.use_pitchdrum_tokens)
         self._duration_programs = set(config.use_note_duration_programs)
         self._compute_ticks_per_beat = miditok.utils.compute_ticks_per_beat
         self._get_score_ticks_per_beat = miditok.utils.get_score_ticks_per_beat
 
-        self._pitch_ids = _id_table(vocab, "Pitch", range(128))
-        self._pitchdrum_ids = _id_table(vocab, "PitchDrum", range(128))
+        self._pitch_ids = _id_table(sub("Pitch"), "Pitch", range(128))
+        self._pitchdrum_ids = _id_table(sub("Pitch"), "PitchDrum", range(128))
         if self.kind == "midilike":  # NoteOn / DrumOn at onsets, NoteOff / DrumOff at ends
             self._pitch_ids = _id_table(vocab, "NoteOn", range(128))
             self._pitchdrum_ids = _id_table(vocab, "DrumOn", range(128))
             self._off_ids = _id_table(vocab, "NoteOff", range(128))
             self._drumoff_ids = _id_table(vocab, "DrumOff", range(128))
-        self._velocity_ids = _id_table(vocab, "Velocity", range(128))
-        self._program_ids = _id_table(vocab, "Program", range(-1, 128))  # index p + 1
-        positions = [int(tok.split("_")[1]) for tok in vocab if tok.startswith("Position_")]
-        self._position_ids = _id_table(vocab, "Position", range(max(positions, default=-1) + 1))
-        self._bar_id = vocab.get("Bar_None", -1)
+        self._velocity_ids = _id_table(sub("Velocity"), "Velocity", range(128))
+        self._program_ids = _id_table(sub("Program"), "Program", range(-1, 128))  # index p + 1
+        positions = [int(tok.split("_")[1]) for tok in sub("Position") if tok.startswith("Position_")]
+        self._position_ids = _id_table(sub("Position"), "Position", range(max(positions, default=-1) + 1))
+        self._bar_id = sub("Position").get("Bar_None", -1)
         self._ts_ids: dict[tuple[int, int], int] = {}
         self._tempo_ids: dict[float, int] = {}
         # Duration ids as one 2-D table: row per ticks/beat value (``_duration_rows``),
@@ -234,9 +319,27 @@ class FastTokenizer:
         self._duration_ids = np.full((max(len(ticks_to_tokens), 1), width), -1, dtype=np.int64)
         for row, ticks_to_value in enumerate(ticks_to_tokens.values()):
             for ticks, value in ticks_to_value.items():
-                self._duration_ids[row, ticks] = vocab.get(f"Duration_{value}", -1)
+                self._duration_ids[row, ticks] = sub("Duration").get(f"Duration_{value}", -1)
         self._shift_tables: dict[int, tuple[int, int, int, np.ndarray, np.ndarray]] = {}
         self._structured_shifts: dict[int, dict[int, int]] = {}  # tpb -> shift ticks -> id
+
+    def _init_cpword(self, tokenizer: miditok.MusicTokenizer) -> None:
+        """Compound-token layout of a CPWord tokenizer: slot per token type, the
+        ``Ignore_None`` id of each slot, the Family ids and the default tempo's id."""
+        vocab = tokenizer.vocab
+        config = tokenizer.config
+        self._cp_cols = dict(tokenizer.vocab_types_idx)
+        self._cp_ignore = np.array([v.get("Ignore_None", -1) for v in vocab], dtype=np.int64)
+        self._cp_metric = vocab[0].get("Family_Metric", -1)
+        self._cp_note = vocab[0].get("Family_Note", -1)
+        self._cp_durations = bool(config.using_note_duration_tokens)
+        # miditok's current_tempo before any Tempo event of a stream (same expression)
+        if config.log_tempos:
+            tempo = float(tokenizer.tempos[(np.abs(tokenizer.tempos - tokenizer.default_tempo)).argmin()])
+        else:
+            tempo = tokenizer.default_tempo
+        types = tokenizer.vocab_types_idx
+        self._cp_default_tempo = vocab[types["Tempo"]].get(f"Tempo_{tempo}", -1) if "Tempo" in types else -1
 
     # ------------------------------------------------------------------ public API
 
@@ -253,8 +356,14 @@ class FastTokenizer:
                 return self._miditok_ids(score)
         score = self.tokenizer.preprocess_score(score)
         try:
+            if self._mmm:
+                return self._encode_mmm(score)
             if self.kind == "structured":
                 return self._encode_structured(score)
+            if self.kind == "cpword":
+                return self._encode_cpword(score)
+            if self.kind == "octuple":
+                return self._encode_octuple(score)
             return self._encode_preprocessed(score)
         except _Fallback:
             return self._miditok_ids(score, preprocessed=True)
@@ -269,7 +378,7 @@ class FastTokenizer:
     def _ts_id(self, numerator: int, denominator: int) -> int:
         key = (numerator, denominator)
         if key not in self._ts_ids:
-            self._ts_ids[key] = self._vocab.get(f"TimeSig_{numerator}/{denominator}", -1)
+            self._ts_ids[key] = self._ts_vocab.get(f"TimeSig_{numerator}/{denominator}", -1)
         return self._ts_ids[key]
 
     def _tempo_token_ids(self, tempos: Any) -> np.ndarray:
@@ -281,7 +390,7 @@ class FastTokenizer:
         for u, idx in enumerate(first):
             value = round(tempos[int(idx)].tempo, 2)
             if value not in self._tempo_ids:
-                self._tempo_ids[value] = self._vocab.get(f"Tempo_{value}", -1)
+                self._tempo_ids[value] = self._tempo_vocab.get(f"Tempo_{value}", -1)
             ids[u] = self._tempo_ids[value]
         return ids[inverse.reshape(-1)]
 
@@ -519,6 +628,243 @@ class FastTokenizer:
         ends = np.cumsum(np.bincount(sid, weights=counts, minlength=n_streams).astype(np.int64)).tolist()
         return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
+    def _encode_mmm(self, score: Any) -> list[int]:
+        """MMM: per track, ``Track_Start``, ``Program``, the base tokenizer's tokens of the
+        track (global events included, no Program per note), ``Track_End``; all tracks
+        concatenated. miditok treats a track of fewer than two events (and a score without
+        tracks) specially or fails on it: those are left to miditok.
+        """
+        n_tracks = len(score.tracks)
+        n_global = (len(score.time_signatures) if self._use_ts else 0) + (len(score.tempos) if self._use_tempos else 0)
+        start, end = self._vocab.get("Track_Start", -1), self._vocab.get("Track_End", -1)
+        if min(start, end) < 0:
+            raise _Fallback
+        if n_tracks == 0 and n_global == 1:  # a lone global event: no time tokens in miditok
+            g_ids = self._global_events(score)[1]
+            if g_ids[0] < 0:
+                raise _Fallback
+            return [start, int(g_ids[0]), end]
+        if n_tracks == 0 and n_global == 0:
+            raise _Fallback  # miditok fails (IndexError)
+        if n_tracks == 0 and n_global == 2 and np.diff(self._global_events(score)[0])[0] < 0:
+            raise _Fallback  # miditok leaves two global events unsorted: here out of order
+        if n_global < 2 and any(len(track.notes) + n_global < 2 for track in score.tracks):
+            raise _Fallback  # miditok skips the time events of such a track
+        seqs = self._encode_preprocessed(score)
+        if n_tracks == 0:  # one block of global events, without a Program token
+            return [start, *seqs[0], end]
+        out: list[int] = []
+        for track, seq in zip(score.tracks, seqs, strict=True):
+            program = self._program_ids[(-1 if track.is_drum else int(track.program)) + 1]
+            if min(start, end, program) < 0:
+                raise _Fallback  # a token outside the vocabulary: miditok raises KeyError
+            out += [start, int(program), *seq, end]
+        return out
+
+    def _merged_events(self, score: Any) -> tuple | None:
+        """Global and note events of the compound-token schemes, sorted as miditok does.
+
+        Returns None when there is no event at all, else per event (in stream then
+        miditok's order): time, stream, kind (0 TimeSig, 1 Tempo, 2 note), index in the
+        global or note arrays, is-TimeSig, stream start flags, index of the stream's first
+        event, TimeSig events passed before it in its stream; then the global ids, the note
+        id columns, the TimeSig list and the number of streams.
+        """
+        g_time, g_ids, g_is_ts, ts_list = self._global_events(score)
+        onsets, track_of, note_ids, note_masks = self._note_events(score)
+        n_tracks = len(score.tracks)
+        n_global = len(g_time)
+        n_notes = len(onsets)
+        if self._cp_durations and not note_masks[3].all():
+            raise _Fallback  # durations for some programs only: miditok indexes other events
+
+        n_streams = 1 if (self._one_stream or n_tracks == 0) else n_tracks
+        note_sid = np.zeros(n_notes, dtype=np.int64) if self._one_stream else track_of
+        g_rep = np.tile(np.arange(n_global), n_streams)
+        sid = np.concatenate([np.repeat(np.arange(n_streams), n_global), note_sid])
+        t = np.concatenate([g_time[g_rep], onsets])
+        if len(t) == 0:
+            return None
+        kind = np.concatenate([np.where(g_is_ts[g_rep], 0, 1), np.full(n_notes, 2)])
+        idx = np.concatenate([g_rep, np.arange(n_notes)])
+        if not self._one_stream and n_tracks == 0 and n_global <= 2:
+            order = np.arange(len(t))  # miditok sorts a track-less sequence only past two events
+        else:
+            span = int(t.max()) + 1
+            order = np.argsort(sid * span + t, kind="stable")
+        t, sid, kind, idx = t[order], sid[order], kind[order], idx[order]
+        is_ts = kind == 0
+        n = len(t)
+        ts_cum = np.cumsum(is_ts)
+        stream_first = np.ones(n, dtype=bool)
+        stream_first[1:] = sid[1:] != sid[:-1]
+        first_idx = np.maximum.accumulate(np.where(stream_first, np.arange(n), 0))
+        state = ts_cum - is_ts - (ts_cum[first_idx] - is_ts[first_idx])
+        return t, sid, kind, idx, is_ts, stream_first, first_idx, state, g_ids, note_ids, ts_list, n_streams
+
+    def _encode_octuple(self, score: Any) -> list[list[int]] | list[list[list[int]]]:
+        """Octuple: one compound token per note (Pitch, Position, Bar, [Velocity], [Duration],
+        [Program], [Tempo], [TimeSig]), in miditok's event order (REMI's).
+
+        miditok's walk starts at 4/4 (not the first TimeSig) with ``previous_tick = 0``
+        and recomputes bar and position only when the time changes, under the TimeSig
+        in force *before* the event that changes it: a note at the tick of a TimeSig
+        change keeps the bar / position of the old TimeSig but carries the new TimeSig
+        token. A score with more bars than ``max_bar_embedding`` is clipped and warned
+        about as miditok does (same call, same message: the stage rejects on it).
+        """
+        import warnings
+
+        from miditok.utils import get_bars_ticks
+
+        bar_ticks = get_bars_ticks(score, only_notes_onsets=True)
+        if self._max_bars < len(bar_ticks):
+            score = score.clip(0, bar_ticks[self._max_bars])
+            msg = (
+                f"miditok: {type(self.tokenizer).__name__} cannot tokenize entirely this file "
+                f"as it contains {len(bar_ticks)} bars whereas the limit of the "
+                f"tokenizer is {self._max_bars}. "
+                "It is therefore clipped to "
+                f"{self._max_bars} bars."
+            )
+            warnings.warn(msg, stacklevel=3)
+        merged = self._merged_events(score)
+        if merged is None:
+            return [] if self._one_stream else [[] for _ in range(max(len(score.tracks), 1))]
+        t, sid, kind, idx, is_ts, stream_first, first_idx, state, g_ids, note_ids, ts_list, n_streams = merged
+        n = len(t)
+        tpq = int(score.ticks_per_quarter)
+        states = [(4, 4)] + [(num, den) for _, num, den in ts_list]
+        n_states = len(states)
+        tau = np.zeros(n_states, dtype=np.int64)
+        bar0 = np.zeros(n_states, dtype=np.int64)
+        per_bar = np.zeros(n_states, dtype=np.int64)
+        per_pos = np.zeros(n_states, dtype=np.int64)
+        ts_id = np.zeros(n_states, dtype=np.int64)
+        for k, (num, den) in enumerate(states):
+            ticks_bar, _, ticks_pos = _ticks_per_units(self.tokenizer, (num, den), tpq)
+            if ticks_bar <= 0 or ticks_pos <= 0:
+                raise _Fallback  # miditok divides by zero
+            per_bar[k], per_pos[k] = ticks_bar, ticks_pos
+            ts_id[k] = self._ts_id(num, den)
+            if k > 0:
+                tau[k] = ts_list[k - 1][0]
+                bar0[k] = bar0[k - 1] + (tau[k] - tau[k - 1]) // per_bar[k - 1]
+
+        # Bar / position at the last time change (stream start: tick 0, bar 0, position 0).
+        opens = stream_first.copy()
+        opens[1:] |= t[1:] != t[:-1]
+        so = state[opens]
+        to = t[opens]
+        bar_o = bar0[so] + (to - tau[so]) // per_bar[so]
+        pos_o = (to - (tau[so] + (bar_o - bar0[so]) * per_bar[so])) // per_pos[so]
+        bar_o[stream_first[opens] & (to == 0)] = 0
+        pos_o[stream_first[opens] & (to == 0)] = 0
+        group = np.cumsum(opens) - 1
+
+        note_ev = np.flatnonzero(kind == 2)
+        which = idx[note_ev]
+        cols = self._oct_cols
+        out = np.empty((len(note_ev), len(cols)), dtype=np.int64)
+        out[:, cols["Pitch"]] = note_ids[1][which]
+        out[:, cols["Position"]] = _lookup(self._position_ids, pos_o[group[note_ev]])
+        out[:, cols["Bar"]] = _lookup(self._bar_ids, bar_o[group[note_ev]])
+        if "Velocity" in cols:
+            out[:, cols["Velocity"]] = note_ids[2][which]
+        if "Duration" in cols:
+            out[:, cols["Duration"]] = note_ids[3][which]
+        if "Program" in cols:
+            out[:, cols["Program"]] = note_ids[0][which]
+        if "Tempo" in cols:
+            is_tempo = kind == 1
+            last_tempo = np.maximum.accumulate(np.where(is_tempo, np.arange(n), -1))
+            tempo_ids = np.full(n, -1, dtype=np.int64)
+            tempo_ids[is_tempo] = g_ids[idx[is_tempo]]
+            current = np.where(last_tempo >= first_idx, tempo_ids[np.maximum(last_tempo, 0)], self._oct_default_tempo)
+            out[:, cols["Tempo"]] = current[note_ev]
+        if "TimeSig" in cols:
+            out[:, cols["TimeSig"]] = ts_id[state[note_ev]]
+        if (out < 0).any():
+            raise _Fallback  # a token outside the vocabulary: miditok raises KeyError
+
+        flat = out.tolist()
+        if self._one_stream:
+            return flat
+        ends = np.cumsum(np.bincount(sid[note_ev], minlength=n_streams)).tolist()
+        return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+
+    def _encode_cpword(self, score: Any) -> list[list[int]] | list[list[list[int]]]:
+        """CPWord: REMI's bar / position walk, one compound token per Bar, Position and note.
+
+        The events and their order are REMI's (TimeSig, Tempo, then notes, stable-sorted
+        by time per stream); Program events are skipped by miditok's walk and only carry
+        the program into the note token, so a note is one event here. A Bar token carries
+        the current TimeSig (the new one for the last bar before a TimeSig event), a
+        Position token the tempo of the last Tempo event passed in the stream (miditok's
+        default before any), a note token Pitch, Velocity, Duration and Program.
+        TimeSig and Tempo events make no token of their own.
+        """
+        merged = self._merged_events(score)
+        if merged is None:
+            return [] if self._one_stream else [[] for _ in range(max(len(score.tracks), 1))]
+        t, sid, kind, idx, is_ts, stream_first, first_idx, state, g_ids, note_ids, ts_list, n_streams = merged
+        n = len(t)
+        tpq = int(score.ticks_per_quarter)
+
+        walk = self._bar_walk(t, sid, is_ts, stream_first, state, ts_list, tpq)
+        g, sg, n_bars, has_pos = walk["g"], walk["sg"], walk["n_bars"], walk["has_pos"]
+        is_note = kind == 2
+        lead = np.zeros(n, dtype=np.int64)
+        lead[g] = n_bars + has_pos
+        counts = lead + is_note
+        offsets = np.cumsum(counts) - counts
+        out = np.tile(self._cp_ignore, (int(counts.sum()), 1))
+        cols = self._cp_cols
+
+        total_bars = int(n_bars.sum())
+        if total_bars:
+            local = np.arange(total_bars) - np.repeat(np.cumsum(n_bars) - n_bars, n_bars)
+            rows = np.repeat(offsets[g], n_bars) + local
+            out[rows, 0] = self._cp_metric
+            out[rows, 1] = self._bar_id
+            if self._use_ts:
+                ts_tok = np.repeat(walk["ts_id"][sg], n_bars)
+                # the last bar inserted before a TimeSig event carries the new TimeSig
+                last_of_group = local == np.repeat(n_bars - 1, n_bars)
+                new_ts = np.repeat(walk["g_is_ts"], n_bars) & last_of_group
+                ts_tok[new_ts] = np.repeat(walk["ts_id"][np.minimum(sg + 1, len(walk["ts_id"]) - 1)], n_bars)[new_ts]
+                out[rows, cols["TimeSig"]] = ts_tok
+        pos_rows = offsets[g][has_pos] + n_bars[has_pos]
+        out[pos_rows, 0] = self._cp_metric
+        out[pos_rows, 1] = walk["pos_ids"]
+        if self._use_tempos:
+            is_tempo = kind == 1
+            last_tempo = np.maximum.accumulate(np.where(is_tempo, np.arange(n), -1))
+            tempo_ids = np.full(n, -1, dtype=np.int64)
+            tempo_ids[is_tempo] = g_ids[idx[is_tempo]]
+            current = np.where(last_tempo >= first_idx, tempo_ids[np.maximum(last_tempo, 0)], self._cp_default_tempo)
+            out[pos_rows, cols["Tempo"]] = current[g][has_pos]
+
+        note_ev = np.flatnonzero(is_note)
+        note_rows = offsets[note_ev] + lead[note_ev]
+        which = idx[note_ev]
+        out[note_rows, 0] = self._cp_note
+        out[note_rows, 2] = note_ids[1][which]
+        if self._use_velocities:
+            out[note_rows, 3] = note_ids[2][which]
+        if self._cp_durations:
+            out[note_rows, cols["Duration"]] = note_ids[3][which]
+        if self._use_programs:
+            out[note_rows, cols["Program"]] = note_ids[0][which]
+        if (out < 0).any():
+            raise _Fallback  # a token outside the vocabulary: miditok raises KeyError
+
+        flat = out.tolist()
+        if self._one_stream:
+            return flat
+        ends = np.cumsum(np.bincount(sid, weights=counts, minlength=n_streams).astype(np.int64)).tolist()
+        return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+
     @staticmethod
     def _ts_states(ts_list: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
         """(numerator, denominator) of state 0 (before any TimeSig event) then each TS.
@@ -528,16 +874,17 @@ class FastTokenizer:
         first = (ts_list[0][1], ts_list[0][2]) if ts_list else (4, 4)
         return [first] + [(n, d) for _, n, d in ts_list]
 
-    def _remi_time_tokens(self, t, sid, is_ts, stream_first, state, ts_list, tpq):
-        """Bar / TimeSig / Position tokens inserted before each event (REMI).
+    def _bar_walk(self, t, sid, is_ts, stream_first, state, ts_list, tpq) -> dict[str, Any]:
+        """REMI's (and CPWord's) bar / position walk as arrays over time groups.
 
         miditok walks the events with ``previous_tick``; an event opens a time group
         when its time differs from ``previous_tick``, which a TimeSig event decrements
         (so the event after a TimeSig always opens a group). At a group opening,
         ``target - current_bar`` bars are added (``target = bar_at_last_ts +
-        (t - tick_at_last_ts) // ticks_per_bar``), each followed by the current
-        TimeSig token except the last one when the event is itself a TimeSig; then a
-        Position relative to the tick of the last inserted bar, unless a TimeSig.
+        (t - tick_at_last_ts) // ticks_per_bar``), then a Position relative to the tick
+        of the last inserted bar, unless the event is a TimeSig. Returns, per group
+        (``g``: index of the opening event), its state ``sg``, ``n_bars``, ``has_pos``
+        and the Position ids of the groups that have one, plus the TimeSig id per state.
         """
         tok = self.tokenizer
         states = self._ts_states(ts_list)
@@ -549,7 +896,7 @@ class FastTokenizer:
         per_pos = np.zeros(n_states, dtype=np.int64)
         ts_id = np.zeros(n_states, dtype=np.int64)
         for k, (num, den) in enumerate(states):
-            ticks_bar, _, ticks_pos = tok._compute_ticks_per_units(0, (num, den), tpq)
+            ticks_bar, _, ticks_pos = _ticks_per_units(tok, (num, den), tpq)
             if ticks_bar <= 0 or ticks_pos <= 0:
                 raise _Fallback  # miditok divides by zero
             per_bar[k], per_pos[k] = ticks_bar, ticks_pos
@@ -558,7 +905,6 @@ class FastTokenizer:
                 tau[k] = ts_list[k - 1][0]
                 bar0[k] = bar0[k - 1] + (tau[k] - tau[k - 1]) // per_bar[k - 1]
 
-        n = len(t)
         opens = stream_first.copy()
         opens[1:] |= (t[1:] != t[:-1]) | is_ts[:-1]
         g = np.flatnonzero(opens)
@@ -581,15 +927,35 @@ class FastTokenizer:
         last = np.maximum.accumulate(np.where(has_bars, np.arange(len(g)), 0))
         cur_bar_tick = bar_tick[last]
         g_is_ts = is_ts[g]
-        if self._use_ts:
-            bar_count = 2 * n_bars - (g_is_ts & has_bars)
-        else:
-            bar_count = n_bars
         has_pos = ~g_is_ts
         pos_value = (t[g] - cur_bar_tick) // per_pos[sg]
         pos_ids = _lookup(self._position_ids, pos_value[has_pos])
+        return {
+            "g": g,
+            "sg": sg,
+            "n_bars": n_bars,
+            "has_bars": has_bars,
+            "g_is_ts": g_is_ts,
+            "has_pos": has_pos,
+            "pos_ids": pos_ids,
+            "ts_id": ts_id,
+        }
 
-        lead_count = np.zeros(n, dtype=np.int64)
+    def _remi_time_tokens(self, t, sid, is_ts, stream_first, state, ts_list, tpq):
+        """Bar / TimeSig / Position tokens inserted before each event (REMI).
+
+        The walk is ``_bar_walk``'s; each bar is followed by the current TimeSig token
+        except the last one when the event is itself a TimeSig (its own token follows).
+        """
+        walk = self._bar_walk(t, sid, is_ts, stream_first, state, ts_list, tpq)
+        g, sg, n_bars, has_pos, pos_ids = walk["g"], walk["sg"], walk["n_bars"], walk["has_pos"], walk["pos_ids"]
+        ts_id = walk["ts_id"]
+        if self._use_ts:
+            bar_count = 2 * n_bars - (walk["g_is_ts"] & walk["has_bars"])
+        else:
+            bar_count = n_bars
+
+        lead_count = np.zeros(len(t), dtype=np.int64)
         lead_count[g] = bar_count + has_pos
         bar_id = self._bar_id
         use_ts = self._use_ts
@@ -709,12 +1075,23 @@ def make_tokenizer(scheme: Scheme) -> miditok.MusicTokenizer:
     """The miditok tokenizer of a named scheme (defaults, or the multitrack preset)."""
     import miditok
 
-    classes = {"remi": miditok.REMI, "tsd": miditok.TSD, "midilike": miditok.MIDILike, "structured": miditok.Structured}
+    classes = {
+        "remi": miditok.REMI,
+        "tsd": miditok.TSD,
+        "midilike": miditok.MIDILike,
+        "structured": miditok.Structured,
+        "cpword": miditok.CPWord,
+        "octuple": miditok.Octuple,
+    }
+    if scheme == "mmm":  # the pipeline preset: MMM over REMI
+        return miditok.MMM(miditok.TokenizerConfig(base_tokenizer="REMI"))
     base, _, variant = scheme.partition("_")
     if base not in classes or variant not in ("", "multitrack"):
-        msg = f"unknown scheme {scheme!r}; expected one of remi, tsd, midilike, structured (each also with _multitrack)"
+        msg = f"unknown scheme {scheme!r}; expected one of remi, tsd, midilike, structured, cpword, octuple (each also with _multitrack), mmm"
         raise ValueError(msg)
-    config = miditok.TokenizerConfig(**MULTITRACK_PRESET) if variant else miditok.TokenizerConfig()
+    # Octuple: the pipeline preset's bar limit (miditok's 60 clips most pieces)
+    extra = {"max_bar_embedding": MAX_BAR_EMBEDDING} if base == "octuple" else {}
+    config = miditok.TokenizerConfig(**(MULTITRACK_PRESET if variant else {}), **extra)
     return classes[base](config)
 
 

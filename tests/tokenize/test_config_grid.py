@@ -23,7 +23,7 @@ miditok = pytest.importorskip("miditok")
 from corpus.tokenize import fastpath  # noqa: E402 - after the importorskip guard
 from tests.tokenize.test_fastpath import _first_difference, real_scores  # noqa: E402, F401 - fixture
 
-CLASSES = ("REMI", "TSD", "MIDILike", "Structured")
+CLASSES = ("REMI", "TSD", "MIDILike", "Structured", "CPWord", "Octuple")
 TIME = {
     "plain": {},
     "tempos": {"use_tempos": True},
@@ -53,24 +53,33 @@ EXTRA = {
     "chords": {"use_chords": True},
 }
 NOT_ON_FAST_PATH = {"rests", "sustain-pedals", "pitch-bends", "chords"}
+# options a scheme switches off itself, so they cannot change its ids: Structured allows
+# none of them in its token order, CPWord has no pedal / pitch-bend slot, Octuple none
+SWITCHED_OFF = {
+    "Structured": NOT_ON_FAST_PATH,
+    "CPWord": {"sustain-pedals", "pitch-bends"},
+    "Octuple": NOT_ON_FAST_PATH,  # Octuple has no slot for any of them
+}
 
 
 def _grid() -> list[tuple[str, str, dict[str, Any], bool]]:
     """(id, class, config kwargs, expected on the fast path): every class x time x programs x
-    resolution, each with one of the extra options in turn (192 configurations)."""
+    resolution, each with one of the extra options in turn (288 configurations)."""
     out = []
     extras = list(EXTRA.items())
     product = itertools.product(CLASSES, TIME.items(), PROGRAMS.items(), RESOLUTION.items())
     for i, (cls, (tn, t), (pn, p), (rn, r)) in enumerate(product):
         en, e = extras[i % len(extras)]
         name = "-".join(x for x in (cls, tn, pn, rn, en) if x)
-        # Structured switches those options off itself (its token order allows none of them)
-        out.append((name, cls, {**t, **p, **r, **e}, en not in NOT_ON_FAST_PATH or cls == "Structured"))
+        fast = en not in NOT_ON_FAST_PATH or en in SWITCHED_OFF.get(cls, set())
+        out.append((name, cls, {**t, **p, **r, **e}, fast))
     return out
 
 
 GRID = _grid()
-SAMPLE = random.Random(16).sample(GRID, 10)
+# Two configurations per class, so that every scheme is in the default run.
+_RNG = random.Random(16)
+SAMPLE = [g for cls in CLASSES for g in _RNG.sample([g for g in GRID if g[1] == cls], 2)]
 
 
 def _check(cls: str, kwargs: dict[str, Any], fast_expected: bool, named_scores: list) -> None:

@@ -1,4 +1,4 @@
-"""The REMI / TSD / MIDILike / Structured fast path gives exactly miditok's ids, on every real file."""
+"""The REMI / TSD / MIDILike / Structured / CPWord / Octuple / MMM fast path gives exactly miditok's ids, on every real file."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def test_identical_ids_on_synthetic_scores(scheme):
 
 
 @pytest.mark.parametrize("config_name", sorted(EXTRA_CONFIGS))
-@pytest.mark.parametrize("tokenizer_class", ["REMI", "TSD", "MIDILike", "Structured"])
+@pytest.mark.parametrize("tokenizer_class", ["REMI", "TSD", "MIDILike", "Structured", "CPWord", "Octuple"])
 def test_identical_ids_for_other_supported_configs(tokenizer_class, config_name, real_scores):
     tokenizer = getattr(miditok, tokenizer_class)(miditok.TokenizerConfig(**EXTRA_CONFIGS[config_name]))
     assert fastpath.supports(tokenizer)
@@ -189,7 +189,11 @@ UNSUPPORTED = {
     "max_bar_embedding": lambda: miditok.REMI(miditok.TokenizerConfig(max_bar_embedding=300)),
     "trailing_bars": lambda: miditok.REMI(miditok.TokenizerConfig(add_trailing_bars=True)),
     "bpe_trained": _trained_remi,
-    "cpword": lambda: miditok.CPWord(),
+    "cpword_rests": lambda: miditok.CPWord(miditok.TokenizerConfig(use_rests=True, use_time_signatures=False)),
+    "cpword_chords": lambda: miditok.CPWord(miditok.TokenizerConfig(use_chords=True)),
+    "mumidi": lambda: miditok.MuMIDI(),
+    "mmm_rests": lambda: miditok.MMM(miditok.TokenizerConfig(base_tokenizer="REMI", use_rests=True)),
+    "mmm_chords": lambda: miditok.MMM(miditok.TokenizerConfig(base_tokenizer="TSD", use_chords=True)),
     "midilike_rests": lambda: miditok.MIDILike(miditok.TokenizerConfig(use_rests=True)),
     "remi_subclass": lambda: _CustomREMI(),
 }
@@ -209,7 +213,7 @@ def test_presets_are_supported(scheme):
 
 
 def test_unknown_scheme_names_the_accepted_ones():
-    with pytest.raises(ValueError, match="'remy'.*remi, tsd, midilike, structured"):
+    with pytest.raises(ValueError, match="'remy'.*remi, tsd, midilike, structured, cpword, octuple.*mmm"):
         fastpath.make_tokenizer("remy")
 
 
@@ -248,3 +252,41 @@ def test_bench_reports_identical_ids(real_scores):
     assert result["unparseable"] == len(unparseable[:1])
     assert result["identical_fraction"] == 1.0
     assert result["miditok_ms_per_file"] > 0 and result["fast_ms_per_file"] > 0
+
+
+def test_octuple_clips_long_pieces_with_miditok_warning(real_scores):
+    """Past ``max_bar_embedding`` bars miditok clips the piece and warns (the stage rejects
+    on that warning): the fast path gives the clipped ids and the same warning."""
+    import warnings
+
+    tokenizer = miditok.Octuple(miditok.TokenizerConfig(max_bar_embedding=20))
+    fast = fastpath.FastTokenizer(tokenizer)
+    long = [(n, s) for n, s in real_scores if len(s.tracks) > 0][::10]
+    clipped = 0
+    for name, score in long:
+        with warnings.catch_warnings(record=True) as ref_warnings:
+            warnings.simplefilter("always")
+            expected = fastpath.miditok_ids(tokenizer.encode(score))
+        with warnings.catch_warnings(record=True) as fast_warnings:
+            warnings.simplefilter("always")
+            got = fast.encode_ids(score)
+        ref = [str(w.message) for w in ref_warnings if "cannot tokenize entirely" in str(w.message)]
+        assert [str(w.message) for w in fast_warnings if "cannot tokenize entirely" in str(w.message)] == ref, name
+        assert got == expected, name
+        clipped += bool(ref)
+    assert clipped > 0, "some real piece should pass 20 bars"
+    assert fast.fallbacks == 0
+
+
+MMM_CONFIGS = {
+    "tsd-tempos": {"base_tokenizer": "TSD", "use_tempos": True},
+    "midilike-no-timesigs": {"base_tokenizer": "MIDILike", "use_time_signatures": False, "use_tempos": True},
+    "remi-beat_res-vel8": {"base_tokenizer": "REMI", "beat_res": {(0, 2): 12, (2, 8): 4}, "num_velocities": 8},
+}
+
+
+@pytest.mark.parametrize("config_name", sorted(MMM_CONFIGS))
+def test_mmm_over_each_base_gives_miditok_ids(config_name, real_scores):
+    tokenizer = miditok.MMM(miditok.TokenizerConfig(**MMM_CONFIGS[config_name]))
+    assert fastpath.supports(tokenizer)
+    _assert_identical(tokenizer, SYNTHETIC[:60] + real_scores[::4])
