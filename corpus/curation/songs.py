@@ -48,8 +48,12 @@ songs twice (017 = 018, and 101 = 103 a fifth higher): the rule joins them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -67,6 +71,7 @@ NGRAM: Final = 4  # intervals per n-gram (five notes), repeated pitches merged
 TRACK_DIM: Final = 256  # retrieval only (verification is exact): half the piece vector's size
 MIN_TRACK_NGRAMS: Final = 16  # distinct n-grams for a track to carry identity
 CANDIDATE_K: Final = 16  # nearest tracks asked per track
+MATCH_MEMORY_LIMIT: Final = os.environ.get("MIDICORPUS_MATCH_MEMORY", "1GB")  # DuckDB's, verifying candidates
 CANDIDATE_FLOOR: Final = 0.3  # cosine below which a candidate is not verified nor stored
 DEFAULT_THRESHOLD: Final = 0.65  # containment
 MIN_SHARED: Final = 16  # distinct shared n-grams
@@ -327,7 +332,11 @@ def match_tracks_sql(
         }
     )
     con.register("track_candidates", cand)
+    spill = tempfile.mkdtemp(prefix="midicorpus-match-spill-")
     try:
+        # the joins and the window over millions of candidates (a first curate) spill past this
+        con.execute(f"SET memory_limit = '{MATCH_MEMORY_LIMIT}'")
+        con.execute(f"SET temp_directory = '{spill}'")
         got = con.execute(
             f"""
             WITH c AS (SELECT least(q, o) AS a, greatest(q, o) AS b, cosine, ord FROM track_candidates),
@@ -352,6 +361,10 @@ def match_tracks_sql(
         ).fetchall()
     finally:
         con.unregister("track_candidates")
+        for setting in ("memory_limit", "temp_directory"):
+            with contextlib.suppress(Exception):
+                con.execute(f"RESET {setting}")
+        shutil.rmtree(spill, ignore_errors=True)
     return [
         TrackMatch(str(a), int(ta), str(b), int(tb), float(c), int(sh), float(ct)) for a, ta, b, tb, c, sh, ct in got
     ]
