@@ -236,6 +236,9 @@ def curate(
     if s.analysed == 0 and s.signed == 0 and not s.melodies and _decision_current(lake, params, counts, s):
         s.decision_current = True
     else:
+        phase = getattr(progress, "phase", None)  # a Progress bar says what runs while nothing is counted
+        if phase is not None:
+            phase("deciding dedup clusters and song groups (near-duplicate and melody matches)")
         _recluster(lake, run_id, threshold, s, song_threshold)
         _write_decision(lake, params, counts, s)
     s.seconds = time.perf_counter() - t0

@@ -162,3 +162,22 @@ def test_nightly_delta_curates_decide_what_one_run_over_everything_decides(tmp_p
         0
     ]
     assert redecided < pieces
+
+
+def test_a_progress_bar_is_told_when_clusters_and_groups_are_decided(tmp_path: Path, data_dir: Path) -> None:
+    """The decision after the analysis counts nothing for minutes on a large lake: the bar says what runs."""
+    phases: list[str] = []
+
+    class Bar:
+        def __call__(self, summary: object) -> None:
+            pass
+
+        def phase(self, status: str) -> None:
+            phases.append(status)
+
+    lake = Lake(tmp_path / "lake")
+    with lake.lock("t"), Engine(workers=1) as e:
+        ingest(lake, DirSource(data_dir / "lakh" / "lmd_full", name="l"), e, IngestConfig())
+        curate(lake, e, progress=Bar())
+        curate(lake, e, progress=Bar())  # nothing new: nothing decided
+    assert phases == ["deciding dedup clusters and song groups (near-duplicate and melody matches)"]
