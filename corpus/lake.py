@@ -144,6 +144,7 @@ class Lake:
         self._lock_fh: Any = None
         self._lease: Any = None
         self._writer: Any = None  # the DuckDB connection of the lock holder, attached read-write
+        self._writer_spill: str | None = None  # its temp_directory (a folder of its own)
         self._raw_pending: dict[str, bytes] = {}
         self._catalog_arg = catalog or os.environ.get("MIDICORPUS_CATALOG") or None
         self._catalog_cache: str | None = None
@@ -582,6 +583,9 @@ class Lake:
         con = duckdb.connect()
         con.execute("SET threads TO 2")
         con.execute("SET enable_progress_bar = false")  # our own progress lines, not DuckDB's on stderr
+        # where the lock holder's queries spill (matching, maintain): its own folder, removed at close
+        self._writer_spill = tempfile.mkdtemp(prefix="midicorpus-spill-")
+        con.execute(f"SET temp_directory = {_q(self._writer_spill)}")
         try:
             self._attach(con, read_only=False)
             self._writer = con
@@ -589,6 +593,8 @@ class Lake:
         except BaseException:
             self._writer = None
             con.close()
+            shutil.rmtree(self._writer_spill, ignore_errors=True)
+            self._writer_spill = None
             raise
 
     def _close_writer(self) -> None:
@@ -598,6 +604,9 @@ class Lake:
             with contextlib.suppress(Exception):
                 con.execute("ROLLBACK")
             con.close()
+        spill, self._writer_spill = self._writer_spill, None
+        if spill:
+            shutil.rmtree(spill, ignore_errors=True)
 
     def _columns(self, con: Any) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
@@ -841,11 +850,9 @@ class Lake:
             ).fetchall()
             if int(r[0]) not in keep
         ]
-        spill = tempfile.mkdtemp(prefix="midicorpus-maintain-spill-")
         try:
-            # the rewrite of large token files spills to disk past this: memory bounded, not by the lake
+            # the rewrite of large token files spills to disk past this (the writer's temp_directory)
             con.execute(f"SET memory_limit = '{MAINTAIN_MEMORY_LIMIT}'")
-            con.execute(f"SET temp_directory = {_q(spill)}")
             con.execute("SET preserve_insertion_order = false")
             con.execute("CALL ducklake_rewrite_data_files('lake')")  # apply the deletes of replaced rows
             con.execute("CALL ducklake_merge_adjacent_files('lake')")
@@ -856,10 +863,9 @@ class Lake:
         except Exception as exc:  # noqa: BLE001 - DuckDB's and the catalog's errors; others pass through _cause/_failed
             raise LakeError(f"maintenance of {self.location!r} failed: {_cause(exc)}; the lake is as it was") from None
         finally:
-            for setting in ("memory_limit", "temp_directory", "preserve_insertion_order"):
+            for setting in ("memory_limit", "preserve_insertion_order"):
                 with contextlib.suppress(Exception):
                     con.execute(f"RESET {setting}")
-            shutil.rmtree(spill, ignore_errors=True)
         return {
             "files_before": before_files,
             "files_after": files(),

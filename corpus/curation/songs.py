@@ -52,8 +52,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -332,11 +330,10 @@ def match_tracks_sql(
         }
     )
     con.register("track_candidates", cand)
-    spill = tempfile.mkdtemp(prefix="midicorpus-match-spill-")
     try:
         # the joins and the window over millions of candidates (a first curate) spill past this
+        # (into the connection's temp_directory: the lock holder's is its own, see Lake._open_writer)
         con.execute(f"SET memory_limit = '{MATCH_MEMORY_LIMIT}'")
-        con.execute(f"SET temp_directory = '{spill}'")
         got = con.execute(
             f"""
             WITH c AS (SELECT least(q, o) AS a, greatest(q, o) AS b, cosine, ord FROM track_candidates),
@@ -361,10 +358,8 @@ def match_tracks_sql(
         ).fetchall()
     finally:
         con.unregister("track_candidates")
-        for setting in ("memory_limit", "temp_directory"):
-            with contextlib.suppress(Exception):
-                con.execute(f"RESET {setting}")
-        shutil.rmtree(spill, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            con.execute("RESET memory_limit")
     return [
         TrackMatch(str(a), int(ta), str(b), int(tb), float(c), int(sh), float(ct)) for a, ta, b, tb, c, sh, ct in got
     ]
