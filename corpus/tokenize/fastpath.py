@@ -735,21 +735,7 @@ class FastTokenizer:
         n = len(t)
         tpq = int(score.ticks_per_quarter)
         states = [(4, 4)] + [(num, den) for _, num, den in ts_list]
-        n_states = len(states)
-        tau = np.zeros(n_states, dtype=np.int64)
-        bar0 = np.zeros(n_states, dtype=np.int64)
-        per_bar = np.zeros(n_states, dtype=np.int64)
-        per_pos = np.zeros(n_states, dtype=np.int64)
-        ts_id = np.zeros(n_states, dtype=np.int64)
-        for k, (num, den) in enumerate(states):
-            ticks_bar, _, ticks_pos = _ticks_per_units(self.tokenizer, (num, den), tpq)
-            if ticks_bar <= 0 or ticks_pos <= 0:
-                raise _Fallback  # miditok divides by zero
-            per_bar[k], per_pos[k] = ticks_bar, ticks_pos
-            ts_id[k] = self._ts_id(num, den)
-            if k > 0:
-                tau[k] = ts_list[k - 1][0]
-                bar0[k] = bar0[k - 1] + (tau[k] - tau[k - 1]) // per_bar[k - 1]
+        tau, bar0, per_bar, per_pos, ts_id = self._state_arrays(self.tokenizer, states, ts_list, tpq)
 
         # Bar / position at the last time change (stream start: tick 0, bar 0, position 0).
         opens = stream_first.copy()
@@ -874,21 +860,11 @@ class FastTokenizer:
         first = (ts_list[0][1], ts_list[0][2]) if ts_list else (4, 4)
         return [first] + [(n, d) for _, n, d in ts_list]
 
-    def _bar_walk(self, t, sid, is_ts, stream_first, state, ts_list, tpq) -> dict[str, Any]:
-        """REMI's (and CPWord's) bar / position walk as arrays over time groups.
-
-        miditok walks the events with ``previous_tick``; an event opens a time group
-        when its time differs from ``previous_tick``, which a TimeSig event decrements
-        (so the event after a TimeSig always opens a group). At a group opening,
-        ``target - current_bar`` bars are added (``target = bar_at_last_ts +
-        (t - tick_at_last_ts) // ticks_per_bar``), then a Position relative to the tick
-        of the last inserted bar, unless the event is a TimeSig. Returns, per group
-        (``g``: index of the opening event), its state ``sg``, ``n_bars``, ``has_pos``
-        and the Position ids of the groups that have one, plus the TimeSig id per state.
-        """
-        tok = self.tokenizer
-        states = self._ts_states(ts_list)
-        # State arrays: tick/bar at the last TS change, ticks per bar/position, TS id.
+    def _state_arrays(
+        self, tok: Any, states: list[tuple[int, int]], ts_list: list[tuple[int, int, int]], tpq: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per time-signature state: the tick and bar where it starts, ticks per bar and per
+        position, and its TS token id (state 0 is the stream start, tick 0, bar 0)."""
         n_states = len(states)
         tau = np.zeros(n_states, dtype=np.int64)
         bar0 = np.zeros(n_states, dtype=np.int64)
@@ -904,6 +880,23 @@ class FastTokenizer:
             if k > 0:
                 tau[k] = ts_list[k - 1][0]
                 bar0[k] = bar0[k - 1] + (tau[k] - tau[k - 1]) // per_bar[k - 1]
+        return tau, bar0, per_bar, per_pos, ts_id
+
+    def _bar_walk(self, t, sid, is_ts, stream_first, state, ts_list, tpq) -> dict[str, Any]:
+        """REMI's (and CPWord's) bar / position walk as arrays over time groups.
+
+        miditok walks the events with ``previous_tick``; an event opens a time group
+        when its time differs from ``previous_tick``, which a TimeSig event decrements
+        (so the event after a TimeSig always opens a group). At a group opening,
+        ``target - current_bar`` bars are added (``target = bar_at_last_ts +
+        (t - tick_at_last_ts) // ticks_per_bar``), then a Position relative to the tick
+        of the last inserted bar, unless the event is a TimeSig. Returns, per group
+        (``g``: index of the opening event), its state ``sg``, ``n_bars``, ``has_pos``
+        and the Position ids of the groups that have one, plus the TimeSig id per state.
+        """
+        tok = self.tokenizer
+        states = self._ts_states(ts_list)
+        tau, bar0, per_bar, per_pos, ts_id = self._state_arrays(tok, states, ts_list, tpq)
 
         opens = stream_first.copy()
         opens[1:] |= (t[1:] != t[:-1]) | is_ts[:-1]
