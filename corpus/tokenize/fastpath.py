@@ -619,9 +619,13 @@ class FastTokenizer:
         for col, mask in zip(ids, masks, strict=True):
             out[cursor[mask]] = col[mask]
             cursor += mask
+        return self._per_stream(out, sid, counts, n_streams)
+
+    def _per_stream(self, out: np.ndarray, sid: np.ndarray, counts: np.ndarray, n_streams: int) -> Any:
+        """The ids as miditok returns them: one list, or one list per stream (``counts`` tokens
+        per event, events ordered by stream ``sid``)."""
         if (out < 0).any():
             raise _Fallback  # a token outside the vocabulary: miditok raises KeyError
-
         flat = out.tolist()
         if self._one_stream:
             return flat
@@ -842,14 +846,7 @@ class FastTokenizer:
             out[note_rows, cols["Duration"]] = note_ids[3][which]
         if self._use_programs:
             out[note_rows, cols["Program"]] = note_ids[0][which]
-        if (out < 0).any():
-            raise _Fallback  # a token outside the vocabulary: miditok raises KeyError
-
-        flat = out.tolist()
-        if self._one_stream:
-            return flat
-        ends = np.cumsum(np.bincount(sid, weights=counts, minlength=n_streams).astype(np.int64)).tolist()
-        return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        return self._per_stream(out, sid, counts, n_streams)
 
     @staticmethod
     def _ts_states(ts_list: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
