@@ -95,8 +95,8 @@ def song_beats(song_dir: Path, params: Any = None) -> list[tuple[tuple[int | Non
 
     p = params or chords.Params()
     score = symusic.Score(str(song_dir / f"{song_dir.name}.mid"))
-    bounds = chords.beat_bounds(score)
     start, end, pitch = chords.pitched_notes(score)
+    bounds = chords.beat_bounds(score, start)
     segs = chords.chords_from_notes(start, end, pitch, bounds, p)
     secs = chords.tick_seconds(score, np.array([[s.start, s.end] for s in segs]).reshape(-1))
     ours = [(s.root_pc, s.quality) for s in segs]
@@ -170,8 +170,8 @@ def m21_beats(path: Path) -> list[tuple[tuple[int | None, str], tuple[int | None
     from corpus.curation import chords
 
     score = symusic.Score(str(path))
-    bounds = chords.beat_bounds(score)
     start, end, pitch = chords.pitched_notes(score)
+    bounds = chords.beat_bounds(score, start)
     segs = chords.chords_from_notes(start, end, pitch, bounds)
     ch = music21.converter.parse(str(path)).chordify().flatten().getElementsByClass("Chord")
     offs = np.array([float(c.offset) for c in ch])

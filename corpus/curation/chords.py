@@ -70,19 +70,20 @@ ROOT_BASS_BONUS: Final = 0.05  # added to a chord whose root is the bass
 PRIOR: Final[dict[str, float]] = {
     "maj": 0.0,
     "min": 0.0,
-    "7": -0.04,
-    "min7": -0.04,
-    "maj7": -0.04,
-    "sus4": -0.08,
-    "sus2": -0.08,
-    "dim": -0.08,
-    "aug": -0.12,
-    "hdim7": -0.08,
-    "dim7": -0.12,
+    "7": -0.08,
+    "min7": -0.08,
+    "maj7": -0.08,
+    "sus4": -0.16,
+    "sus2": -0.16,
+    "dim": -0.16,
+    "aug": -0.24,
+    "hdim7": -0.16,
+    "dim7": -0.24,
 }
 N_SCORE: Final = 0.55  # the score of "no chord": a chord must match better
 MIN_PCS: Final = 2  # fewer distinct pitch classes (>= 5% of the beat's chroma) in a beat: N
 SWITCH_COST: Final = 0.12  # Viterbi cost of a change of label
+PHASE_BINS: Final = 48  # bins per beat of the onset phase histogram (beat_phase)
 
 MAJOR_STEPS: Final = ("I", "bII", "II", "bIII", "III", "IV", "#IV", "V", "bVI", "VI", "bVII", "VII")
 MINOR_STEPS: Final = ("I", "bII", "II", "III", "#III", "IV", "#IV", "V", "VI", "#VI", "VII", "#VII")
@@ -117,11 +118,36 @@ class Segment:
 
 
 # ------------------------------------------------------------------------------ the grid
-def beat_bounds(score: symusic.Score) -> np.ndarray:
+def beat_phase(onsets: np.ndarray, length: int, bins: int = PHASE_BINS) -> int:
+    """The offset (ticks, ``0 <= offset < length``) of the beat grid that most onsets fall on.
+
+    Files whose notes were entered on the grid give 0. Recorded files with a constant tempo can
+    have every beat shifted (POP909: notes on the grid, but the grid starts 0.6 beat early): the
+    onsets are folded onto one beat (``bins`` bins, smoothed 1-2-1 circularly) and the fullest bin
+    wins; the offset is the mean phase of the onsets within a bin of it. A peak within one bin of
+    0 keeps the grid as written.
+    """
+    if len(onsets) == 0 or length <= 1:
+        return 0
+    ph = (np.asarray(onsets, dtype=np.int64) % length) / length
+    h = np.bincount(np.minimum((ph * bins).astype(np.int64), bins - 1), minlength=bins).astype(np.float64)
+    h = 2 * h + np.roll(h, 1) + np.roll(h, -1)
+    peak = int(h.argmax())
+    if peak <= 1 or peak >= bins - 1:
+        return 0
+    d = ph - (peak + 0.5) / bins
+    near = np.abs(d) <= 1.5 / bins
+    off = (peak + 0.5) / bins + float(d[near].mean()) if near.any() else (peak + 0.5) / bins
+    return int(round(off * length)) % length
+
+
+def beat_bounds(score: symusic.Score, onsets: np.ndarray | None = None) -> np.ndarray:
     """Beat boundaries in ticks (beats + 1 values) up to the end of the last note.
 
     A beat is ``4 / denominator`` quarters, or three of them in compound meters (6/8, 9/8,
     12/8, 6/16...); a time signature restarts the grid where it falls. 4/4 before the first.
+    With ``onsets`` (ticks of the pitched notes), each stretch of one time signature is shifted
+    by :func:`beat_phase` of its onsets (a partial beat then opens the stretch).
     """
     tpq = score.tpq
     stop = int(score.end())
@@ -144,7 +170,13 @@ def beat_bounds(score: symusic.Score) -> np.ndarray:
         if den >= 8 and num % 3 == 0 and num > 3:
             unit *= 3
         length = max(1, round(unit))
-        out.append(np.arange(t0, t1, length, dtype=np.int64))
+        shift = 0
+        if onsets is not None:
+            on = onsets[(onsets >= t0) & (onsets < t1)]
+            shift = beat_phase(on - t0, length)
+        out.append(np.arange(t0 + shift, t1, length, dtype=np.int64))
+        if shift:
+            out.append(np.array([t0], dtype=np.int64))
     if not out:
         return np.zeros(0, dtype=np.int64)
     starts = np.unique(np.concatenate(out))
@@ -373,8 +405,8 @@ def piece_chords(
     score: symusic.Score, piece_id: str, tonic_pc: int | None, mode: str | None, params: Params = Params()
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The ``chords`` rows of a piece (one per harmonic change) and its summary columns."""
-    bounds = beat_bounds(score)
     start, end, pitch = pitched_notes(score)
+    bounds = beat_bounds(score, start)
     segs = chords_from_notes(start, end, pitch, bounds, params) if len(bounds) > 1 else []
     secs = tick_seconds(score, np.array([[s.start, s.end] for s in segs]).reshape(-1)) if segs else []
     rows = []
