@@ -84,6 +84,7 @@ N_SCORE: Final = 0.55  # the score of "no chord": a chord must match better
 MIN_PCS: Final = 2  # fewer distinct pitch classes (>= 5% of the beat's chroma) in a beat: N
 SWITCH_COST: Final = 0.12  # Viterbi cost of a change of label
 PHASE_BINS: Final = 48  # bins per beat of the onset phase histogram (beat_phase)
+PHASE_DOMINANCE: Final = 2.0  # a shifted grid needs this many times the onsets of the written one
 
 MAJOR_STEPS: Final = ("I", "bII", "II", "bIII", "III", "IV", "#IV", "V", "bVI", "VI", "bVII", "VII")
 MINOR_STEPS: Final = ("I", "bII", "II", "III", "#III", "IV", "#IV", "V", "VI", "#VI", "VII", "#VII")
@@ -125,7 +126,8 @@ def beat_phase(onsets: np.ndarray, length: int, bins: int = PHASE_BINS) -> int:
     have every beat shifted (POP909: notes on the grid, but the grid starts 0.6 beat early): the
     onsets are folded onto one beat (``bins`` bins, smoothed 1-2-1 circularly) and the fullest bin
     wins; the offset is the mean phase of the onsets within a bin of it. A peak within one bin of
-    0 keeps the grid as written.
+    0, or not ``PHASE_DOMINANCE`` times fuller than the bin at 0, keeps the grid as written
+    (in music entered on the grid the beat is at least as full as any subdivision).
     """
     if len(onsets) == 0 or length <= 1:
         return 0
@@ -133,7 +135,7 @@ def beat_phase(onsets: np.ndarray, length: int, bins: int = PHASE_BINS) -> int:
     h = np.bincount(np.minimum((ph * bins).astype(np.int64), bins - 1), minlength=bins).astype(np.float64)
     h = 2 * h + np.roll(h, 1) + np.roll(h, -1)
     peak = int(h.argmax())
-    if peak <= 1 or peak >= bins - 1:
+    if peak <= 1 or peak >= bins - 1 or h[peak] < PHASE_DOMINANCE * h[0]:
         return 0
     d = ph - (peak + 0.5) / bins
     near = np.abs(d) <= 1.5 / bins
