@@ -721,6 +721,7 @@ USER_VIEWS = (
     "song_groups",
     "song_matches",
     "track_signatures",
+    "chords",
     "tokens",
     "tokenizers",
     "snapshots",

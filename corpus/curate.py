@@ -4,7 +4,9 @@ Per piece (in the engine's workers): texture measures per track and per piece
 (:mod:`corpus.curation.texture`), the key from a duration-weighted pitch-class histogram
 (:mod:`corpus.curation.key`), windowed keys, the declared key signature, and the dedup
 signature (content hashes and the near-duplicate vector, :mod:`corpus.curation.dedup`).
-These rows are appended once per piece (``piece_analysis``, ``track_texture``).
+These rows are appended once per piece (``piece_analysis``, ``track_texture``); the chord
+labels per harmonic change (:mod:`corpus.curation.chords`) go to ``chords``, their per-piece
+summary (``chord_progression``, ``chord_change_rate``) to ``piece_analysis``.
 
 Then, over the whole lake (in the driver): pieces join duplicate clusters by content hash,
 transposition-invariant hash, near-duplicate vectors above the threshold (faiss), and the
@@ -107,12 +109,13 @@ def _check_key_backend(key_backend: str) -> str:
 def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict[str, Any]:
     """Everything curate measures on one piece (a pure function of its bytes and the key backend).
 
-    Returns ``{"row": piece_analysis row, "tracks": track_texture rows, "track_signatures": rows}``, plus
+    Returns ``{"row": piece_analysis row, "tracks": track_texture rows, "track_signatures": rows,
+    "chords": chords rows}``, plus
     ``"key_fallback": message`` when the music21 backend raised and our key was used instead.
     """
     import symusic
 
-    from corpus.curation import dedup, key, songs, texture
+    from corpus.curation import chords, dedup, key, songs, texture
     from corpus.parse import smf_bytes
 
     _check_key_backend(key_backend)
@@ -171,7 +174,9 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
         }
         for t in track_tex
     ]
-    out: dict[str, Any] = {"row": row, "tracks": tracks, "track_signatures": track_sigs}
+    chord_rows, chord_summary = chords.piece_chords(score, piece_id, row["key_tonic_pc"], row["key_mode"])
+    row.update(chord_summary)
+    out: dict[str, Any] = {"row": row, "tracks": tracks, "track_signatures": track_sigs, "chords": chord_rows}
     if fallback is not None:
         out["key_fallback"] = fallback
     return out
@@ -325,6 +330,7 @@ def _analyse_pending(
     rows: list[dict[str, Any]] = []
     tracks: list[dict[str, Any]] = []
     sigs: list[dict[str, Any]] = []
+    chord_rows: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
 
     def flush() -> None:
@@ -334,11 +340,13 @@ def _analyse_pending(
             tx.write("piece_analysis", rows)
             tx.write("track_texture", tracks)
             tx.write("track_signatures", sigs)
+            tx.write("chords", chord_rows)
             if rejects:
                 tx.write("rejects", rejects, {"stage": "curate"})
         rows.clear()
         tracks.clear()
         sigs.clear()
+        chord_rows.clear()
         rejects.clear()
 
     chunks = (todo[i : i + batch_size] for i in range(0, len(todo), batch_size))
@@ -353,6 +361,7 @@ def _analyse_pending(
                 rows.append(out[1]["row"])
                 tracks.extend(out[1]["tracks"])
                 sigs.extend(out[1]["track_signatures"])
+                chord_rows.extend(out[1]["chords"])
                 s.analysed += 1
                 if "key_fallback" in out[1]:
                     s.key_fallbacks += 1

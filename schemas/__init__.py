@@ -113,6 +113,11 @@ TABLES: dict[str, pa.Schema] = {
             ("content_hash_transposed", pa.string()),
             ("dedup_vector", pa.list_(pa.float32())),
             ("curate_version", pa.string()),
+            # chord summary (corpus.curation.chords)
+            ("chord_rule", pa.string()),  # chords-v1
+            ("chord_change_rate", pa.float64()),  # changes of chord label per beat
+            ("chord_progression", pa.string()),  # most frequent 4 consecutive degrees, e.g. I-V-vi-IV
+            ("chord_progression_count", pa.int32()),
         ]
     ),
     "track_texture": pa.schema(
@@ -124,6 +129,27 @@ TABLES: dict[str, pa.Schema] = {
             ("max_onset_polyphony", pa.int32()),
             ("share_poly", pa.float64()),
             ("is_monophonic_v1", pa.bool_()),
+        ]
+    ),
+    # curate (corpus.curation.chords): one row per harmonic change (equal consecutive beats merged)
+    "chords": pa.schema(
+        [
+            ("piece_id", pa.string()),
+            ("chord_index", pa.int32()),  # 0, 1, ... in time order
+            ("start_beat", pa.int32()),  # index of its first beat on the piece's beat grid
+            ("n_beats", pa.int32()),
+            ("start_tick", pa.int64()),
+            ("end_tick", pa.int64()),
+            ("start_s", pa.float64()),
+            ("end_s", pa.float64()),
+            ("root_pc", pa.int32()),  # 0 = C; NULL for N
+            ("root", pa.string()),  # C, C#, D, Eb, ...
+            ("quality", pa.string()),  # maj min dim aug sus2 sus4 maj7 min7 7 dim7 hdim7, or N
+            ("bass_pc", pa.int32()),  # lowest sounding pitch class
+            ("label", pa.string()),  # C:maj, A:min7/G, N
+            ("degree", pa.string()),  # Roman numeral in the piece's key, no seventh: I, vi, bVII, viio
+            ("roman", pa.string()),  # with the seventh: V7, IVmaj7, ii7, viih7
+            ("score", pa.float64()),  # template match (cosine + bass bonus + prior), mean over its beats
         ]
     ),
     # every curate run writes the complete cluster assignment; views read the latest run
@@ -303,6 +329,7 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
     "piece_facts": (),
     "piece_analysis": (),
     "track_texture": (),
+    "chords": (),
     "dedup": (),
     "dedup_pairs": (),
     "track_signatures": (),

@@ -65,14 +65,15 @@ MAJOR_THIRD: Final = frozenset({"maj", "aug", "7", "maj7", "sus2", "sus4"})
 
 # parameters (chosen on the odd-numbered POP909 songs; see the module docstring)
 BASS_MIN_SHARE: Final = 0.25  # a note sounds this share of the beat to count as the bass
-BASS_WEIGHT: Final = 0.5  # added to the bass pitch class, as a share of the beat's chroma
-ROOT_BASS_BONUS: Final = 0.05  # added to a chord whose root is the bass
+BASS_WEIGHT: Final = 0.0  # added to the bass pitch class, as a share of the beat's chroma
+ROOT_BASS_BONUS: Final = 0.1  # added to a chord whose root is the bass
+BASS_TONE_BONUS: Final = 0.1  # added to a chord that has the bass among its tones
 PRIOR: Final[dict[str, float]] = {
     "maj": 0.0,
     "min": 0.0,
-    "7": -0.08,
-    "min7": -0.08,
-    "maj7": -0.08,
+    "7": -0.04,
+    "min7": -0.04,
+    "maj7": -0.04,
     "sus4": -0.16,
     "sus2": -0.16,
     "dim": -0.16,
@@ -80,6 +81,8 @@ PRIOR: Final[dict[str, float]] = {
     "hdim7": -0.16,
     "dim7": -0.24,
 }
+MISSING_SHARE: Final = 0.02  # a chord tone under this share of the beat's chroma is missing
+MISSING_COST: Final = 0.05  # subtracted per missing chord tone
 N_SCORE: Final = 0.55  # the score of "no chord": a chord must match better
 MIN_PCS: Final = 2  # fewer distinct pitch classes (>= 5% of the beat's chroma) in a beat: N
 SWITCH_COST: Final = 0.12  # Viterbi cost of a change of label
@@ -102,6 +105,8 @@ class Params:
     min_pcs: int = MIN_PCS
     switch_cost: float = SWITCH_COST
     prior_scale: float = 1.0
+    missing_cost: float = MISSING_COST
+    bass_tone_bonus: float = BASS_TONE_BONUS
 
 
 @dataclass(frozen=True)
@@ -251,6 +256,7 @@ def _templates() -> tuple[np.ndarray, list[tuple[int, str]]]:
 TEMPLATES, STATES = _templates()
 _ROOTS = np.array([r for r, _ in STATES])
 _PRIORS = np.array([PRIOR[q] for _, q in STATES])
+_TONES = (TEMPLATES > 0).astype(np.float64)  # states x 12: the chord tones
 
 
 def beat_scores(chroma: np.ndarray, bass: np.ndarray, params: Params = Params()) -> np.ndarray:
@@ -265,7 +271,12 @@ def beat_scores(chroma: np.ndarray, bass: np.ndarray, params: Params = Params())
     norm = np.linalg.norm(c, axis=1)
     c = c / np.where(norm > 0, norm, 1.0)[:, None]
     s = c @ TEMPLATES.T + params.prior_scale * _PRIORS[None, :]
+    if params.missing_cost:
+        absent = (chroma / np.where(total > 0, total, 1.0)[:, None]) < MISSING_SHARE
+        s -= params.missing_cost * (absent.astype(np.float64) @ _TONES.T)
     s += params.root_bass_bonus * ((bass[:, None] % 12) == _ROOTS[None, :]) * has_bass[:, None]
+    if params.bass_tone_bonus:
+        s += params.bass_tone_bonus * _TONES.T[bass % 12] * has_bass[:, None]
     n_pcs = ((chroma / np.where(total > 0, total, 1.0)[:, None]) >= 0.05).sum(axis=1)
     empty = n_pcs < params.min_pcs
     s[empty] = -1.0
