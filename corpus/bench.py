@@ -702,7 +702,7 @@ def format_table(r: dict[str, Any]) -> str:
             st["curate_piece"]["pieces"],
             _f(st["curate_piece"]["files_per_s"]),
             _f(st["curate_piece"]["median_ms"], ".3f"),
-            "texture+key+windows+dedup sig",
+            "texture+key+windows+dedup sig+chords",
         ),
         (
             "key vs music21",

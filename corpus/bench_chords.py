@@ -43,7 +43,15 @@ Echo = Callable[[str], None]
 ROOTS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 MAJ_LIKE = {"maj", "7", "maj7", "maj6", "9", "maj9", "13", "11"}
 MIN_LIKE = {"min", "min7", "min6", "minmaj7", "min9", "min11"}
-TO_VOCAB = {"maj6": "maj", "min6": "min", "minmaj7": "min", "sus4(b7)": "sus4", "9": "7", "maj9": "maj7", "min9": "min7"}
+TO_VOCAB = {
+    "maj6": "maj",
+    "min6": "min",
+    "minmaj7": "min",
+    "sus4(b7)": "sus4",
+    "9": "7",
+    "maj9": "maj7",
+    "min9": "min7",
+}
 OURS_MAJMIN = {"maj": "maj", "7": "maj", "maj7": "maj", "min": "min", "min7": "min"}
 M21_CLASS = {"maj": "major", "7": "major", "maj7": "major", "min": "minor", "min7": "minor"}
 M21_CLASS.update({"dim": "diminished", "dim7": "diminished", "hdim7": "diminished", "aug": "augmented"})

@@ -133,7 +133,9 @@ def test_harte_labels_and_majmin_scoring() -> None:
     assert got["root"] == 1.0 and got["vocab"] == 0.25
 
 
-def test_pieces_whose_most_common_progression_is_i_v_vi_iv(tmp_path: Path, data_dir: Path, arrangements_dir: Path) -> None:
+def test_pieces_whose_most_common_progression_is_i_v_vi_iv(
+    tmp_path: Path, data_dir: Path, arrangements_dir: Path
+) -> None:
     from corpus.curate import curate
     from corpus.engine import Engine
     from corpus.ingest import IngestConfig, ingest
@@ -145,9 +147,7 @@ def test_pieces_whose_most_common_progression_is_i_v_vi_iv(tmp_path: Path, data_
     # the loops end on a cadence: a bare I-V-vi-IV loop is as much in the key of IV to a key profile
     cadence = [(2, "min"), (7, "7"), (0, "maj")]
     _score(LOOP * 4 + cadence, tonic=0).dump_midi(src / "loop_c.mid")
-    _score(LOOP * 3 + cadence, tonic=2, inversion=True, drums=True).dump_midi(
-        src / "loop_d.mid"
-    )
+    _score(LOOP * 3 + cadence, tonic=2, inversion=True, drums=True).dump_midi(src / "loop_d.mid")
     _score([(0, "maj"), (5, "maj"), (7, "maj"), (0, "maj")] * 4, tonic=7).dump_midi(src / "cadence_g.mid")
     _score([LOOP[2], LOOP[3], LOOP[0], LOOP[1]] * 4 + cadence, tonic=0).dump_midi(src / "rotated.mid")  # vi-IV-I-V
     for n in ("002", "004"):  # POP909 songs whose human labels' most common progression is another
