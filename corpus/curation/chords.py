@@ -260,28 +260,34 @@ _TONES = (TEMPLATES > 0).astype(np.float64)  # states x 12: the chord tones
 
 
 def beat_scores(chroma: np.ndarray, bass: np.ndarray, params: Params = Params()) -> np.ndarray:
-    """Score of every (root, quality) state per beat, plus N as the last column (beats x 133)."""
+    """Score of every (root, quality) state per beat, plus N as the last column (beats x 133).
+
+    cosine(chroma, template) - missing_cost * missing chord tones + prior + bass terms, as one
+    matrix product (chroma and "tone missing" flags x weights) and one row gather (bass terms).
+    """
     n = len(chroma)
+    if n == 0:
+        return np.zeros((0, len(STATES) + 1))
     total = chroma.sum(axis=1)
-    c = chroma / np.where(total > 0, total, 1.0)[:, None]
+    share = chroma / np.where(total > 0, total, 1.0)[:, None]
     has_bass = bass >= 0
+    c = share
     if params.bass_weight:
-        c = c.copy()
+        c = share.copy()
         c[np.flatnonzero(has_bass), bass[has_bass] % 12] += params.bass_weight
     norm = np.linalg.norm(c, axis=1)
-    c = c / np.where(norm > 0, norm, 1.0)[:, None]
-    s = c @ TEMPLATES.T + params.prior_scale * _PRIORS[None, :]
-    if params.missing_cost:
-        absent = (chroma / np.where(total > 0, total, 1.0)[:, None]) < MISSING_SHARE
-        s -= params.missing_cost * (absent.astype(np.float64) @ _TONES.T)
-    s += params.root_bass_bonus * ((bass[:, None] % 12) == _ROOTS[None, :]) * has_bass[:, None]
-    if params.bass_tone_bonus:
-        s += params.bass_tone_bonus * _TONES.T[bass % 12] * has_bass[:, None]
-    n_pcs = ((chroma / np.where(total > 0, total, 1.0)[:, None]) >= 0.05).sum(axis=1)
-    empty = n_pcs < params.min_pcs
+    feats = np.concatenate([c / np.where(norm > 0, norm, 1.0)[:, None], share < MISSING_SHARE], axis=1)
+    weights = np.concatenate([TEMPLATES.T, -params.missing_cost * _TONES.T])  # 24 x states
+    # per bass pitch class (row 12: no bass): root = bass, bass among the tones, and the priors
+    bass_terms = np.zeros((13, len(STATES)))
+    bass_terms[:12] = params.root_bass_bonus * (np.arange(12)[:, None] == _ROOTS[None, :])
+    bass_terms[:12] += params.bass_tone_bonus * _TONES.T
+    bass_terms += params.prior_scale * _PRIORS[None, :]
+    # einsum, not @: a small product, where BLAS threads cost 100x on a loaded machine
+    s = np.einsum("bk,ks->bs", feats, weights) + bass_terms[np.where(has_bass, bass % 12, 12)]
+    empty = (share >= 0.05).sum(axis=1) < params.min_pcs
     s[empty] = -1.0
-    n_col = np.where(empty, 1.0, params.n_score)
-    return np.concatenate([s, n_col[:, None]], axis=1) if n else np.zeros((0, len(STATES) + 1))
+    return np.concatenate([s, np.where(empty, 1.0, params.n_score)[:, None]], axis=1)
 
 
 def viterbi(scores: np.ndarray, switch_cost: float) -> np.ndarray:
