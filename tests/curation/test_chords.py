@@ -173,3 +173,21 @@ def test_pieces_whose_most_common_progression_is_i_v_vi_iv(
     assert [h[0] for h in hits] == ["loop_c.mid", "loop_d.mid"]
     assert labels == " ".join(["C:maj G:maj A:min F:maj"] * 4 + ["D:min G:7 C:maj"])
     assert n_pieces == 6
+
+
+def test_bench_chords_without_arrangements_is_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "data").mkdir()
+    r = subprocess.run(
+        [sys.executable, "-m", "corpus.cli", "bench", "--chords", "--files", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(repo)),
+        timeout=120,
+    )
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "--chords needs the POP909 arrangements" in r.stderr and len(r.stderr.strip().splitlines()) == 1
