@@ -5,6 +5,9 @@ by result), with labels that are independent of what the estimators look at:
 
 * ``pop909``: ``../shared/arrangements/NNN/NNN.mid`` with the human key labels annotated from
   the *audio* (``key_audio.txt``); songs whose labels name one key only. Tuning half: even NNN.
+* ``pop909_versions``: the earlier arrangements of the same songs (``versions/NNN-vK.mid``), same
+  labels, the half of their song; not used for tuning (evaluation only: more pop arrangements,
+  not more songs).
 * ``goldberg``: the 30 Mutopia files of Bach's Goldberg Variations (``mutopia/ftp/BachJS/BWV988``),
   variation number from the RDF title ("Goldberg Variations - 15"); the label is the published
   key of the work, G major, except variations 15, 21 and 25 in G minor (BWV 988). Tuning half:
@@ -31,7 +34,8 @@ import numpy as np
 from corpus.curation.key import KeyEstimate, Mode, estimate_key_from_weights, note_weights, pc_name_to_pc
 
 Half = Literal["tune", "held"]
-SETS: Final = ("pop909", "goldberg", "chorales")
+SETS: Final = ("pop909", "pop909_versions", "goldberg", "chorales")
+TUNE_SETS: Final = ("pop909", "goldberg", "chorales")  # the sets whose tuning halves set the weights
 GOLDBERG_MINOR: Final = frozenset({15, 21, 25})  # BWV 988: these variations are in G minor
 
 
@@ -74,8 +78,13 @@ def _reader(path: Path) -> Callable[[], bytes]:
     return lambda: path.read_bytes()
 
 
-def pop909_set(arrangements: str | Path) -> list[LabelledPiece]:
-    """Songs with one key in ``key_audio.txt`` (see the module docstring)."""
+def pop909_set(arrangements: str | Path, *, versions: bool = False) -> list[LabelledPiece]:
+    """Songs with one key in ``key_audio.txt`` (see the module docstring).
+
+    ``versions=True``: instead the earlier arrangements of those songs (``versions/NNN-vK.mid``,
+    same melody and key, accompaniment arranged again), as the set ``pop909_versions`` with the
+    half of their song.
+    """
     out: list[LabelledPiece] = []
     for d in sorted(Path(arrangements).iterdir()):
         lab, mid = d / "key_audio.txt", d / f"{d.name}.mid"
@@ -86,7 +95,11 @@ def pop909_set(arrangements: str | Path) -> list[LabelledPiece]:
             continue
         pc, mode = keys.pop()
         half: Half = "tune" if int(d.name) % 2 == 0 else "held"
-        out.append(LabelledPiece("pop909", d.name, half, pc, mode, _reader(mid)))
+        if not versions:
+            out.append(LabelledPiece("pop909", d.name, half, pc, mode, _reader(mid)))
+            continue
+        for v in sorted((d / "versions").glob(f"{d.name}-v*.mid")):
+            out.append(LabelledPiece("pop909_versions", v.stem, half, pc, mode, _reader(v)))
     return out
 
 
@@ -155,6 +168,7 @@ def labelled_sets(
     out: list[LabelledPiece] = []
     if arrangements is not None and Path(arrangements).is_dir():
         out += pop909_set(arrangements)
+        out += pop909_set(arrangements, versions=True)
     if data is not None and Path(data).is_dir():
         out += goldberg_set(data)
     if chorales:
@@ -271,7 +285,7 @@ def tune_weights(scored: Sequence[Scored], grid: dict[str, tuple[float, ...]] = 
 
     from corpus.curation.key_evidence import EVIDENCE, KeyWeights
 
-    tune = [s for s in scored if s.piece.half == "tune" and s.evidence is not None]
+    tune = [s for s in scored if s.piece.half == "tune" and s.evidence is not None and s.piece.set in TUNE_SETS]
     sets = sorted({s.piece.set for s in tune})
     table = _mirex_table()
     mats, refs = {}, {}

@@ -127,6 +127,12 @@ def test_labelled_sets_and_halves(data_dir: Path, arrangements_dir: Path) -> Non
     assert all(p.half == ("tune" if int(p.id) % 2 == 0 else "held") for p in pop)
     first = next(p for p in pop if p.id == "001")
     assert (first.tonic_pc, first.mode) == (6, "major")  # 001/key_audio.txt: Gb:maj
+    versions = key_labels.pop909_set(arrangements_dir, versions=True)
+    songs = {p.id: p for p in pop}
+    assert len(versions) > 2 * len(pop) and {v.set for v in versions} == {"pop909_versions"}
+    for v in versions:  # an earlier arrangement: its song's label and half
+        song = songs[v.id.split("-")[0]]
+        assert (v.tonic_pc, v.mode, v.half) == (song.tonic_pc, song.mode, song.half)
     gold = key_labels.goldberg_set(data_dir)
     assert len(gold) == 30
     assert {p.id for p in gold if p.mode == "minor"} == {"var15", "var21", "var25"}
