@@ -156,3 +156,14 @@ def test_accuracy_floors_on_a_subset(data_dir: Path, arrangements_dir: Path) -> 
     assert {(r["set"], r["half"]) for r in table} == {
         (s, h) for s in ("pop909", "goldberg") for h in ("tune", "held", "all")
     }
+
+
+@pytest.mark.slow
+def test_default_weights_are_the_tuned_ones(data_dir: Path, arrangements_dir: Path) -> None:
+    """DEFAULT_WEIGHTS is what tune_weights picks on the tuning halves (chorales need music21: ~30 s)."""
+    from corpus.curation.key_evidence import DEFAULT_WEIGHTS
+
+    pieces = [p for p in key_labels.labelled_sets(data_dir, arrangements_dir) if p.half == "tune"]
+    weights, value = key_labels.tune_weights(key_labels.score_pieces(pieces))
+    assert weights == DEFAULT_WEIGHTS
+    assert value > 0.95
