@@ -635,6 +635,13 @@ def cmd_bench(ctx: Ctx) -> int:
     workers = ctx.args.workers or 2
     if a.lakehouse is not None:
         return _bench_lakehouse(a, files, workers)
+    if a.key_accuracy:
+        arr = files.parent / "arrangements"
+        acc = bench.bench_key_accuracy(files, arr if arr.is_dir() else None)
+        print(bench.format_key_accuracy(acc))
+        if a.out:
+            Path(a.out).write_text(json.dumps({"key_accuracy": acc}, indent=2, default=str) + "\n")
+        return 0
     arrangements = files.parent / "arrangements"
     if a.chords:
         return _bench_chords(a, arrangements, files)
@@ -1204,6 +1211,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--scale", action="store_true", help="also the synthetic 2k/5k/20k scale run and the 20k lakehouse table (long)"
+    )
+    b.add_argument(
+        "--key-accuracy",
+        action="store_true",
+        help="only the key accuracy table against human labels (pop909, goldberg, chorales; about 20 s)",
     )
     b.add_argument(
         "--lakehouse",

@@ -14,12 +14,16 @@ same Lakh md5 (an LPD piece and the MIDI it came from). Every curate run writes 
 assignment as a new version of ``dedup``; the ``features`` view shows the latest. The
 faiss index is saved under ``index/neardup`` for ``midicorpus similar``.
 
-Key backend (``key_backend``): ``"ours"`` (default) is :func:`corpus.curation.key.estimate_key`,
-the fast emulation of music21; ``"music21"`` runs music21's own ``analyze('key')``
-(:func:`corpus.curation.key.estimate_key_music21`, about 2.5 s per file) for the whole-piece key
-(``key_tonic``, ``key_tonic_pc``, ``key_mode``, ``key_correlation``, ``key_confidence``). The
-windowed keys and ``key_krumhansl`` always come from ours. The backend that produced the key is
-the row's ``key_backend`` (NULL when the piece has no key); when music21 raises on a piece, ours
+The whole-piece key (``key_tonic``, ``key_tonic_pc``, ``key_mode``, ``key_correlation``,
+``key_confidence``, ``key_profile`` = ``evidence-v1``) is the default estimate of
+:mod:`corpus.curation.key_evidence` (histogram, bass, first and last harmony, agreeing key
+signature, sections); transposition (``--transpose normalize``) follows it. music21's estimate is
+kept beside it in ``key_music21_*``. Key backend (``key_backend``), for those columns: ``"ours"``
+(default) is :func:`corpus.curation.key.estimate_key`, the fast emulation of music21;
+``"music21"`` runs music21's own ``analyze('key')``
+(:func:`corpus.curation.key.estimate_key_music21`, about 2.5 s per file). The windowed keys,
+``key_krumhansl`` and the default key always come from ours. The backend that produced
+``key_music21_*`` is the row's ``key_backend`` (NULL when the piece has no key); when music21 raises on a piece, ours
 is used for it and recorded as such (counted in ``CurateSummary.key_fallbacks``). The backend
 applies to the pieces analysed in that run: already curated pieces are not analysed again.
 
@@ -115,26 +119,28 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
     """
     import symusic
 
-    from corpus.curation import chords, dedup, key, songs, texture
+    from corpus.curation import chords, dedup, key, key_evidence, songs, texture
     from corpus.parse import smf_bytes
 
     _check_key_backend(key_backend)
     smf = smf_bytes(data)  # checked at ingest
     score = symusic.Score.from_midi(smf)
     piece_tex, track_tex = texture.piece_texture(score)
-    pitches, _, weights = key.note_weights(score)  # once, for both profiles
-    est = key.estimate_key_from_weights(pitches, weights, KEY_PROFILE)
-    backend = "ours" if est is not None else None
+    pitches, _, weights = key.note_weights(score)  # once, for all the estimates
+    m21 = key.estimate_key_from_weights(pitches, weights, KEY_PROFILE)
+    backend = "ours" if m21 is not None else None
     fallback = None
-    if est is not None and key_backend == "music21":
+    if m21 is not None and key_backend == "music21":
         try:
-            est = key.estimate_key_music21(smf, KEY_PROFILE)
+            m21 = key.estimate_key_music21(smf, KEY_PROFILE)
             backend = "music21"
         except Exception as exc:  # noqa: BLE001 - music21 refuses some files symusic reads; ours is kept
             fallback = f"{type(exc).__name__}: {exc}"
-    alt = key.estimate_key_from_weights(pitches, weights, "krumhansl") if est is not None else None
+    alt = key.estimate_key_from_weights(pitches, weights, "krumhansl") if m21 is not None else None
     declared = key.declared_key(score)
-    windows = key.windowed_keys(score, WINDOW_BARS, KEY_PROFILE) if est is not None else []
+    windows = key.windowed_keys(score, WINDOW_BARS, KEY_PROFILE) if m21 is not None else []
+    ev = key_evidence.key_evidence(score, weights_cache=(pitches, weights), windows=windows) if m21 else None
+    est = key_evidence.key_from_evidence(ev) if ev is not None else None
     sig = dedup.signature(score)
     track_sigs = songs.track_signatures(score, piece_id)
     row = {
@@ -151,7 +157,12 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
         "key_mode": est.mode if est else None,
         "key_correlation": est.correlation if est else None,
         "key_confidence": est.confidence if est else None,
-        "key_profile": KEY_PROFILE if est else None,
+        "key_profile": key_evidence.KEY_METHOD if est else None,
+        "key_music21_tonic": m21.tonic if m21 else None,
+        "key_music21_tonic_pc": m21.tonic_pc if m21 else None,
+        "key_music21_mode": m21.mode if m21 else None,
+        "key_music21_correlation": m21.correlation if m21 else None,
+        "key_music21_confidence": m21.confidence if m21 else None,
         "key_backend": backend,
         "key_krumhansl": alt.name if alt else None,
         "key_declared": f"{declared.tonic} {declared.mode}" if declared else None,

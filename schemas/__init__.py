@@ -98,13 +98,21 @@ TABLES: dict[str, pa.Schema] = {
             ("max_onset_polyphony", pa.int32()),
             ("share_poly", pa.float64()),
             ("n_monophonic_tracks", pa.int32()),
+            # the default key (corpus.curation.key_evidence: histogram + bass + final/first harmony
+            # + agreeing key signature + sections)
             ("key_tonic", pa.string()),
             ("key_tonic_pc", pa.int32()),
             ("key_mode", pa.string()),
-            ("key_correlation", pa.float64()),
-            ("key_confidence", pa.float64()),  # correlation margin to the runner-up key
-            ("key_profile", pa.string()),
-            ("key_backend", pa.string()),  # ours / music21
+            ("key_correlation", pa.float64()),  # the histogram's Pearson r for that key
+            ("key_confidence", pa.float64()),  # weighted-score margin to the runner-up key
+            ("key_profile", pa.string()),  # the method, e.g. evidence-v1
+            # music21's analyze('key') (AardenEssen histogram), by the backend in key_backend
+            ("key_music21_tonic", pa.string()),
+            ("key_music21_tonic_pc", pa.int32()),
+            ("key_music21_mode", pa.string()),
+            ("key_music21_correlation", pa.float64()),
+            ("key_music21_confidence", pa.float64()),  # correlation margin to the runner-up key
+            ("key_backend", pa.string()),  # ours / music21: what made the key_music21_* columns
             ("key_krumhansl", pa.string()),  # the Krumhansl-Schmuckler estimate, for comparison
             ("key_declared", pa.string()),  # the first key signature meta event
             ("key_windows", pa.list_(pa.string())),  # key per 8 bars
