@@ -241,3 +241,19 @@ def test_resume_mid_epoch_repeats_and_skips_nothing(snap, no_aws_env, strategy: 
             assert [r["seq"] for r in other] == [
                 r["seq"] for r in _rank(snap, "train", k, strategy, epoch + 1, shuffle)
             ]
+
+
+def test_bench_reads_every_train_row_from_s3(snap, s3_endpoint: str, monkeypatch, capsys) -> None:
+    from corpus import bench_hf_stream
+
+    point_at_s3(monkeypatch, s3_endpoint)
+    capsys.readouterr()
+    assert bench_hf_stream.main([snap.url, "--repeat", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    counts = snap.manifest["counts"]["train"]
+    for mode in ("stream", "stream_batched", "stream_2ranks", "download", "npy"):
+        assert (out[mode]["rows"], out[mode]["tokens"]) == (counts["sequences"], counts["tokens"]), mode
+        assert out[mode]["tokens_per_s"] > 0
+    assert bench_hf_stream.main([snap.url.rsplit("/", 1)[0] + "/000000000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench_hf_stream: error: cannot read the snapshot at ") and len(err.splitlines()) == 1
