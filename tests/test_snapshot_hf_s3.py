@@ -155,9 +155,9 @@ def test_the_card_and_a_local_copy_give_the_same_rows(snap, s3_endpoint: str, tm
 
 
 def _rank(snap: SimpleNamespace, split: str, rank: int, strategy: str, epoch: int = 0, shuffle: bool = False):
-    """What rank ``rank`` of 2 iterates (the ``seq`` column only): the split resharded by row group,
-    optionally its row groups shuffled per epoch (``buffer_size=1``: no example buffer, so nothing is
-    lost on a resume)."""
+    """What rank ``rank`` of 2 iterates (the ``seq`` column only): the split resharded by row group
+    (``set_epoch`` reorders the row groups from epoch 1 on), optionally shuffled by a seed of its
+    own (``buffer_size=1``: no example buffer, so nothing is lost on a resume)."""
     from datasets.distributed import split_dataset_by_node
 
     it = _stream(snap, split, columns=["seq"]).reshard()
@@ -192,7 +192,7 @@ def test_two_ranks_see_every_sample_once_per_epoch(snap, no_aws_env, strategy: s
         assert auto.num_shards == (len(groups) // 2 if len(groups) % 2 == 0 else len(groups))
         if sp == "train":
             assert len(groups) >= 6  # the test means something: several row groups per rank
-        for epoch, shuffle in ((0, False), (1, True)):
+        for epoch, shuffle in ((0, False), (1, False), (1, True)):
             per_rank = [[r["seq"] for r in _rank(snap, sp, k, strategy, epoch, shuffle)] for k in range(2)]
             seen = per_rank[0] + per_rank[1]
             assert sorted(seen) == list(range(n)), (sp, epoch)  # every sample, each once
@@ -210,13 +210,13 @@ def test_two_ranks_see_every_sample_once_per_epoch(snap, no_aws_env, strategy: s
                 assert all(p == sorted(p) for p in per_rank)  # unshuffled: file order on each rank
                 order0 = per_rank
             elif sp == "train":
-                assert per_rank != order0  # row groups reshuffled per epoch, the same way on each rank
+                assert per_rank != order0  # row groups reordered per epoch, the same way on each rank
 
 
 @pytest.mark.parametrize(
     ("strategy", "epoch", "shuffle"),
-    [("shards", 0, False), ("shards", 1, True), ("examples", 1, True)],
-    ids=["shards-epoch0", "shards-epoch1-shuffled", "examples-epoch1-shuffled"],
+    [("shards", 0, False), ("shards", 1, False), ("shards", 1, True), ("examples", 1, False)],
+    ids=["shards-epoch0", "shards-epoch1", "shards-epoch1-shuffled", "examples-epoch1"],
 )
 def test_resume_mid_epoch_repeats_and_skips_nothing(snap, no_aws_env, strategy: str, epoch: int, shuffle: bool) -> None:
     for k in range(2):
