@@ -71,7 +71,9 @@ PRESETS: dict[str, Preset] = {
             "PerTok",
             {
                 "use_programs": True,
-                "use_time_signatures": False,  # PerTok fails on some time signatures in miditok 3.1
+                # PerTok's own default; miditok 3.1 fails on time signatures outside the
+                # range (2/2, 9/8...) unless with_workarounds drops them (see there)
+                "use_time_signatures": True,
                 "beat_res": {(0, 4): 4, (4, 8): 2},
                 "ticks_per_quarter": 480,
                 "use_microtiming": True,
@@ -152,7 +154,38 @@ def build(name: str) -> tuple[Any, dict[str, Any] | None]:
     if name not in PRESETS:
         raise PresetError(f"unknown scheme {name!r}; known: {', '.join(PRESETS)}")
     p = PRESETS[name]
-    return getattr(miditok, p.tokenization)(_config(p)), p.transform
+    return with_workarounds(getattr(miditok, p.tokenization)(_config(p))), p.transform
+
+
+def with_workarounds(tok: Any) -> Any:
+    """The tokenizer with our fixes for known miditok bugs (every constructor here calls it).
+
+    PerTok with ``use_time_signatures`` (miditok 3.1.0): ``PerTok._resample_score`` ignores the
+    time-signature list that ``preprocess_score`` filtered, so a time signature outside
+    ``time_signature_range`` (2/2, 9/8, 7/8... in 20 of the 270 shared pieces) reaches the
+    vocabulary lookup and encoding fails with ``KeyError: 'TimeSig_2/2'``; every other
+    tokenizer drops it. The fix drops those time signatures after PerTok's resampling, as the
+    base class does; pieces without one get the same ids as before. Reproduction::
+
+        tok = miditok.PerTok(miditok.TokenizerConfig(use_time_signatures=True,
+            ticks_per_quarter=480, use_microtiming=False, max_microtiming_shift=0.125))
+        s = symusic.Score(480); s.time_signatures.append(symusic.TimeSignature(0, 2, 2))
+        s.tracks.append(symusic.Track()); s.tracks[0].notes.append(symusic.Note(0, 480, 60, 64))
+        tok.encode(s)  # KeyError: 'TimeSig_2/2' (REMI with the same config drops the 2/2)
+    """
+    if type(tok).__name__ == "PerTok" and tok.config.use_time_signatures:
+        resample = tok._resample_score  # the bound PerTok method
+
+        def _resample_dropping_unsupported(score: Any, new_tpq: int, time_signatures_copy: Any) -> Any:
+            out = resample(score, new_tpq, time_signatures_copy)
+            supported = set(tok.time_signatures)
+            if any((ts.numerator, ts.denominator) not in supported for ts in out.time_signatures):
+                kept = [ts for ts in out.time_signatures if (ts.numerator, ts.denominator) in supported]
+                out.time_signatures = type(out.time_signatures)(kept)
+            return out
+
+        tok._resample_score = _resample_dropping_unsupported
+    return tok
 
 
 def from_json(path: str | os.PathLike[str]) -> Any:
@@ -164,7 +197,7 @@ def from_json(path: str | os.PathLike[str]) -> Any:
         cls = getattr(miditok, doc["tokenization"])
     except (OSError, ValueError, KeyError, AttributeError) as exc:
         raise PresetError(f"{str(path)!r} is not a miditok tokenizer.json: {exc}") from None
-    return cls(params=Path(path))
+    return with_workarounds(cls(params=Path(path)))
 
 
 def tokenizer_json(tokenizer: Any, transform: dict[str, Any] | None) -> str:
@@ -190,7 +223,7 @@ def load_from_text(text: str) -> tuple[Any, dict[str, Any] | None]:
         p = Path(d) / "tokenizer.json"
         p.write_text(json.dumps(doc))
         tok = getattr(miditok, doc["tokenization"])(params=p)
-    return tok, transform
+    return with_workarounds(tok), transform
 
 
 def apply_transform(score: Any, transform: dict[str, Any] | None) -> Any:
