@@ -172,6 +172,16 @@ def with_workarounds(tok: Any) -> Any:
         s = symusic.Score(480); s.time_signatures.append(symusic.TimeSignature(0, 2, 2))
         s.tracks.append(symusic.Track()); s.tracks[0].notes.append(symusic.Note(0, 480, 60, 64))
         tok.encode(s)  # KeyError: 'TimeSig_2/2' (REMI with the same config drops the 2/2)
+
+    MuMIDI without ``use_tempos`` (its default; miditok 3.1.0): ``MuMIDI._score_to_tokens``
+    reads ``score.tempos[0]`` whatever the config, and preprocessing adds a default tempo
+    only when tempos are used, so a file without a tempo event (29 of the 270 shared pieces)
+    fails with ``IndexError: pyvec::index out of range: 0``. The value is only used with
+    ``use_tempos``, so the fix gives such a score one tempo before the walk. Reproduction::
+
+        s = symusic.Score(480); s.tracks.append(symusic.Track())
+        s.tracks[0].notes.append(symusic.Note(0, 480, 60, 64))
+        miditok.MuMIDI().encode(s)  # IndexError: pyvec::index out of range: 0
     """
     if type(tok).__name__ == "PerTok" and tok.config.use_time_signatures:
         resample = tok._resample_score  # the bound PerTok method
@@ -185,6 +195,18 @@ def with_workarounds(tok: Any) -> Any:
             return out
 
         tok._resample_score = _resample_dropping_unsupported
+    if type(tok).__name__ == "MuMIDI" and not tok.config.use_tempos:
+        to_tokens = tok._score_to_tokens
+
+        def _score_to_tokens_with_a_tempo(score: Any, *args: Any, **kwargs: Any) -> Any:
+            if len(score.tempos) == 0:  # read, never used without use_tempos: any value gives the same ids
+                import symusic
+
+                score = score.copy()
+                score.tempos.append(symusic.Tempo(0, 120.0))
+            return to_tokens(score, *args, **kwargs)
+
+        tok._score_to_tokens = _score_to_tokens_with_a_tempo
     return tok
 
 

@@ -63,3 +63,37 @@ def test_every_constructor_applies_the_workarounds(tmp_path: Path) -> None:
     assert "_resample_score" in vars(presets.from_json(tmp_path / "tokenizer.json"))
     remi, _ = presets.build("remi")
     assert "_resample_score" not in vars(remi)
+
+
+@pytest.mark.parametrize("name", ["midi/python-midi/mary.mid", "midi/muspy/mono.mid"])
+def test_mumidi_encodes_files_without_a_tempo(name: str, data_dir: Path) -> None:
+    """miditok 3.1's MuMIDI reads ``score.tempos[0]`` even without tempo tokens and fails on a
+    file without a tempo event; with the workaround the ids are miditok's ids for that file
+    given any tempo (the value is never used)."""
+    import miditok
+    import symusic
+
+    config = presets.PRESETS["mumidi"].config
+    raw = miditok.MuMIDI(miditok.TokenizerConfig(**config))
+    fixed, _ = presets.build("mumidi")
+    score = symusic.Score(data_dir / name)
+    assert len(score.tempos) == 0
+    with pytest.raises(IndexError):  # fixed upstream? then drop the workaround
+        raw.encode(score)
+    ids = fixed.encode(score).ids
+    assert len(ids) > 0
+    for bpm in (60.0, 150.0):
+        with_tempo = score.copy()
+        with_tempo.tempos.append(symusic.Tempo(0, bpm))
+        assert ids == raw.encode(with_tempo).ids
+
+
+def test_mumidi_workaround_leaves_files_with_tempos_alone(data_dir: Path) -> None:
+    import miditok
+    import symusic
+
+    raw = miditok.MuMIDI(miditok.TokenizerConfig(**presets.PRESETS["mumidi"].config))
+    fixed, _ = presets.build("mumidi")
+    score = symusic.Score(data_dir / "midi/miditok/Mr. Blue Sky.mid")
+    assert len(score.tempos) > 0
+    assert fixed.encode(score).ids == raw.encode(score).ids
