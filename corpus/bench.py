@@ -293,6 +293,63 @@ def bench_fastpath(paths: Sequence[Path], schemes: Sequence[str] = FASTPATH_SCHE
     }
 
 
+def _preset_schemes() -> tuple[str, ...]:
+    from corpus.tokenize.presets import names
+
+    return tuple(names())
+
+
+def bench_kept(datas: Sequence[tuple[str, bytes]], schemes: Sequence[str] | None = None) -> dict[str, Any]:
+    """Pieces kept / pieces parsed per preset scheme, through the stage's own batch task.
+
+    ``datas`` are the parsed files (name, bytes); each scheme encodes them as the tokenize
+    stage does (fast path where supported, the round-trip check where the preset verifies),
+    untransposed, in this process. Reports the kept share, the share of what REMI keeps,
+    the rejects per reason and every lost piece with its reason and detail.
+    """
+    from corpus.tokenize import presets
+    from corpus.tokenize.stage import tokenize_batch
+
+    schemes = tuple(schemes) if schemes is not None else _preset_schemes()
+    per: dict[str, Any] = {}
+    lost: dict[str, list[dict[str, str]]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for scheme in schemes:
+            tok, transform = presets.build(scheme)
+            text = presets.tokenizer_json(tok, transform)
+            t0 = time.perf_counter()
+            res = tokenize_batch(
+                [(name, data, [0]) for name, data in datas],
+                text,
+                presets.tokenizer_hash(text),
+                0,
+                127,
+                verify=presets.PRESETS[scheme].verify,
+            )
+            reasons: dict[str, int] = {}
+            lost[scheme] = []
+            for name, _, r in res:
+                if r[0] != "ok":
+                    reasons[r[1]] = reasons.get(r[1], 0) + 1
+                    lost[scheme].append({"piece": name, "reason": r[1], "detail": r[2]})
+            kept = len(res) - sum(reasons.values())
+            per[scheme] = {
+                "parsed": len(res),
+                "kept": kept,
+                "kept_share": round(kept / len(res), 4) if res else None,
+                "reasons": dict(sorted(reasons.items())),
+                "verified": presets.PRESETS[scheme].verify,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+    if "remi" in per and per["remi"]["kept"]:
+        remi_kept = {n for n, _ in datas} - {x["piece"] for x in lost["remi"]}
+        for scheme, v in per.items():
+            mine = remi_kept - {x["piece"] for x in lost[scheme]}
+            v["kept_vs_remi"] = round(len(mine) / len(remi_kept), 4)
+    return {"per_scheme": per, "lost": lost}
+
+
 def bench_bpe(paths: Sequence[Path], n: int = 60, vocab_extra: int = 500) -> dict[str, Any]:
     """Subword (BPE) encode of base tokens: one call per piece vs one batched call.
 
@@ -580,6 +637,7 @@ def run_bench(
     repeat: int = 3,
     fastpath_schemes: Sequence[str] = FASTPATH_SCHEMES,
     tokenize_scheme: str = "remi",
+    kept_schemes: Sequence[str] | None = None,
     echo: Echo = print,
 ) -> dict[str, Any]:
     """Benchmark every stage on the MIDI files under ``files_dir``; print a table, write JSON.
@@ -621,6 +679,9 @@ def run_bench(
     echo("tokenizer fast path vs miditok...")
     fast = bench_fastpath(ok_paths, fastpath_schemes)
 
+    echo("kept share per scheme (pieces kept / pieces parsed)...")
+    kept = bench_kept(ok_datas, kept_schemes)
+
     echo("BPE encode, per piece vs batched...")
     bpe = bench_bpe(ok_paths)
 
@@ -659,6 +720,7 @@ def run_bench(
         "fastpath_speedup_vs_miditok": fast["speedup_vs_miditok"],
         "fastpath_identical_ids": fast["identical_ids"],
         "fastpath_per_scheme": fast["per_scheme"],
+        "kept_share_per_scheme": {k: v["kept_share"] for k, v in kept["per_scheme"].items()},
         "bpe_batched_tokens_per_s": bpe["batched_tokens_per_s"],
         "loader_tokens_per_s": loader["tokens_per_s"] if loader else None,
         "peak_rss_mb_per_worker": _peak_rss(pipe, tok),
@@ -670,6 +732,7 @@ def run_bench(
             "key": key,
             "key_accuracy": key_acc,
             "fastpath": fast,
+            "kept": kept,
             "bpe": bpe,
             "pipeline": pipe,
             "tokenize": tok,
@@ -776,6 +839,19 @@ def format_table(r: dict[str, Any]) -> str:
                 f"x{_f(v['fastpath_speedup_vs_miditok'])} miditok ({_f(v['miditok_ms_per_file'], '.3f')} ms), identical {v['fastpath_identical_ids']}",
             )
             for name, v in st["fastpath"].get("per_scheme", {}).items()
+        ],
+        *[
+            (
+                f"  kept {name}",
+                v["parsed"],
+                "-",
+                "-",
+                f"{v['kept']} kept ({_f(100 * v['kept_share'] if v['kept_share'] is not None else None)} %"
+                + (f", {_f(100 * v['kept_vs_remi'])} % of REMI's" if "kept_vs_remi" in v else "")
+                + ")"
+                + ("; " + ", ".join(f"{k} {n}" for k, n in v["reasons"].items()) if v["reasons"] else ""),
+            )
+            for name, v in (st.get("kept") or {}).get("per_scheme", {}).items()
         ],
         (
             f"ingest ({pipe['workers']} workers)",

@@ -813,6 +813,7 @@ def build(
         )
         n_missing = missing_tbl.num_rows
         missing = missing_tbl.sort_by([("piece_id", "ascending"), ("transpose", "ascending")]).slice(0, 100).to_pylist()
+        tokenize_rejects = _tokenize_rejects(con, missing_tbl, spec.scheme, tokinfo["hash"])
         del missing_tbl, want_tbl
         in_snapshot = np.asarray(
             pc.is_in(pids, value_set=rows_tbl.column("piece_id").combine_chunks()).to_numpy(zero_copy_only=False),
@@ -1025,6 +1026,7 @@ def build(
         "sources": dict(sorted(src_counts.items())),
         "licenses": licenses,
         "missing_token_rows": [f"{x['piece_id']}@{x['transpose']}" for x in missing],
+        "tokenize_rejects": tokenize_rejects,
     }
     card = render_card(manifest).encode()
     _write(out_dir / "README.md", card)
@@ -1032,6 +1034,63 @@ def build(
     # for registration (the snapshot_pieces rows); removed before rename
     pq.write_table(pa.concat_tables(snap_pieces), out_dir / PIECES_FILE)
     return manifest
+
+
+def _tokenize_rejects(con: Any, missing_tbl: Any, scheme: str, tokenizer_hash: str) -> dict[str, Any]:
+    """Why the wanted rows without tokens have none: the tokenize stage's rejects for this
+    scheme and tokenizer, counted per reason, the first 100 with their detail, and what the
+    scheme loses by design (``presets.Preset.loses``)."""
+    from corpus.tokenize import presets
+
+    con.register("snapshot_missing", missing_tbl)
+    try:
+        join = (
+            "FROM snapshot_missing m JOIN rejects r ON r.piece_id = m.piece_id AND r.stage = 'tokenize' "
+            "AND r.scheme = ? AND r.tokenizer_hash = ? AND (r.transpose = m.transpose OR r.transpose IS NULL)"
+        )
+        params = [scheme, tokenizer_hash]
+        by_reason = con.execute(
+            f"SELECT r.reason, count(*) {join} GROUP BY r.reason ORDER BY 2 DESC, 1", params
+        ).fetchall()
+        first = con.execute(
+            f"SELECT m.piece_id, m.transpose, r.reason, r.detail {join} ORDER BY 1, 2, 3 LIMIT 100", params
+        ).fetchall()
+    finally:
+        con.unregister("snapshot_missing")
+    preset = presets.PRESETS.get(scheme)
+    return {
+        "by_reason": {reason: int(n) for reason, n in by_reason},
+        "pieces": [{"piece_id": p, "transpose": t, "reason": r, "detail": d} for p, t, r, d in first],
+        "by_design": preset.loses if preset else "",
+    }
+
+
+def _rejects_section(m: Mapping[str, Any]) -> list[str]:
+    """The card's account of selected pieces the scheme could not take, and why."""
+    rej = m.get("tokenize_rejects") or {}
+    by_reason = rej.get("by_reason") or {}
+    lines: list[str] = []
+    if rej.get("by_design"):
+        lines += ["", "## What this scheme loses", "", f"`{m['scheme']}`: {rej['by_design']}"]
+    if by_reason:
+        if not rej.get("by_design"):
+            lines += ["", "## What this scheme loses"]
+        total = sum(by_reason.values())
+        lines += [
+            "",
+            f"{total} selected rows (piece x transposition) were rejected by the tokenize stage for this tokenizer "
+            "(`rejects`, stage `tokenize`): " + ", ".join(f"{reason} {n}" for reason, n in by_reason.items()) + ".",
+            "",
+            "| piece | transpose | reason | detail |",
+            "|---|---:|---|---|",
+        ]
+        lines += [
+            f"| {x['piece_id']} | {x['transpose']} | {x['reason']} | {str(x['detail']).replace('|', '/')} |"
+            for x in rej["pieces"]
+        ]
+        if total > len(rej["pieces"]):
+            lines.append(f"| ... {total - len(rej['pieces'])} more (query `rejects`) | | | |")
+    return lines
 
 
 def render_card(m: Mapping[str, Any]) -> str:
@@ -1074,6 +1133,7 @@ def render_card(m: Mapping[str, Any]) -> str:
         lines += [f"- {x['piece_id']}: {x['from']} -> {x['to']}" for x in moved[:50]]
         if len(moved) > 50:
             lines.append(f"- ... and {len(moved) - 50} more (manifest.json `split.moved`)")
+    lines += _rejects_section(m)
     lines += ["", "## Sources", "", "| source | pieces |", "|---|---:|"]
     lines += [f"| {s} | {n} |" for s, n in m["sources"].items()]
     lines += [

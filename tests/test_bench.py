@@ -39,7 +39,16 @@ def test_run_bench_reports_every_key(small_folder: Path, tmp_path: Path) -> None
 
     lines: list[str] = []
     out = tmp_path / "bench.json"
-    r = run_bench(small_folder, out, workers=2, key_files=4, repeat=1, fastpath_schemes=("remi",), echo=lines.append)
+    r = run_bench(
+        small_folder,
+        out,
+        workers=2,
+        key_files=4,
+        repeat=1,
+        fastpath_schemes=("remi",),
+        kept_schemes=("remi", "structured", "pertok"),
+        echo=lines.append,
+    )
     on_disk = json.loads(out.read_text())
     assert on_disk.keys() == r.keys()
     for key in (*RATIOS, "fastpath_identical_ids", "missing"):
@@ -55,6 +64,18 @@ def test_run_bench_reports_every_key(small_folder: Path, tmp_path: Path) -> None
     per = on_disk["fastpath_per_scheme"]["remi"]
     assert per["fastpath_identical_ids"] is True and per["fastpath_speedup_vs_miditok"] > 1
     assert "fastpath remi" in "\n".join(lines)
+    # kept share per scheme: every parsed piece is kept or rejected with a reason; the lost ones are listed
+    kept = on_disk["stages"]["kept"]
+    parsed = on_disk["stages"]["parse"]["ok"]
+    for scheme in ("remi", "structured", "pertok"):
+        v = kept["per_scheme"][scheme]
+        assert v["parsed"] == parsed and v["kept"] + sum(v["reasons"].values()) == parsed, (scheme, v)
+        assert on_disk["kept_share_per_scheme"][scheme] == round(v["kept"] / parsed, 4)
+        assert len(kept["lost"][scheme]) == parsed - v["kept"]
+        assert f"kept {scheme}" in "\n".join(lines)
+    assert kept["per_scheme"]["pertok"]["kept_vs_remi"] >= 0.9
+    assert kept["per_scheme"]["structured"]["reasons"].get("lossy_encoding", 0) >= 1  # magenta + lakh lose some
+    assert all("TimeShift" in x["detail"] for x in kept["lost"]["structured"] if x["reason"] == "lossy_encoding")
     bpe = on_disk["stages"]["bpe"]
     assert bpe["identical_ids"] is True and bpe["base_tokens"] > 0 and on_disk["bpe_batched_tokens_per_s"] > 0
     assert 0 <= on_disk["key_agreement_music21"] <= 1

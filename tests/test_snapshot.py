@@ -328,3 +328,36 @@ def test_smaller_token_batches_write_the_same_bytes(lake, tmp_path: Path, monkey
     monkeypatch.setattr(S, "STREAM_BATCH_TOKENS", 5_000)
     got = S.build(lake, spec, tmp_path / "b")
     assert got["version"] == want["version"] and got["files"] == want["files"]
+
+
+def test_the_card_says_which_pieces_the_scheme_loses_and_why(lake) -> None:
+    """Structured rejects pieces by design (its TimeShift cap): the manifest counts the selected
+    pieces' tokenize rejects per reason, and the card lists them with their detail and the
+    scheme's by-design losses."""
+    from corpus.engine import Engine
+    from corpus.tokenize import presets
+    from corpus.tokenize.stage import tokenize
+
+    with lake.lock(), Engine(workers=0) as e:
+        tokenize(lake, e, ["structured"])
+    rejects = lake.query(
+        "SELECT piece_id, reason, detail FROM rejects WHERE stage = 'tokenize' AND scheme = 'structured' "
+        "AND piece_id IN (SELECT piece_id FROM features WHERE texture IS NOT NULL)"
+    ).to_pylist()
+    assert sum(r["reason"] == "lossy_encoding" for r in rejects) >= 3
+    r = _create(lake, S.SnapshotSpec("st", "structured"))
+    tr = r.manifest["tokenize_rejects"]
+    want: dict[str, int] = {}
+    for x in rejects:
+        want[x["reason"]] = want.get(x["reason"], 0) + 1
+    assert tr["by_reason"] == want
+    assert {x["piece_id"] for x in tr["pieces"]} == {x["piece_id"] for x in rejects}
+    assert tr["by_design"] == presets.PRESETS["structured"].loses
+    card = (r.path / "README.md").read_text()
+    assert "## What this scheme loses" in card and presets.PRESETS["structured"].loses in card
+    for x in rejects:
+        assert x["piece_id"] in card
+    assert "TimeShift cap" in card  # the detail names the cause
+    plain = _create(lake, S.SnapshotSpec("plain", "remi_multitrack"))
+    assert plain.manifest["tokenize_rejects"]["by_reason"] == {}
+    assert "What this scheme loses" not in (plain.path / "README.md").read_text()

@@ -75,8 +75,19 @@ Schemes not on the fast path yet, and what they get (miditok's own encoder, so t
 ids at miditok's speed):
 
 * MuMIDI: multi-vocabulary with its own token layout and walk (its source was not ported:
-  not reached in the time of the session that added CPWord / Octuple / MMM).
-* PerTok: microtiming tokens and its own time walk; not reached either.
+  not reached in the time of the session that added CPWord / Octuple / MMM). Its
+  ``_score_to_tokens`` is its own (no ``_add_time_events``): Bar / Position rows inserted as
+  notes of all tracks are walked in time order, with a fixed 4/4 bar (``tpq * 4``) whatever the
+  time signatures, so the shared bar walk does not apply as is. A port must also keep the
+  ``presets.with_workarounds`` fix (miditok reads ``score.tempos[0]`` even without tempos).
+* PerTok: not reached either. Its walk differs from REMI's where the fast path is exact by
+  construction: no resampling in preprocessing (a fixed ``ticks_per_quarter``, durations left
+  alone and quantized at encode time to the closest value, first of equals), a float
+  ``ticks_per_bar`` counted from tick 0 with the current bar length (a bar after a time
+  signature change is not where REMI puts it), ``TimeShift`` tokens between note positions and
+  a ``MicroTiming`` offset per note from its closest position. It keeps the whole corpus now
+  (``presets.with_workarounds``), so it is worth porting next; the config grid
+  (``tests/tokenize/test_config_grid.py``) would take it as one more class.
 * The performance preset: MIDILike with sustain pedals (``supports`` says False for
   pedal tokens). The note_duration preset is TSD with options on the fast path already.
 * Trained (BPE / Unigram) tokenizers: base ids here would need miditok's byte mapping and

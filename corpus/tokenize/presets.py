@@ -32,6 +32,7 @@ class Preset:
     transform: dict[str, Any] | None = None  # see apply_transform
     doc: str = ""
     verify: bool = False  # decode every piece and reject lossy encodings (schemes known to lose notes)
+    loses: str = ""  # which pieces the scheme loses by design, and why (README, snapshot card)
 
 
 PRESETS: dict[str, Preset] = {
@@ -45,6 +46,11 @@ PRESETS: dict[str, Preset] = {
             "Structured",
             doc="miditok defaults; time shifts cap at 12 beats, so longer gaps lose notes: verified",
             verify=True,
+            loses="time moves only by a TimeShift before each note, the closest of its values (up to 12 beats; "
+            "1/8 beat apart below 4 beats, 1/4 beat from 4 to 12): a track with an onset gap over 12 beats (a late "
+            "entry, a long rest) or an off-grid gap of 4-12 beats decodes with every later note moved, and is "
+            "rejected as lossy_encoding (the detail names the track and the gap). Melodies and sparse tracks are hit "
+            "most: 96 of the 270 shared pieces (85 over the cap, 11 off-grid; 26 of the 37 extracted Lakh melodies).",
         ),
         Preset("cpword", "CPWord", doc="miditok defaults (multi-vocabulary)"),
         Preset(
@@ -53,6 +59,11 @@ PRESETS: dict[str, Preset] = {
             {"max_bar_embedding": MAX_BAR_EMBEDDING},
             doc="defaults, bar limit raised from 60 (longer pieces were cut silently); verified",
             verify=True,
+            loses="a time signature travels only in note rows, so a track with no note in the bar where a time "
+            "signature starts decodes its later bars at the old length; and miditok 3.1's decoder places the first "
+            "note after a change of denominator (4/4 to 6/8) with the old position unit. Both are rejected as "
+            "lossy_encoding with the track and the change in the detail; a piece over 1024 bars is too_many_bars. "
+            "Only pieces with time-signature changes are hit: 20 of the 270 shared pieces (10 each) plus 1 too long.",
         ),
         Preset(
             "mumidi",
@@ -71,7 +82,9 @@ PRESETS: dict[str, Preset] = {
             "PerTok",
             {
                 "use_programs": True,
-                "use_time_signatures": False,  # PerTok fails on some time signatures in miditok 3.1
+                # PerTok's own default; miditok 3.1 fails on time signatures outside the
+                # range (2/2, 9/8...) unless with_workarounds drops them (see there)
+                "use_time_signatures": True,
                 "beat_res": {(0, 4): 4, (4, 8): 2},
                 "ticks_per_quarter": 480,
                 "use_microtiming": True,
@@ -152,7 +165,60 @@ def build(name: str) -> tuple[Any, dict[str, Any] | None]:
     if name not in PRESETS:
         raise PresetError(f"unknown scheme {name!r}; known: {', '.join(PRESETS)}")
     p = PRESETS[name]
-    return getattr(miditok, p.tokenization)(_config(p)), p.transform
+    return with_workarounds(getattr(miditok, p.tokenization)(_config(p))), p.transform
+
+
+def with_workarounds(tok: Any) -> Any:
+    """The tokenizer with our fixes for known miditok bugs (every constructor here calls it).
+
+    PerTok with ``use_time_signatures`` (miditok 3.1.0): ``PerTok._resample_score`` ignores the
+    time-signature list that ``preprocess_score`` filtered, so a time signature outside
+    ``time_signature_range`` (2/2, 9/8, 7/8... in 20 of the 270 shared pieces) reaches the
+    vocabulary lookup and encoding fails with ``KeyError: 'TimeSig_2/2'``; every other
+    tokenizer drops it. The fix drops those time signatures after PerTok's resampling, as the
+    base class does; pieces without one get the same ids as before. Reproduction::
+
+        tok = miditok.PerTok(miditok.TokenizerConfig(use_time_signatures=True,
+            ticks_per_quarter=480, use_microtiming=False, max_microtiming_shift=0.125))
+        s = symusic.Score(480); s.time_signatures.append(symusic.TimeSignature(0, 2, 2))
+        s.tracks.append(symusic.Track()); s.tracks[0].notes.append(symusic.Note(0, 480, 60, 64))
+        tok.encode(s)  # KeyError: 'TimeSig_2/2' (REMI with the same config drops the 2/2)
+
+    MuMIDI without ``use_tempos`` (its default; miditok 3.1.0): ``MuMIDI._score_to_tokens``
+    reads ``score.tempos[0]`` whatever the config, and preprocessing adds a default tempo
+    only when tempos are used, so a file without a tempo event (29 of the 270 shared pieces)
+    fails with ``IndexError: pyvec::index out of range: 0``. The value is only used with
+    ``use_tempos``, so the fix gives such a score one tempo before the walk. Reproduction::
+
+        s = symusic.Score(480); s.tracks.append(symusic.Track())
+        s.tracks[0].notes.append(symusic.Note(0, 480, 60, 64))
+        miditok.MuMIDI().encode(s)  # IndexError: pyvec::index out of range: 0
+    """
+    if type(tok).__name__ == "PerTok" and tok.config.use_time_signatures:
+        resample = tok._resample_score  # the bound PerTok method
+
+        def _resample_dropping_unsupported(score: Any, new_tpq: int, time_signatures_copy: Any) -> Any:
+            out = resample(score, new_tpq, time_signatures_copy)
+            supported = set(tok.time_signatures)
+            if any((ts.numerator, ts.denominator) not in supported for ts in out.time_signatures):
+                kept = [ts for ts in out.time_signatures if (ts.numerator, ts.denominator) in supported]
+                out.time_signatures = type(out.time_signatures)(kept)
+            return out
+
+        tok._resample_score = _resample_dropping_unsupported
+    if type(tok).__name__ == "MuMIDI" and not tok.config.use_tempos:
+        to_tokens = tok._score_to_tokens
+
+        def _score_to_tokens_with_a_tempo(score: Any, *args: Any, **kwargs: Any) -> Any:
+            if len(score.tempos) == 0:  # read, never used without use_tempos: any value gives the same ids
+                import symusic
+
+                score = score.copy()
+                score.tempos.append(symusic.Tempo(0, 120.0))
+            return to_tokens(score, *args, **kwargs)
+
+        tok._score_to_tokens = _score_to_tokens_with_a_tempo
+    return tok
 
 
 def from_json(path: str | os.PathLike[str]) -> Any:
@@ -164,7 +230,7 @@ def from_json(path: str | os.PathLike[str]) -> Any:
         cls = getattr(miditok, doc["tokenization"])
     except (OSError, ValueError, KeyError, AttributeError) as exc:
         raise PresetError(f"{str(path)!r} is not a miditok tokenizer.json: {exc}") from None
-    return cls(params=Path(path))
+    return with_workarounds(cls(params=Path(path)))
 
 
 def tokenizer_json(tokenizer: Any, transform: dict[str, Any] | None) -> str:
@@ -190,7 +256,7 @@ def load_from_text(text: str) -> tuple[Any, dict[str, Any] | None]:
         p = Path(d) / "tokenizer.json"
         p.write_text(json.dumps(doc))
         tok = getattr(miditok, doc["tokenization"])(params=p)
-    return tok, transform
+    return with_workarounds(tok), transform
 
 
 def apply_transform(score: Any, transform: dict[str, Any] | None) -> Any:

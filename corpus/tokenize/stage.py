@@ -342,7 +342,7 @@ def tokenize_batch(
                         (
                             pid,
                             sh,
-                            ("reject", "lossy_encoding", f"{rate:.1%} of the notes decode back ({type(tok).__name__})"),
+                            ("reject", "lossy_encoding", roundtrip.lossy_detail(tok, score, rate)),
                         )
                     )
                 else:

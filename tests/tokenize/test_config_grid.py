@@ -23,7 +23,9 @@ miditok = pytest.importorskip("miditok")
 from corpus.tokenize import fastpath  # noqa: E402 - after the importorskip guard
 from tests.tokenize.test_fastpath import _first_difference, real_scores  # noqa: E402, F401 - fixture
 
-CLASSES = ("REMI", "TSD", "MIDILike", "Structured", "CPWord", "Octuple")
+# "MMM-<base>": MMM over that base tokenizer (MMM sets its own program options: one block per
+# track, a Program token per block, none per note, so the PROGRAMS axis cannot change its ids)
+CLASSES = ("REMI", "TSD", "MIDILike", "Structured", "CPWord", "Octuple", "MMM-REMI", "MMM-TSD", "MMM-MIDILike")
 TIME = {
     "plain": {},
     "tempos": {"use_tempos": True},
@@ -64,7 +66,7 @@ SWITCHED_OFF = {
 
 def _grid() -> list[tuple[str, str, dict[str, Any], bool]]:
     """(id, class, config kwargs, expected on the fast path): every class x time x programs x
-    resolution, each with one of the extra options in turn (288 configurations)."""
+    resolution, each with one of the extra options in turn (432 configurations)."""
     out = []
     extras = list(EXTRA.items())
     product = itertools.product(CLASSES, TIME.items(), PROGRAMS.items(), RESOLUTION.items())
@@ -82,8 +84,14 @@ _RNG = random.Random(16)
 SAMPLE = [g for cls in CLASSES for g in _RNG.sample([g for g in GRID if g[1] == cls], 2)]
 
 
+def _tokenizer(cls: str, kwargs: dict[str, Any]) -> Any:
+    if cls.startswith("MMM-"):
+        return miditok.MMM(miditok.TokenizerConfig(base_tokenizer=cls.removeprefix("MMM-"), **kwargs))
+    return getattr(miditok, cls)(miditok.TokenizerConfig(**kwargs))
+
+
 def _check(cls: str, kwargs: dict[str, Any], fast_expected: bool, named_scores: list) -> None:
-    tokenizer = getattr(miditok, cls)(miditok.TokenizerConfig(**kwargs))
+    tokenizer = _tokenizer(cls, kwargs)
     assert fastpath.supports(tokenizer) == fast_expected, kwargs
     if not fast_expected:
         return  # refused up front: the stage encodes with miditok
