@@ -113,6 +113,14 @@ TABLES: dict[str, pa.Schema] = {
             ("content_hash_transposed", pa.string()),
             ("dedup_vector", pa.list_(pa.float32())),
             ("curate_version", pa.string()),
+            # performed or quantized (corpus.curation.expressive): all onsets of the piece merged
+            ("onset_metric_level", pa.float64()),  # median metric level of the onsets (NOMML-style)
+            ("onset_grid_dev", pa.float64()),  # median distance from the 1/48-quarter grid, in steps
+            ("expressive", pa.string()),  # expressive / quantized (NULL: under 8 onsets)
+            ("expressive_rule", pa.string()),
+            # track roles (corpus.curation.roles)
+            ("melody_track", pa.int32()),  # track_index of the melody-role track (NULL: none)
+            ("role_rule", pa.string()),
         ]
     ),
     "track_texture": pa.schema(
@@ -124,6 +132,11 @@ TABLES: dict[str, pa.Schema] = {
             ("max_onset_polyphony", pa.int32()),
             ("share_poly", pa.float64()),
             ("is_monophonic_v1", pa.bool_()),
+            ("onset_metric_level", pa.float64()),  # corpus.curation.expressive
+            ("onset_grid_dev", pa.float64()),
+            ("expressive", pa.string()),  # expressive / quantized (NULL: under 8 onsets)
+            ("role", pa.string()),  # melody / bass / chords / drums / other (corpus.curation.roles)
+            ("role_confidence", pa.float64()),
         ]
     ),
     # every curate run writes the complete cluster assignment; views read the latest run
