@@ -637,6 +637,12 @@ def cmd_bench(ctx: Ctx) -> int:
         return _bench_lakehouse(a, files, workers)
     result = bench.run_bench(files, Path(a.out) if a.out else None, workers, key_files=a.key_files)
     arrangements = files.parent / "arrangements"
+    from corpus import bench_curation
+
+    print("curation checks (performed or quantized, track roles)...")
+    result["curation"] = bench_curation.run_curation(files, arrangements if arrangements.is_dir() else None)
+    if a.out:
+        Path(a.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
     if arrangements.is_dir():
         from corpus import bench_songs
 

@@ -32,6 +32,7 @@ DNODR) are not used; ``onset_grid_dev`` plays DNODR's part as a kept measure.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
@@ -99,3 +100,49 @@ def piece_expressive(score: symusic.Score) -> tuple[dict[str, Any], dict[int, di
     piece = measure(np.concatenate(all_onsets) if all_onsets else np.zeros(0, np.int64), tpq)
     piece["expressive"] = decide(piece["onset_metric_level"], piece["n_onsets"])
     return piece, tracks
+
+
+# ------------------------------------------------------------------ the check on the shared data
+def reference_sets(data_dir: Path) -> dict[Decision, list[Path]]:
+    """Files whose making is known, by the decision they should get: MAESTRO excerpts (recorded
+    piano performances) ``expressive``; Mutopia (LilyPond) and Nottingham (ABC) files ``quantized``."""
+    data_dir = Path(data_dir)
+    return {
+        "expressive": sorted((data_dir / "midi" / "miditok").glob("Maestro_*.mid")),
+        "quantized": sorted((data_dir / "mutopia").rglob("*.mid"))
+        + sorted((data_dir / "midi" / "muspy" / "Nottingham_recon").glob("*.mid")),
+    }
+
+
+def check(data_dir: Path) -> dict[str, Any]:
+    """Confusion counts per piece and per track (tracks the rule decides) on :func:`reference_sets`,
+    and the pieces decided otherwise than their set says."""
+    import symusic
+
+    pieces: dict[str, int] = {}
+    tracks: dict[str, int] = {}
+    wrong: list[str] = []
+    for want, paths in reference_sets(data_dir).items():
+        for p in paths:
+            piece, per_track = piece_expressive(symusic.Score(str(p)))
+            k = f"{want}->{piece['expressive']}"
+            pieces[k] = pieces.get(k, 0) + 1
+            if piece["expressive"] != want:
+                wrong.append(str(p.relative_to(data_dir)))
+            for t in per_track.values():
+                if t["expressive"] is not None:
+                    k = f"{want}->{t['expressive']}"
+                    tracks[k] = tracks.get(k, 0) + 1
+    return {"rule": EXPRESSIVE_RULE, "pieces": pieces, "tracks": tracks, "wrong": wrong}
+
+
+def confusion_table(counts: dict[str, int]) -> str:
+    labels = ("expressive", "quantized")
+    lines = ["made as \\ decided".ljust(18) + "".join(x.rjust(12) for x in (*labels, "undecided"))]
+    for want in labels:
+        row = [counts.get(f"{want}->{got}", 0) for got in (*labels, "None")]
+        lines.append(want.ljust(18) + "".join(str(n).rjust(12) for n in row))
+    total = sum(counts.values())
+    right = sum(counts.get(f"{x}->{x}", 0) for x in labels)
+    lines.append(f"accuracy {right}/{total} = {right / total:.1%}" if total else "accuracy: no files")
+    return "\n".join(lines)

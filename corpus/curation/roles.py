@@ -36,6 +36,7 @@ melody. Confidences are in [0, 1]; a threshold can be applied later in SQL (``ro
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
@@ -231,3 +232,35 @@ def confusion_table(counts: Mapping[tuple[str, str], int], labels: tuple[str, ..
     right = sum(n for (a, b), n in counts.items() if a == b)
     lines.append(f"accuracy {right}/{total} = {right / total:.1%}" if total else "accuracy: no labelled tracks")
     return "\n".join(lines)
+
+
+def reference_sets(data_dir: Path, arrangements_dir: Path | None = None) -> dict[str, list[Path]]:
+    """Files whose track names say what the tracks do: ``pop909`` (the original POP909 file of
+    each song in the arrangements folder: MELODY / BRIDGE / PIANO) and ``named`` (Nottingham
+    Melody / Chord, the Lakh files, miditok's pop songs, miditoolkit's 1390)."""
+    data_dir = Path(data_dir)
+    out: dict[str, list[Path]] = {
+        "named": sorted((data_dir / "midi" / "muspy" / "Nottingham_recon").glob("*.mid"))
+        + sorted((data_dir / "lakh" / "lmd_full").glob("*/*.mid"))
+        + sorted((data_dir / "midi" / "miditok").glob("*.mid"))
+        + sorted((data_dir / "midi" / "miditoolkit").glob("*.mid"))
+    }
+    if arrangements_dir is not None and Path(arrangements_dir).is_dir():
+        out["pop909"] = sorted(Path(arrangements_dir).glob("*/[0-9]*.mid"))
+    return out
+
+
+def check(data_dir: Path, arrangements_dir: Path | None = None) -> dict[str, Any]:
+    """Per reference set: the confusion counts ("stated->decided") and the accuracy."""
+    out: dict[str, Any] = {"rule": ROLE_RULE}
+    for name, paths in reference_sets(data_dir, arrangements_dir).items():
+        counts = name_confusion(paths, pop909=name == "pop909")
+        total = sum(counts.values())
+        right = sum(n for (a, b), n in counts.items() if a == b)
+        out[name] = {
+            "files": len(paths),
+            "tracks": total,
+            "accuracy": round(right / total, 4) if total else None,
+            "confusion": {f"{a}->{b}": n for (a, b), n in sorted(counts.items())},
+        }
+    return out
