@@ -247,7 +247,9 @@ def run_curate(ctx: Ctx) -> Any:
     st = getattr(a, "song_threshold", None)
     if st is not None and not 0.0 < st <= 1.0:
         raise UserError(f"--song-threshold must be a containment in (0, 1], got {st}")
-    prog = Progress("curate", count=lambda x: x.analysed + x.failed, total=lambda x: x.to_analyse, unit="pieces")
+    prog = Progress(
+        "curate", count=lambda x: x.analysed + x.reanalysed + x.failed, total=lambda x: x.to_analyse, unit="pieces"
+    )
     prog.phase("starting workers")
     try:
         with ctx.lake.lock("curate"), ctx.engine() as engine:
