@@ -93,3 +93,16 @@ def test_lakehouse_table_runs_every_command(tmp_path: Path) -> None:
     assert "| nightly delta: curate |" in table and "| snapshot create |" in table
     ratios = compare(r, r).splitlines()
     assert len(ratios) == 2 + 11 and all("| 1.00x | 1.00x |" in ln for ln in ratios[2:])
+
+
+def test_bench_prints_the_curation_checks(data_dir: Path, arrangements_dir: Path) -> None:
+    """``midicorpus bench`` prints the expressive/quantized and the role confusion tables."""
+    from corpus.bench_curation import run_curation
+
+    lines: list[str] = []
+    r = run_curation(data_dir, arrangements_dir, echo=lines.append)
+    text = "\n".join(lines)
+    assert "performed or quantized (nomml-v1" in text and "made as \\ decided" in text
+    assert "track roles (roles-v1) against the track names, pop909 (150 files)" in text
+    assert r["expressive"]["pieces"]["expressive->expressive"] == 10 and not r["expressive"]["wrong"]
+    assert r["roles"]["pop909"]["accuracy"] >= 0.85 and r["roles"]["named"]["accuracy"] >= 0.95
