@@ -219,6 +219,49 @@ def bench_key(paths: Sequence[Path], n: int = 40) -> dict[str, Any]:
     }
 
 
+def bench_key_accuracy(data_dir: Path | None, arrangements: Path | None, *, chorales: bool = True) -> dict[str, Any]:
+    """Key accuracy against human labels (:mod:`corpus.curation.key_labels`): per set and half.
+
+    For the default estimate (``key_evidence``), the music21-compatible one (ours) and
+    Krumhansl-Schmuckler: exact and MIREX-weighted accuracy on the tuning half, the held-out
+    half and both.
+    """
+    from corpus.curation import key_labels
+
+    t0 = time.perf_counter()
+    skipped: list[tuple[str, str]] = []
+    with warnings.catch_warnings():  # music21 warns while converting some chorales: noise here
+        warnings.simplefilter("ignore")
+        pieces = key_labels.labelled_sets(data_dir, arrangements, chorales=chorales)
+        scored = key_labels.score_pieces(pieces, skipped)
+    rows = [
+        {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in key_labels.accuracy_table(scored)
+    ]
+    return {
+        "methods": list(key_labels.METHODS),
+        "rows": rows,
+        "skipped": skipped,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def format_key_accuracy(acc: dict[str, Any]) -> str:
+    """The key accuracy table: one line per set and half, exact / MIREX per method."""
+    head = ["set", "half", "n"] + [f"{m} exact/mirex" for m in acc["methods"]]
+    lines = [head]
+    for r in acc["rows"]:
+        lines.append(
+            [r["set"], r["half"], str(r["n"])]
+            + [f"{_f(r[f'{m}_exact'], '.3f')} / {_f(r[f'{m}_mirex'], '.3f')}" for m in acc["methods"]]
+        )
+    widths = [max(len(x[i]) for x in lines) for i in range(len(head))]
+    out = ["key accuracy vs human labels (default = key_evidence, music21 = ours, krumhansl):"]
+    out += ["  " + "  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    if acc["skipped"]:
+        out.append(f"  left out (could not be loaded): {', '.join(n for n, _ in acc['skipped'])}")
+    return "\n".join(out)
+
+
 def _fastpath_schemes() -> tuple[str, ...]:
     from corpus.tokenize.fastpath import SCHEMES
 
@@ -570,6 +613,11 @@ def run_bench(
     echo(f"key vs music21 on {key_files} files...")
     key = bench_key(ok_paths, key_files)
 
+    echo("key accuracy vs human labels...")
+    arrangements = files_dir.parent / "arrangements"
+    key_acc = bench_key_accuracy(files_dir, arrangements if arrangements.is_dir() else None)
+    echo(format_key_accuracy(key_acc))
+
     echo("tokenizer fast path vs miditok...")
     fast = bench_fastpath(ok_paths, fastpath_schemes)
 
@@ -620,6 +668,7 @@ def run_bench(
             "parse": {k: v for k, v in parse.items() if k != "per_file_s"},
             "curate_piece": {k: v for k, v in cur.items() if k != "per_file_s"},
             "key": key,
+            "key_accuracy": key_acc,
             "fastpath": fast,
             "bpe": bpe,
             "pipeline": pipe,
@@ -702,7 +751,7 @@ def format_table(r: dict[str, Any]) -> str:
             st["curate_piece"]["pieces"],
             _f(st["curate_piece"]["files_per_s"]),
             _f(st["curate_piece"]["median_ms"], ".3f"),
-            "texture+key+windows+dedup sig",
+            "texture+key+windows+dedup sig+chords",
         ),
         (
             "key vs music21",

@@ -637,8 +637,17 @@ def cmd_bench(ctx: Ctx) -> int:
     workers = ctx.args.workers or 2
     if a.lakehouse is not None:
         return _bench_lakehouse(a, files, workers)
-    result = bench.run_bench(files, Path(a.out) if a.out else None, workers, key_files=a.key_files)
+    if a.key_accuracy:
+        arr = files.parent / "arrangements"
+        acc = bench.bench_key_accuracy(files, arr if arr.is_dir() else None)
+        print(bench.format_key_accuracy(acc))
+        if a.out:
+            Path(a.out).write_text(json.dumps({"key_accuracy": acc}, indent=2, default=str) + "\n")
+        return 0
     arrangements = files.parent / "arrangements"
+    if a.chords:
+        return _bench_chords(a, arrangements, files)
+    result = bench.run_bench(files, Path(a.out) if a.out else None, workers, key_files=a.key_files)
     from corpus import bench_curation
 
     print("curation checks (performed or quantized, track roles)...")
@@ -646,10 +655,12 @@ def cmd_bench(ctx: Ctx) -> int:
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
     if arrangements.is_dir():
-        from corpus import bench_songs
+        from corpus import bench_chords, bench_songs
 
         print("song identity...")
         result["song_identity"] = bench_songs.run_songs(arrangements, files, workers)
+        print("chord labels vs human labels and music21...")
+        result["chords"] = bench_chords.run_chords(arrangements, files)
         if a.scale:
             print("song identity, nightly delta on a 20,000-piece synthetic lake...")
             result["song_identity"]["delta"] = bench_songs.run_delta(20_000, 200, files, workers)
@@ -663,6 +674,18 @@ def cmd_bench(ctx: Ctx) -> int:
         from corpus import bench_lakehouse
 
         bench_lakehouse.run_lakehouse(20_000, 200, src_dir=files, workers=workers, out=lh_out)
+    return 0
+
+
+def _bench_chords(a: argparse.Namespace, arrangements: Path, files: Path) -> int:
+    """``bench --chords``: only the chord-label comparisons (POP909 human labels, music21's chordify)."""
+    from corpus import bench_chords
+
+    if not arrangements.is_dir():
+        raise UserError(f"--chords needs the POP909 arrangements beside the files: no folder {str(arrangements)!r}")
+    res = bench_chords.run_chords(arrangements, files)
+    if a.out:
+        Path(a.out).write_text(json.dumps({"chords": res}, indent=2, default=str) + "\n")
     return 0
 
 
@@ -729,6 +752,7 @@ USER_VIEWS = (
     "song_groups",
     "song_matches",
     "track_signatures",
+    "chords",
     "tokens",
     "tokenizers",
     "snapshots",
@@ -1197,12 +1221,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale", action="store_true", help="also the synthetic 2k/5k/20k scale run and the 20k lakehouse table (long)"
     )
     b.add_argument(
+        "--key-accuracy",
+        action="store_true",
+        help="only the key accuracy table against human labels (pop909, goldberg, chorales; about 20 s)",
+    )
+    b.add_argument(
         "--lakehouse",
         type=int,
         default=None,
         metavar="N",
         help="only the lakehouse table: every command of a scheduled corpus on N synthetic pieces, each as its own "
         "process, wall time and driver peak RSS (Lakh-sized: 176581, about an hour here)",
+    )
+    b.add_argument(
+        "--chords",
+        action="store_true",
+        help="only the chord labels: accuracy per beat against POP909's human labels (tuning and held-out halves) "
+        "and agreement with music21's chordify (about 20 s)",
     )
     b.add_argument("--delta", type=int, default=200, help="with --lakehouse: pieces of the nightly delta (default 200)")
     b.add_argument(

@@ -4,7 +4,9 @@ Per piece (in the engine's workers): texture measures per track and per piece
 (:mod:`corpus.curation.texture`), the key from a duration-weighted pitch-class histogram
 (:mod:`corpus.curation.key`), windowed keys, the declared key signature, and the dedup
 signature (content hashes and the near-duplicate vector, :mod:`corpus.curation.dedup`).
-These rows are appended once per piece (``piece_analysis``, ``track_texture``).
+These rows are appended once per piece (``piece_analysis``, ``track_texture``); the chord
+labels per harmonic change (:mod:`corpus.curation.chords`) go to ``chords``, their per-piece
+summary (``chord_progression``, ``chord_change_rate``) to ``piece_analysis``.
 
 Then, over the whole lake (in the driver): pieces join duplicate clusters by content hash,
 transposition-invariant hash, near-duplicate vectors above the threshold (faiss), and the
@@ -12,12 +14,16 @@ same Lakh md5 (an LPD piece and the MIDI it came from). Every curate run writes 
 assignment as a new version of ``dedup``; the ``features`` view shows the latest. The
 faiss index is saved under ``index/neardup`` for ``midicorpus similar``.
 
-Key backend (``key_backend``): ``"ours"`` (default) is :func:`corpus.curation.key.estimate_key`,
-the fast emulation of music21; ``"music21"`` runs music21's own ``analyze('key')``
-(:func:`corpus.curation.key.estimate_key_music21`, about 2.5 s per file) for the whole-piece key
-(``key_tonic``, ``key_tonic_pc``, ``key_mode``, ``key_correlation``, ``key_confidence``). The
-windowed keys and ``key_krumhansl`` always come from ours. The backend that produced the key is
-the row's ``key_backend`` (NULL when the piece has no key); when music21 raises on a piece, ours
+The whole-piece key (``key_tonic``, ``key_tonic_pc``, ``key_mode``, ``key_correlation``,
+``key_confidence``, ``key_profile`` = ``evidence-v1``) is the default estimate of
+:mod:`corpus.curation.key_evidence` (histogram, bass, first and last harmony, agreeing key
+signature, sections); transposition (``--transpose normalize``) follows it. music21's estimate is
+kept beside it in ``key_music21_*``. Key backend (``key_backend``), for those columns: ``"ours"``
+(default) is :func:`corpus.curation.key.estimate_key`, the fast emulation of music21;
+``"music21"`` runs music21's own ``analyze('key')``
+(:func:`corpus.curation.key.estimate_key_music21`, about 2.5 s per file). The windowed keys,
+``key_krumhansl`` and the default key always come from ours. The backend that produced
+``key_music21_*`` is the row's ``key_backend`` (NULL when the piece has no key); when music21 raises on a piece, ours
 is used for it and recorded as such (counted in ``CurateSummary.key_fallbacks``). The backend
 applies to the pieces analysed in that run: already curated pieces are not analysed again.
 
@@ -50,7 +56,7 @@ KEY_PROFILE = "aarden"
 WINDOW_BARS = 8
 DEDUP_THRESHOLD = 0.7
 DEDUP_PAIR_FLOOR = 0.5  # near-dup pairs at or above this are stored, so the threshold can move down to it
-CURATE_VERSION = "curate-v2"  # v2: expressive (nomml-v1) and track roles (roles-v1)
+CURATE_VERSION = "curate-v2"  # v2: expressive (nomml-v1), track roles (roles-v1); chords and key-v2 rows for lakes curated before them
 KEY_BACKENDS = ("ours", "music21")
 
 
@@ -118,31 +124,34 @@ def _check_key_backend(key_backend: str) -> str:
 def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict[str, Any]:
     """Everything curate measures on one piece (a pure function of its bytes and the key backend).
 
-    Returns ``{"row": piece_analysis row, "tracks": track_texture rows, "track_signatures": rows}``, plus
+    Returns ``{"row": piece_analysis row, "tracks": track_texture rows, "track_signatures": rows,
+    "chords": chords rows}``, plus
     ``"key_fallback": message`` when the music21 backend raised and our key was used instead.
     """
     import symusic
 
-    from corpus.curation import dedup, expressive, key, roles, songs, texture
+    from corpus.curation import chords, dedup, expressive, key, key_evidence, roles, songs, texture
     from corpus.parse import smf_bytes
 
     _check_key_backend(key_backend)
     smf = smf_bytes(data)  # checked at ingest
     score = symusic.Score.from_midi(smf)
     piece_tex, track_tex = texture.piece_texture(score)
-    pitches, _, weights = key.note_weights(score)  # once, for both profiles
-    est = key.estimate_key_from_weights(pitches, weights, KEY_PROFILE)
-    backend = "ours" if est is not None else None
+    pitches, _, weights = key.note_weights(score)  # once, for all the estimates
+    m21 = key.estimate_key_from_weights(pitches, weights, KEY_PROFILE)
+    backend = "ours" if m21 is not None else None
     fallback = None
-    if est is not None and key_backend == "music21":
+    if m21 is not None and key_backend == "music21":
         try:
-            est = key.estimate_key_music21(smf, KEY_PROFILE)
+            m21 = key.estimate_key_music21(smf, KEY_PROFILE)
             backend = "music21"
         except Exception as exc:  # noqa: BLE001 - music21 refuses some files symusic reads; ours is kept
             fallback = f"{type(exc).__name__}: {exc}"
-    alt = key.estimate_key_from_weights(pitches, weights, "krumhansl") if est is not None else None
+    alt = key.estimate_key_from_weights(pitches, weights, "krumhansl") if m21 is not None else None
     declared = key.declared_key(score)
-    windows = key.windowed_keys(score, WINDOW_BARS, KEY_PROFILE) if est is not None else []
+    windows = key.windowed_keys(score, WINDOW_BARS, KEY_PROFILE) if m21 is not None else []
+    ev = key_evidence.key_evidence(score, weights_cache=(pitches, weights), windows=windows) if m21 else None
+    est = key_evidence.key_from_evidence(ev) if ev is not None else None
     sig = dedup.signature(score)
     track_sigs = songs.track_signatures(score, piece_id)
     piece_expr, track_expr = expressive.piece_expressive(score)
@@ -161,7 +170,12 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
         "key_mode": est.mode if est else None,
         "key_correlation": est.correlation if est else None,
         "key_confidence": est.confidence if est else None,
-        "key_profile": KEY_PROFILE if est else None,
+        "key_profile": key_evidence.KEY_METHOD if est else None,
+        "key_music21_tonic": m21.tonic if m21 else None,
+        "key_music21_tonic_pc": m21.tonic_pc if m21 else None,
+        "key_music21_mode": m21.mode if m21 else None,
+        "key_music21_correlation": m21.correlation if m21 else None,
+        "key_music21_confidence": m21.confidence if m21 else None,
         "key_backend": backend,
         "key_krumhansl": alt.name if alt else None,
         "key_declared": f"{declared.tonic} {declared.mode}" if declared else None,
@@ -191,7 +205,9 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
         }
         for t in track_tex
     ]
-    out: dict[str, Any] = {"row": row, "tracks": tracks, "track_signatures": track_sigs}
+    chord_rows, chord_summary = chords.piece_chords(score, piece_id, row["key_tonic_pc"], row["key_mode"])
+    row.update(chord_summary)
+    out: dict[str, Any] = {"row": row, "tracks": tracks, "track_signatures": track_sigs, "chords": chord_rows}
     if fallback is not None:
         out["key_fallback"] = fallback
     return out
@@ -354,6 +370,7 @@ def _analyse_pending(
     rows: list[dict[str, Any]] = []
     tracks: list[dict[str, Any]] = []
     sigs: list[dict[str, Any]] = []
+    chord_rows: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
 
     def flush() -> None:
@@ -366,11 +383,14 @@ def _analyse_pending(
             tx.replace_rows("piece_analysis", "piece_id", [r for r in rows if r["piece_id"] in stale_ids])
             tx.replace_rows("track_texture", "piece_id", [r for r in tracks if r["piece_id"] in stale_ids])
             tx.write("track_signatures", sigs)
+            tx.write("chords", [r for r in chord_rows if r["piece_id"] not in stale_ids])
+            tx.replace_rows("chords", "piece_id", [r for r in chord_rows if r["piece_id"] in stale_ids])
             if rejects:
                 tx.write("rejects", rejects, {"stage": "curate"})
         rows.clear()
         tracks.clear()
         sigs.clear()
+        chord_rows.clear()
         rejects.clear()
 
     chunks = (todo[i : i + batch_size] for i in range(0, len(todo), batch_size))
@@ -389,6 +409,7 @@ def _analyse_pending(
                 else:
                     sigs.extend(out[1]["track_signatures"])
                     s.analysed += 1
+                chord_rows.extend(out[1]["chords"])
                 if "key_fallback" in out[1]:
                     s.key_fallbacks += 1
             else:

@@ -286,6 +286,10 @@ def card_section(m: Mapping[str, Any]) -> list[str]:
         "from datasets import load_dataset",
         "ds = load_dataset('path/to/this/folder')  # DatasetDict: train, valid, test",
         "row = ds['train'][0]; row['input_ids'], row['piece_id'], row['license']",
+        "# in a bucket: datasets opens local folders only, so name the Parquet files (s3fs; streaming=True reads in place)",
+        f"url = 's3://<bucket>/<lake>/snapshots/{m['name']}/{m['version']}'",
+        "files = {s: f'{url}/{s}/data-*.parquet' for s in ('train', 'valid', 'test')}",
+        "ds = load_dataset('parquet', data_files=files, storage_options={'endpoint_url': ...})",
         "```",
         "",
         "One row per sequence (the order of `sequences.parquet`): `input_ids` "

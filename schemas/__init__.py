@@ -98,13 +98,21 @@ TABLES: dict[str, pa.Schema] = {
             ("max_onset_polyphony", pa.int32()),
             ("share_poly", pa.float64()),
             ("n_monophonic_tracks", pa.int32()),
+            # the default key (corpus.curation.key_evidence: histogram + bass + final/first harmony
+            # + agreeing key signature + sections)
             ("key_tonic", pa.string()),
             ("key_tonic_pc", pa.int32()),
             ("key_mode", pa.string()),
-            ("key_correlation", pa.float64()),
-            ("key_confidence", pa.float64()),  # correlation margin to the runner-up key
-            ("key_profile", pa.string()),
-            ("key_backend", pa.string()),  # ours / music21
+            ("key_correlation", pa.float64()),  # the histogram's Pearson r for that key
+            ("key_confidence", pa.float64()),  # weighted-score margin to the runner-up key
+            ("key_profile", pa.string()),  # the method, e.g. evidence-v1
+            # music21's analyze('key') (AardenEssen histogram), by the backend in key_backend
+            ("key_music21_tonic", pa.string()),
+            ("key_music21_tonic_pc", pa.int32()),
+            ("key_music21_mode", pa.string()),
+            ("key_music21_correlation", pa.float64()),
+            ("key_music21_confidence", pa.float64()),  # correlation margin to the runner-up key
+            ("key_backend", pa.string()),  # ours / music21: what made the key_music21_* columns
             ("key_krumhansl", pa.string()),  # the Krumhansl-Schmuckler estimate, for comparison
             ("key_declared", pa.string()),  # the first key signature meta event
             ("key_windows", pa.list_(pa.string())),  # key per 8 bars
@@ -113,6 +121,11 @@ TABLES: dict[str, pa.Schema] = {
             ("content_hash_transposed", pa.string()),
             ("dedup_vector", pa.list_(pa.float32())),
             ("curate_version", pa.string()),
+            # chord summary (corpus.curation.chords)
+            ("chord_rule", pa.string()),  # chords-v1
+            ("chord_change_rate", pa.float64()),  # changes of chord label per beat
+            ("chord_progression", pa.string()),  # most frequent 4 consecutive degrees, e.g. I-V-vi-IV
+            ("chord_progression_count", pa.int32()),
             # performed or quantized (corpus.curation.expressive): all onsets of the piece merged
             ("onset_metric_level", pa.float64()),  # median metric level of the onsets (NOMML-style)
             ("onset_grid_dev", pa.float64()),  # median distance from the 1/48-quarter grid, in steps
@@ -137,6 +150,27 @@ TABLES: dict[str, pa.Schema] = {
             ("expressive", pa.string()),  # expressive / quantized (NULL: under 8 onsets)
             ("role", pa.string()),  # melody / bass / chords / drums / other (corpus.curation.roles)
             ("role_confidence", pa.float64()),
+        ]
+    ),
+    # curate (corpus.curation.chords): one row per harmonic change (equal consecutive beats merged)
+    "chords": pa.schema(
+        [
+            ("piece_id", pa.string()),
+            ("chord_index", pa.int32()),  # 0, 1, ... in time order
+            ("start_beat", pa.int32()),  # index of its first beat on the piece's beat grid
+            ("n_beats", pa.int32()),
+            ("start_tick", pa.int64()),
+            ("end_tick", pa.int64()),
+            ("start_s", pa.float64()),
+            ("end_s", pa.float64()),
+            ("root_pc", pa.int32()),  # 0 = C; NULL for N
+            ("root", pa.string()),  # C, C#, D, Eb, ...
+            ("quality", pa.string()),  # maj min dim aug sus2 sus4 maj7 min7 7 dim7 hdim7, or N
+            ("bass_pc", pa.int32()),  # lowest sounding pitch class
+            ("label", pa.string()),  # C:maj, A:min7/G, N
+            ("degree", pa.string()),  # Roman numeral in the piece's key, no seventh: I, vi, bVII, viio
+            ("roman", pa.string()),  # with the seventh: V7, IVmaj7, ii7, viih7
+            ("score", pa.float64()),  # template match (cosine + bass bonus + prior), mean over its beats
         ]
     ),
     # every curate run writes the complete cluster assignment; views read the latest run
@@ -316,6 +350,7 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
     "piece_facts": (),
     "piece_analysis": (),
     "track_texture": (),
+    "chords": (),
     "dedup": (),
     "dedup_pairs": (),
     "track_signatures": (),

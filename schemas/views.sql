@@ -8,6 +8,7 @@ CREATE OR REPLACE VIEW tracks_t AS SELECT * FROM {tracks};
 CREATE OR REPLACE VIEW piece_facts_t AS SELECT * FROM {piece_facts};
 CREATE OR REPLACE VIEW piece_analysis_t AS SELECT * FROM {piece_analysis};
 CREATE OR REPLACE VIEW track_texture_t AS SELECT * FROM {track_texture};
+CREATE OR REPLACE VIEW chords_t AS SELECT * FROM {chords};
 -- one row per piece: curate replaces the rows whose cluster changed (DELETE + INSERT in one
 -- transaction); a lake upgraded from full per-run versions keeps its older rows, hence the QUALIFY
 CREATE OR REPLACE VIEW dedup_latest AS
@@ -77,6 +78,12 @@ LEFT JOIN (SELECT any_value(threshold) AS threshold, any_value(min_shared) AS mi
 -- per pitched track: what it does (measures kept beside the song rule)
 CREATE OR REPLACE VIEW track_signatures AS
 SELECT * EXCLUDE (ngrams, vector) FROM track_signatures_t;
+
+-- chord labels (rule chords-v1): one row per harmonic change, with the piece's key beside the degrees
+CREATE OR REPLACE VIEW chords AS
+SELECT c.*, a.key_tonic, a.key_mode
+FROM chords_t c
+LEFT JOIN piece_analysis_t a USING (piece_id);
 
 CREATE OR REPLACE VIEW tokens AS SELECT * FROM {tokens};
 

@@ -58,6 +58,8 @@ def test_run_bench_reports_every_key(small_folder: Path, tmp_path: Path) -> None
     bpe = on_disk["stages"]["bpe"]
     assert bpe["identical_ids"] is True and bpe["base_tokens"] > 0 and on_disk["bpe_batched_tokens_per_s"] > 0
     assert 0 <= on_disk["key_agreement_music21"] <= 1
+    # no arrangements or Mutopia files in this folder: only the chorales of music21's corpus
+    assert {r["set"] for r in on_disk["stages"]["key_accuracy"]["rows"]} == {"chorales"}
     assert on_disk["files"] == 22 and on_disk["stages"]["pipeline"]["ingest"]["inputs"] == 22
     table = "\n".join(lines)
     assert "parse+validate+facts" in table and "Lakh" in table
@@ -93,6 +95,32 @@ def test_lakehouse_table_runs_every_command(tmp_path: Path) -> None:
     assert "| nightly delta: curate |" in table and "| snapshot create |" in table
     ratios = compare(r, r).splitlines()
     assert len(ratios) == 2 + 11 and all("| 1.00x | 1.00x |" in ln for ln in ratios[2:])
+
+
+@pytest.mark.timeout(600)
+def test_bench_key_accuracy_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench --key-accuracy``: exact and MIREX per set and half for the three estimates."""
+    from corpus.cli import main
+
+    if not (DATA.parent / "arrangements").is_dir():
+        pytest.skip("../shared/arrangements not found")
+    out = tmp_path / "key.json"
+    assert main(["bench", "--key-accuracy", "--files", str(DATA), "--out", str(out)]) == 0
+    acc = json.loads(out.read_text())["key_accuracy"]
+    assert acc["methods"] == ["default", "music21", "krumhansl"]
+    sets = {r["set"] for r in acc["rows"]}
+    assert sets == {"pop909", "pop909_versions", "goldberg", "chorales"}
+    for r in acc["rows"]:
+        assert {r["half"]} <= {"tune", "held", "all"} and r["n"] > 0
+        for m in acc["methods"]:
+            assert 0 <= r[f"{m}_exact"] <= r[f"{m}_mirex"] <= 1, r
+    by = {(r["set"], r["half"]): r for r in acc["rows"]}
+    assert by[("pop909", "all")]["n"] == by[("pop909", "tune")]["n"] + by[("pop909", "held")]["n"]
+    # the default beats music21's estimate on the pop songs and the Goldberg Variations
+    for name in ("pop909", "goldberg"):
+        assert by[(name, "all")]["default_exact"] > by[(name, "all")]["music21_exact"]
+    printed = capsys.readouterr().out
+    assert "key accuracy vs human labels" in printed and "pop909_versions" in printed
 
 
 def test_bench_prints_the_curation_checks(data_dir: Path, arrangements_dir: Path) -> None:

@@ -196,7 +196,10 @@ def test_pieces_analysed_by_an_older_version_are_analysed_again_once(tmp_path: P
         first = curate(lake, e)
     n = first.analysed
     assert n > 20
-    counts = "SELECT (SELECT count(*) FROM piece_analysis_t), (SELECT count(*) FROM track_texture_t), (SELECT count(*) FROM track_signatures_t)"
+    counts = (
+        "SELECT (SELECT count(*) FROM piece_analysis_t), (SELECT count(*) FROM track_texture_t), "
+        "(SELECT count(*) FROM track_signatures_t), (SELECT count(*) FROM chords)"
+    )
     before = q(lake, counts)
     decided = _decided(lake)
     # what a lake curated by curate-v1 holds: no version-2 measures

@@ -8,6 +8,7 @@ import pytest
 
 from corpus.curate import analyse_batch, analyse_piece, curate
 from corpus.curation.key import estimate_key_music21
+from corpus.curation.key_evidence import KEY_METHOD
 from corpus.engine import Engine
 from corpus.ingest import IngestConfig, ingest
 from corpus.lake import Lake
@@ -23,20 +24,22 @@ def test_music21_backend_agrees_with_estimate_key_music21(data_dir: Path) -> Non
         row = analyse_piece("x", data, key_backend="music21")["row"]
         want = estimate_key_music21(data)
         assert row["key_backend"] == "music21"
-        assert (row["key_tonic"], row["key_tonic_pc"], row["key_mode"]) == (want.tonic, want.tonic_pc, want.mode), rel
-        assert row["key_correlation"] == pytest.approx(want.correlation)
-        assert row["key_confidence"] == pytest.approx(want.confidence)
-        assert row["key_profile"] == "aarden"
+        got = (row["key_music21_tonic"], row["key_music21_tonic_pc"], row["key_music21_mode"])
+        assert got == (want.tonic, want.tonic_pc, want.mode), rel
+        assert row["key_music21_correlation"] == pytest.approx(want.correlation)
+        assert row["key_music21_confidence"] == pytest.approx(want.confidence)
+        assert row["key_profile"] == KEY_METHOD  # the default key is ours whichever backend
         ours = analyse_piece("x", data)["row"]
         assert ours["key_backend"] == "ours"
-        # everything but the whole-piece key is the same whichever backend
-        same = {k for k in ours if not k.startswith("key_") or k in ("key_windows", "key_krumhansl", "key_declared")}
+        # everything but the music21 columns is the same whichever backend
+        same = {k for k in ours if not k.startswith("key_music21_") and k != "key_backend"}
         assert {k: row[k] for k in same} == {k: ours[k] for k in same}
 
 
 def test_no_key_no_backend(data_dir: Path) -> None:
     row = analyse_piece("x", (data_dir / "midi" / DRUMS).read_bytes(), key_backend="music21")["row"]
     assert row["texture"] == "drums_only" and row["key_mode"] is None and row["key_backend"] is None
+    assert row["key_music21_mode"] is None
 
 
 def test_unknown_backend() -> None:
@@ -71,7 +74,7 @@ def test_curate_with_music21_backend(data_dir: Path, tmp_path: Path) -> None:
     con = lake.connect()
     try:
         rows = con.execute(
-            "SELECT p.name, f.key_backend, f.key_tonic, f.key_mode, f.key_correlation "
+            "SELECT p.name, f.key_backend, f.key_music21_tonic, f.key_music21_mode, f.key_music21_correlation "
             "FROM pieces p JOIN features f USING (piece_id) ORDER BY 1"
         ).fetchall()
     finally:

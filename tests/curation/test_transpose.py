@@ -166,3 +166,41 @@ def test_normalization_reaches_c_major_or_a_minor(rel: str):
     k2 = estimate_key(out)
     assert (k2.tonic_pc, k2.mode) == ((0, "major") if k.mode == "major" else (9, "minor"))
     assert k2.correlation == pytest.approx(k.correlation, abs=1e-12)
+
+
+def test_normalize_follows_the_default_key_not_music21s(arrangements_dir: Path, tmp_path: Path) -> None:
+    """tokenize --transpose normalize shifts by the default key (key_*), not by key_music21_*.
+
+    pop909 089 and 098: the human labels (F# minor, Ab major) are what the default key finds;
+    music21's estimate (D major, C# major) would shift them elsewhere.
+    """
+    from corpus.curate import curate
+    from corpus.engine import Engine
+    from corpus.ingest import IngestConfig, ingest
+    from corpus.lake import Lake
+    from corpus.sources.base import SourceItem
+    from corpus.tokenize.stage import tokenize
+
+    lake = Lake(tmp_path / "lake")
+    items = [
+        SourceItem(source="pop", uri=s, data=(arrangements_dir / s / f"{s}.mid").read_bytes(), name=s)
+        for s in ("089", "098")
+    ]
+    with lake.lock("test"), Engine(workers=0) as e:
+        ingest(lake, items, e, IngestConfig())
+        curate(lake, e)
+        tokenize(lake, e, ["remi"], transpose="normalize", min_key_confidence=0.0)
+    con = lake.connect()
+    try:
+        rows = con.execute(
+            "SELECT p.name, f.key_tonic_pc, f.key_mode, f.key_music21_tonic_pc, f.key_music21_mode, t.transpose "
+            "FROM pieces p JOIN features f USING (piece_id) JOIN tokens t USING (piece_id) ORDER BY 1"
+        ).fetchall()
+    finally:
+        con.close()
+    assert [r[0] for r in rows] == ["089", "098"]
+    labels = {"089": (6, "minor"), "098": (8, "major")}  # key_audio.txt: F#:min, Ab:maj
+    for name, pc, mode, m21_pc, m21_mode, shift in rows:
+        assert (pc, mode) == labels[name]
+        assert shift == normalize_shift(pc, mode)
+        assert shift != normalize_shift(m21_pc, m21_mode)

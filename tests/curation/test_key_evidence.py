@@ -1,0 +1,169 @@
+"""The default key estimate (key_evidence), the labelled sets and the MIREX score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import symusic
+
+from corpus.curation import key_labels
+from corpus.curation.key import estimate_key
+from corpus.curation.key_evidence import (
+    EVIDENCE,
+    KEY_METHOD,
+    KeyWeights,
+    estimate_key_v2,
+    key_evidence,
+    key_from_evidence,
+)
+from corpus.curation.key_labels import mirex_score, parse_label
+
+TPQ = 480
+
+
+# ------------------------------------------------------------------------------- MIREX score
+@pytest.mark.parametrize(
+    ("est", "ref", "want"),
+    [
+        ((0, "major"), (0, "major"), 1.0),  # C vs C
+        ((7, "major"), (0, "major"), 0.5),  # G for C: a fifth above
+        ((4, "minor"), (9, "minor"), 0.5),  # E minor for A minor
+        ((5, "major"), (0, "major"), 0.0),  # F for C: a fifth below scores 0 (mir_eval)
+        ((9, "minor"), (0, "major"), 0.3),  # A minor for C major: relative
+        ((0, "major"), (9, "minor"), 0.3),  # C major for A minor: relative
+        ((0, "minor"), (0, "major"), 0.2),  # parallel
+        ((0, "major"), (0, "minor"), 0.2),
+        ((2, "major"), (0, "major"), 0.0),
+        ((4, "minor"), (0, "major"), 0.0),  # E minor for C major: nothing
+    ],
+    ids=lambda v: str(v),
+)
+def test_mirex_score_hand_cases(est: tuple[int, str], ref: tuple[int, str], want: float) -> None:
+    assert mirex_score(*est, *ref) == want
+
+
+def test_parse_label() -> None:
+    assert parse_label("Gb:maj") == (6, "major")
+    assert parse_label("C#:min") == (1, "minor")
+    assert parse_label(" a:minor ") == (9, "minor")
+    for bad in ("H:maj", "C", "C:dorian", ""):
+        with pytest.raises(ValueError, match="not a key label"):
+            parse_label(bad)
+
+
+# ------------------------------------------------------------------------------- evidence
+def _score(notes: list[tuple[int, int, int]], key_sig: tuple[int, int] | None = None) -> symusic.Score:
+    """notes: (pitch, start beat, beats), on a 16th grid."""
+    s = symusic.Score(TPQ)
+    t = symusic.Track("p", program=0, is_drum=False)
+    for p, b, n in notes:
+        t.notes.append(symusic.Note(b * TPQ, n * TPQ, p, 80))
+    s.tracks.append(t)
+    if key_sig is not None:
+        s.key_signatures.append(symusic.KeySignature(0, *key_sig))
+    return s
+
+
+# A minor in the white notes: the scale in the melody, an A bass, ending on an A minor chord.
+A_MINOR = [(60 + i, b, 1) for b, i in enumerate((9, 11, 12, 14, 16, 17, 19, 21, 19, 17, 16, 14, 12, 11, 9, 12))] + [
+    (45, 0, 8),
+    (40, 8, 4),
+    (45, 12, 4),
+    (45, 16, 4),
+    (69, 16, 4),
+    (72, 16, 4),
+    (76, 16, 4),
+]
+
+
+def test_final_and_bass_evidence_point_at_the_tonic() -> None:
+    ev = key_evidence(_score(A_MINOR))
+    assert ev is not None and ev.matrix.shape == (len(EVIDENCE), 24)
+    rows = dict(zip(EVIDENCE, ev.matrix))
+    a_minor, c_major = 12 + 9, 0
+    assert rows["final_bass"][a_minor] == 1 and rows["final_bass"][c_major] == 0
+    assert rows["first_bass"][a_minor] == 1
+    assert rows["final_chord"][a_minor] > rows["final_chord"][c_major]
+    k = estimate_key_v2(_score(A_MINOR))
+    assert k is not None and (k.tonic, k.mode, k.profile) == ("A", "minor", KEY_METHOD)
+    # weights that keep the histogram alone give the histogram's answer, as estimate_key does
+    alone = key_from_evidence(ev, KeyWeights(bass=0, final_bass=0, final_chord=0, first_bass=0, declared=0, sections=0))
+    m21 = estimate_key(_score(A_MINOR))
+    assert (alone.tonic_pc, alone.mode) == (m21.tonic_pc, m21.mode)
+
+
+def test_declared_signature_counts_only_when_notated_and_agreeing() -> None:
+    notes = [(60 + i, b, 1) for b, i in enumerate((0, 2, 4, 5, 7, 9, 11, 12))]
+    on_grid = key_evidence(_score(notes, key_sig=(0, 0)))  # C major signature, on the grid
+    assert on_grid is not None and on_grid.notated and on_grid.declared_agrees
+    decl = dict(zip(EVIDENCE, on_grid.matrix))["declared"]
+    assert decl[0] == 1 and decl[12 + 9] == 1 and decl.sum() == 2  # C major and A minor
+    far = key_evidence(_score(notes, key_sig=(6, 0)))  # F# major signature: does not agree
+    assert far is not None and not far.declared_agrees and dict(zip(EVIDENCE, far.matrix))["declared"].sum() == 0
+    s = _score(notes, key_sig=(0, 0))
+    off = symusic.Score(TPQ)
+    t = symusic.Track("p", program=0, is_drum=False)
+    for n in s.tracks[0].notes:
+        t.notes.append(symusic.Note(n.time + 37, n.duration, n.pitch, n.velocity))  # off the grid: performed
+    off.tracks.append(t)
+    off.key_signatures.append(symusic.KeySignature(0, 0, 0))
+    perf = key_evidence(off)
+    assert perf is not None and not perf.notated and dict(zip(EVIDENCE, perf.matrix))["declared"].sum() == 0
+
+
+def test_no_pitched_notes_no_key() -> None:
+    s = symusic.Score(TPQ)
+    d = symusic.Track("d", program=0, is_drum=True)
+    d.notes.append(symusic.Note(0, TPQ, 36, 90))
+    s.tracks.append(d)
+    assert estimate_key_v2(s) is None
+
+
+# ------------------------------------------------------------------------------- labelled sets
+def test_labelled_sets_and_halves(data_dir: Path, arrangements_dir: Path) -> None:
+    pop = key_labels.pop909_set(arrangements_dir)
+    assert 100 <= len(pop) < 150  # songs with more than one labelled key are left out
+    assert all(p.half == ("tune" if int(p.id) % 2 == 0 else "held") for p in pop)
+    first = next(p for p in pop if p.id == "001")
+    assert (first.tonic_pc, first.mode) == (6, "major")  # 001/key_audio.txt: Gb:maj
+    versions = key_labels.pop909_set(arrangements_dir, versions=True)
+    songs = {p.id: p for p in pop}
+    assert len(versions) > 2 * len(pop) and {v.set for v in versions} == {"pop909_versions"}
+    for v in versions:  # an earlier arrangement: its song's label and half
+        song = songs[v.id.split("-")[0]]
+        assert (v.tonic_pc, v.mode, v.half) == (song.tonic_pc, song.mode, song.half)
+    gold = key_labels.goldberg_set(data_dir)
+    assert len(gold) == 30
+    assert {p.id for p in gold if p.mode == "minor"} == {"var15", "var21", "var25"}
+    assert all(p.tonic_pc == 7 for p in gold)
+
+
+def test_accuracy_floors_on_a_subset(data_dir: Path, arrangements_dir: Path) -> None:
+    """pop909 songs 001-040 and the Goldberg Variations: the default beats music21's estimate."""
+    pieces = [p for p in key_labels.pop909_set(arrangements_dir) if int(p.id) <= 40]
+    pieces += key_labels.goldberg_set(data_dir)
+    scored = key_labels.score_pieces(pieces)
+    assert len(scored) == len(pieces) == 60
+    for name, floor in (("pop909", 0.9), ("goldberg", 0.95)):
+        part = [s for s in scored if s.piece.set == name]
+        new, m21 = key_labels.accuracy(part, "default"), key_labels.accuracy(part, "music21")
+        assert new["exact"] >= floor, (name, new)
+        assert new["exact"] >= m21["exact"] and new["mirex"] >= m21["mirex"], (name, new, m21)
+    gold = [s for s in scored if s.piece.set == "goldberg"]
+    assert key_labels.accuracy(gold, "default")["exact"] > key_labels.accuracy(gold, "music21")["exact"] + 0.3
+    table = key_labels.accuracy_table(scored)
+    assert {(r["set"], r["half"]) for r in table} == {
+        (s, h) for s in ("pop909", "goldberg") for h in ("tune", "held", "all")
+    }
+
+
+@pytest.mark.slow
+def test_default_weights_are_the_tuned_ones(data_dir: Path, arrangements_dir: Path) -> None:
+    """DEFAULT_WEIGHTS is what tune_weights picks on the tuning halves (chorales need music21: ~30 s)."""
+    from corpus.curation.key_evidence import DEFAULT_WEIGHTS
+
+    pieces = [p for p in key_labels.labelled_sets(data_dir, arrangements_dir) if p.half == "tune"]
+    weights, value = key_labels.tune_weights(key_labels.score_pieces(pieces))
+    assert weights == DEFAULT_WEIGHTS
+    assert value > 0.95
