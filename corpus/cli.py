@@ -247,7 +247,9 @@ def run_curate(ctx: Ctx) -> Any:
     st = getattr(a, "song_threshold", None)
     if st is not None and not 0.0 < st <= 1.0:
         raise UserError(f"--song-threshold must be a containment in (0, 1], got {st}")
-    prog = Progress("curate", count=lambda x: x.analysed + x.failed, total=lambda x: x.to_analyse, unit="pieces")
+    prog = Progress(
+        "curate", count=lambda x: x.analysed + x.reanalysed + x.failed, total=lambda x: x.to_analyse, unit="pieces"
+    )
     prog.phase("starting workers")
     try:
         with ctx.lake.lock("curate"), ctx.engine() as engine:
@@ -646,6 +648,12 @@ def cmd_bench(ctx: Ctx) -> int:
     if a.chords:
         return _bench_chords(a, arrangements, files)
     result = bench.run_bench(files, Path(a.out) if a.out else None, workers, key_files=a.key_files)
+    from corpus import bench_curation
+
+    print("curation checks (performed or quantized, track roles)...")
+    result["curation"] = bench_curation.run_curation(files, arrangements if arrangements.is_dir() else None)
+    if a.out:
+        Path(a.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
     if arrangements.is_dir():
         from corpus import bench_chords, bench_songs
 

@@ -56,7 +56,7 @@ KEY_PROFILE = "aarden"
 WINDOW_BARS = 8
 DEDUP_THRESHOLD = 0.7
 DEDUP_PAIR_FLOOR = 0.5  # near-dup pairs at or above this are stored, so the threshold can move down to it
-CURATE_VERSION = "curate-v1"
+CURATE_VERSION = "curate-v2"  # v2: expressive (nomml-v1), track roles (roles-v1); chords and key-v2 rows for lakes curated before them
 KEY_BACKENDS = ("ours", "music21")
 
 
@@ -81,11 +81,20 @@ class CurateSummary:
     scope: str = ""  # how clusters and groups were decided: "full" (every piece) or "delta" (what new pieces touch)
     redecided: int = 0  # pieces whose cluster and group were decided in this run
     to_analyse: int = 0  # pieces to analyse in this run (a progress total)
+    reanalysed: int = 0  # pieces analysed before by an older CURATE_VERSION, analysed again in this run
+    stale_versions: dict[str, int] = field(default_factory=dict)  # those pieces per older version
 
     def line(self) -> str:
+        again = ""
+        if self.reanalysed:
+            olds = ", ".join(f"{v}: {n}" for v, n in sorted(self.stale_versions.items()))
+            again = (
+                f"{self.reanalysed} pieces analysed again (analysed by an older version, {olds}; now {CURATE_VERSION})"
+            )
         if self.decision_current:
+            head = f"{again}; " if again else "nothing new: "
             return (
-                f"nothing new: {self.pieces} pieces curated, in {self.clusters} dedup clusters and "
+                f"{head}{self.pieces} pieces curated, in {self.clusters} dedup clusters and "
                 f"{self.song_groups} song groups (as decided by the last run)"
             )
         s = (
@@ -97,6 +106,8 @@ class CurateSummary:
             s += f"; {self.redecided} pieces decided again (the song groups new pieces touch)"
         if self.signed:
             s += f"; track signatures added to {self.signed} pieces curated before song-v1"
+        if again:
+            s += f"; {again}"
         if self.melodies is not None:
             s += f"; {self.melodies} melodies extracted from {self.melody_counts.get('parents', 0)} pieces"
         if self.key_fallbacks:
@@ -119,7 +130,7 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
     """
     import symusic
 
-    from corpus.curation import chords, dedup, key, key_evidence, songs, texture
+    from corpus.curation import chords, dedup, expressive, key, key_evidence, roles, songs, texture
     from corpus.parse import smf_bytes
 
     _check_key_backend(key_backend)
@@ -143,6 +154,8 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
     est = key_evidence.key_from_evidence(ev) if ev is not None else None
     sig = dedup.signature(score)
     track_sigs = songs.track_signatures(score, piece_id)
+    piece_expr, track_expr = expressive.piece_expressive(score)
+    track_roles = roles.piece_roles(score, track_tex, {g["track_index"]: g["skyline_share"] for g in track_sigs})
     row = {
         "piece_id": piece_id,
         "texture": piece_tex["texture"],
@@ -172,6 +185,10 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
         "content_hash_transposed": sig.content_hash_transposed,
         "dedup_vector": sig.vector.astype(np.float32).tolist(),
         "curate_version": CURATE_VERSION,
+        **_expressive_columns(piece_expr),
+        "expressive_rule": expressive.EXPRESSIVE_RULE,
+        "melody_track": next((i for i, (r, _) in sorted(track_roles.items()) if r == "melody"), None),
+        "role_rule": roles.ROLE_RULE,
     }
     tracks = [
         {
@@ -182,6 +199,9 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
             "max_onset_polyphony": t.get("max_onset_polyphony"),
             "share_poly": t.get("share_poly"),
             "is_monophonic_v1": bool(t.get("is_monophonic", False)),
+            **_expressive_columns(track_expr.get(t["index"], {})),
+            "role": track_roles.get(t["index"], (None, None))[0],
+            "role_confidence": track_roles.get(t["index"], (None, None))[1],
         }
         for t in track_tex
     ]
@@ -191,6 +211,10 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
     if fallback is not None:
         out["key_fallback"] = fallback
     return out
+
+
+def _expressive_columns(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: m.get(k) for k in ("onset_metric_level", "onset_grid_dev", "expressive")}
 
 
 def analyse_batch(batch: list[tuple[str, bytes]], key_backend: str = "ours") -> list[tuple[str, Any]]:
@@ -322,7 +346,9 @@ def _analyse_pending(
     commit_every: int,
     key_backend: str,
 ) -> None:
-    """Analyse every parsed piece without a ``piece_analysis`` row or a curate reject."""
+    """Analyse every parsed piece without a ``piece_analysis`` row or a curate reject, and analyse
+    again the pieces analysed by an older ``CURATE_VERSION`` (their rows are replaced; see
+    :func:`_stale_pieces`)."""
     con = lake.connect()
     try:
         todo = [
@@ -332,8 +358,11 @@ def _analyse_pending(
                 "ANTI JOIN (SELECT piece_id FROM rejects WHERE stage = 'curate') r USING (piece_id) ORDER BY 1"
             ).fetchall()
         ]
+        stale = _stale_pieces(con, s)
     finally:
         con.close()
+    todo = todo + stale
+    stale_ids = set(stale)
     s.to_analyse += len(todo)
     if progress:
         progress(s)
@@ -348,10 +377,14 @@ def _analyse_pending(
         if not (rows or rejects):
             return
         with lake.transaction({"command": "curate", "run_id": run_id}) as tx:
-            tx.write("piece_analysis", rows)
-            tx.write("track_texture", tracks)
+            # pieces analysed again replace their rows (their track signatures are kept: song-v1's)
+            tx.write("piece_analysis", [r for r in rows if r["piece_id"] not in stale_ids])
+            tx.write("track_texture", [r for r in tracks if r["piece_id"] not in stale_ids])
+            tx.replace_rows("piece_analysis", "piece_id", [r for r in rows if r["piece_id"] in stale_ids])
+            tx.replace_rows("track_texture", "piece_id", [r for r in tracks if r["piece_id"] in stale_ids])
             tx.write("track_signatures", sigs)
-            tx.write("chords", chord_rows)
+            tx.write("chords", [r for r in chord_rows if r["piece_id"] not in stale_ids])
+            tx.replace_rows("chords", "piece_id", [r for r in chord_rows if r["piece_id"] in stale_ids])
             if rejects:
                 tx.write("rejects", rejects, {"stage": "curate"})
         rows.clear()
@@ -371,9 +404,12 @@ def _analyse_pending(
             if out[0] == "ok":
                 rows.append(out[1]["row"])
                 tracks.extend(out[1]["tracks"])
-                sigs.extend(out[1]["track_signatures"])
+                if pid in stale_ids:
+                    s.reanalysed += 1
+                else:
+                    sigs.extend(out[1]["track_signatures"])
+                    s.analysed += 1
                 chord_rows.extend(out[1]["chords"])
-                s.analysed += 1
                 if "key_fallback" in out[1]:
                     s.key_fallbacks += 1
             else:
@@ -394,6 +430,24 @@ def _analyse_pending(
         if progress:
             progress(s)
     flush()
+
+
+def _stale_pieces(con: Any, s: CurateSummary) -> list[str]:
+    """Pieces whose ``piece_analysis`` row was written by another ``curate_version`` (an older
+    analysis without the measures added since: NULL columns), unless a curate reject stands
+    for them. ``CURATE_VERSION`` changes whenever analyse_piece gains or changes a measure, so a
+    lake curated before re-analyses each such piece once; afterwards the query finds none (a
+    scan of one column, so a run with nothing new stays fast). The versions found are noted in
+    ``s.stale_versions`` for the summary line."""
+    rows = con.execute(
+        "SELECT a.piece_id, coalesce(a.curate_version, '(none)') FROM piece_analysis_t a "
+        "ANTI JOIN (SELECT piece_id FROM rejects WHERE stage = 'curate') r USING (piece_id) "
+        "WHERE a.curate_version IS DISTINCT FROM ? ORDER BY 1",
+        [CURATE_VERSION],
+    ).fetchall()
+    for _, v in rows:
+        s.stale_versions[str(v)] = s.stale_versions.get(str(v), 0) + 1
+    return [str(r[0]) for r in rows]
 
 
 def sign_batch(batch: list[tuple[str, bytes]]) -> list[tuple[str, Any]]:

@@ -99,6 +99,45 @@ def _draw_texture(rows: Rows) -> str:
     )
 
 
+def _draw_expressive(rows: Rows) -> str:
+    return svg.hbars(
+        rows,
+        lambda r: "all sources" if r["source"] is None else str(r["source"]),
+        [
+            Panel(
+                "pieces",
+                (
+                    Series("expressive", "expressive (performed)", VERMILLION),
+                    Series("quantized", "quantized", BLUE),
+                    Series("undecided", "undecided / not curated", GREY),
+                ),
+            )
+        ],
+        "expressive and quantized pieces",
+    )
+
+
+def _draw_roles(rows: Rows) -> str:
+    return svg.hbars(
+        rows,
+        lambda r: "all sources" if r["source"] is None else str(r["source"]),
+        [
+            Panel(
+                "tracks",
+                (
+                    Series("melody", "melody", VERMILLION),
+                    Series("bass", "bass", BLUE),
+                    Series("chords", "chords", ORANGE),
+                    Series("drums", "drums", GREEN),
+                    Series("other", "other", PINK),
+                    Series("undecided", "not curated", GREY),
+                ),
+            )
+        ],
+        "tracks per role",
+    )
+
+
 def _draw_keys(rows: Rows) -> str:
     return svg.circle_of_fifths(rows, "key distribution on the circle of fifths")
 
@@ -248,6 +287,23 @@ figures: list[Figure] = [
         "Monophonic vs polyphonic",
         "Texture of each parsed piece (curate): monophonic when no two notes of a track sound at once.",
         _draw_texture,
+        "ingest and curate: midicorpus curate",
+    ),
+    Figure(
+        "expressive",
+        "Performed or quantized",
+        "Each curated piece by its onsets (rule nomml-v1): expressive when the median onset lies on no metrical "
+        "grid down to 1/64 of a quarter (a recorded performance), quantized when it keeps a grid (notation "
+        "software, step sequencers). Per track in tracks.expressive.",
+        _draw_expressive,
+        "ingest and curate: midicorpus curate",
+    ),
+    Figure(
+        "roles",
+        "Track roles",
+        "What each track with notes does (rule roles-v1, from register, polyphony, density, channel 10, program "
+        "and the skyline; never the track name): one melody at most per piece, bass, chords, drums, other.",
+        _draw_roles,
         "ingest and curate: midicorpus curate",
     ),
     Figure(

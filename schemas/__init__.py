@@ -126,6 +126,14 @@ TABLES: dict[str, pa.Schema] = {
             ("chord_change_rate", pa.float64()),  # changes of chord label per beat
             ("chord_progression", pa.string()),  # most frequent 4 consecutive degrees, e.g. I-V-vi-IV
             ("chord_progression_count", pa.int32()),
+            # performed or quantized (corpus.curation.expressive): all onsets of the piece merged
+            ("onset_metric_level", pa.float64()),  # median metric level of the onsets (NOMML-style)
+            ("onset_grid_dev", pa.float64()),  # median distance from the 1/48-quarter grid, in steps
+            ("expressive", pa.string()),  # expressive / quantized (NULL: under 8 onsets)
+            ("expressive_rule", pa.string()),
+            # track roles (corpus.curation.roles)
+            ("melody_track", pa.int32()),  # track_index of the melody-role track (NULL: none)
+            ("role_rule", pa.string()),
         ]
     ),
     "track_texture": pa.schema(
@@ -137,6 +145,11 @@ TABLES: dict[str, pa.Schema] = {
             ("max_onset_polyphony", pa.int32()),
             ("share_poly", pa.float64()),
             ("is_monophonic_v1", pa.bool_()),
+            ("onset_metric_level", pa.float64()),  # corpus.curation.expressive
+            ("onset_grid_dev", pa.float64()),
+            ("expressive", pa.string()),  # expressive / quantized (NULL: under 8 onsets)
+            ("role", pa.string()),  # melody / bass / chords / drums / other (corpus.curation.roles)
+            ("role_confidence", pa.float64()),
         ]
     ),
     # curate (corpus.curation.chords): one row per harmonic change (equal consecutive beats merged)

@@ -34,7 +34,12 @@ SELECT
     tt.texture,
     tt.max_polyphony_legato,
     tt.max_onset_polyphony,
-    tt.share_poly
+    tt.share_poly,
+    tt.role,
+    tt.role_confidence,
+    tt.expressive,
+    tt.onset_metric_level,
+    tt.onset_grid_dev
 FROM tracks_t t
 LEFT JOIN track_texture_t tt USING (piece_id, track_index);
 

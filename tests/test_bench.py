@@ -142,3 +142,16 @@ def test_bench_key_accuracy_table(tmp_path: Path, capsys: pytest.CaptureFixture[
         assert by[(name, "all")]["default_exact"] > by[(name, "all")]["music21_exact"]
     printed = capsys.readouterr().out
     assert "key accuracy vs human labels" in printed and "pop909_versions" in printed
+
+
+def test_bench_prints_the_curation_checks(data_dir: Path, arrangements_dir: Path) -> None:
+    """``midicorpus bench`` prints the expressive/quantized and the role confusion tables."""
+    from corpus.bench_curation import run_curation
+
+    lines: list[str] = []
+    r = run_curation(data_dir, arrangements_dir, echo=lines.append)
+    text = "\n".join(lines)
+    assert "performed or quantized (nomml-v1" in text and "made as \\ decided" in text
+    assert "track roles (roles-v1) against the track names, pop909 (150 files)" in text
+    assert r["expressive"]["pieces"]["expressive->expressive"] == 10 and not r["expressive"]["wrong"]
+    assert r["roles"]["pop909"]["accuracy"] >= 0.85 and r["roles"]["named"]["accuracy"] >= 0.95

@@ -181,3 +181,83 @@ def test_a_progress_bar_is_told_when_clusters_and_groups_are_decided(tmp_path: P
         curate(lake, e, progress=Bar())
         curate(lake, e, progress=Bar())  # nothing new: nothing decided
     assert phases == ["deciding dedup clusters and song groups (near-duplicate and melody matches)"]
+
+
+def test_pieces_analysed_by_an_older_version_are_analysed_again_once(tmp_path: Path, data_dir: Path) -> None:
+    """A lake curated before the expressive and role columns existed (curate-v1 rows, those columns
+    NULL) is analysed again by the next curate, which says so; the rows are replaced, not added;
+    the clusters and groups stay as decided; the run after that does nothing."""
+    from corpus.curate import CURATE_VERSION
+
+    lake = Lake(tmp_path / "lake")
+    with lake.lock("t"), Engine(workers=1) as e:
+        ingest(lake, DirSource(data_dir / "lakh" / "lmd_full", name="l"), e, IngestConfig())
+        ingest(lake, DirSource(data_dir / "midi" / "miditok", name="m"), e, IngestConfig())
+        first = curate(lake, e)
+    n = first.analysed
+    assert n > 20
+    counts = (
+        "SELECT (SELECT count(*) FROM piece_analysis_t), (SELECT count(*) FROM track_texture_t), "
+        "(SELECT count(*) FROM track_signatures_t), (SELECT count(*) FROM chords)"
+    )
+    before = q(lake, counts)
+    decided = _decided(lake)
+    # what a lake curated by curate-v1 holds: no version-2 measures
+    with lake.lock("downgrade"), lake.transaction({"command": "test downgrade"}) as tx:
+        con = tx._con()
+        con.execute(
+            "UPDATE lake.store.piece_analysis SET curate_version = 'curate-v1', expressive = NULL, "
+            "onset_metric_level = NULL, onset_grid_dev = NULL, expressive_rule = NULL, melody_track = NULL, role_rule = NULL"
+        )
+        con.execute(
+            "UPDATE lake.store.track_texture SET role = NULL, role_confidence = NULL, expressive = NULL, "
+            "onset_metric_level = NULL, onset_grid_dev = NULL"
+        )
+    assert q(lake, "SELECT count(*) FROM tracks WHERE role IS NULL")[0][0] == before[0][1]
+    with lake.lock("t"), Engine(workers=1) as e:
+        again = curate(lake, e)
+    assert again.reanalysed == n and again.analysed == 0 and again.failed == 0
+    assert again.stale_versions == {"curate-v1": n}
+    line = again.line()
+    assert f"{n} pieces analysed again" in line and "curate-v1" in line and CURATE_VERSION in line, line
+    assert again.decision_current  # the measures changed, not the dedup inputs: nothing re-decided
+    assert q(lake, counts) == before  # replaced, not appended
+    assert _decided(lake) == decided
+    assert q(lake, "SELECT count(DISTINCT piece_id), count(*) FROM piece_analysis_t")[0] == (before[0][0], before[0][0])
+    assert (
+        q(lake, f"SELECT count(*) FROM features WHERE curate_version <> '{CURATE_VERSION}' OR expressive_rule IS NULL")[
+            0
+        ][0]
+        == 0
+    )
+    (missing,) = q(lake, "SELECT count(*) FROM tracks WHERE n_notes > 0 AND role IS NULL")[0]
+    assert missing == 0
+    # and the run after that finds nothing to do: no commit
+    commits = len(lake.commits())
+    with lake.lock("t"), Engine(workers=1) as e:
+        third = curate(lake, e)
+    assert third.reanalysed == third.analysed == third.to_analyse == 0 and third.decision_current
+    assert third.line().startswith("nothing new")
+    assert len(lake.commits()) == commits
+
+
+def test_new_columns_in_views_and_snapshot_filters(curated: Lake) -> None:
+    """The measures and decisions are queryable beside each other in ``tracks`` and ``features``."""
+    rows = q(
+        curated,
+        "SELECT p.name, f.expressive, f.onset_metric_level FROM features f JOIN pieces p USING (piece_id) "
+        "WHERE p.name LIKE 'Maestro_%' OR p.source = 'mutopia' ORDER BY 1",
+    )
+    assert len(rows) >= 40
+    for name, decision, level in rows:
+        assert decision == ("expressive" if name.startswith("Maestro_") else "quantized"), (name, decision, level)
+    roles = dict(q(curated, "SELECT role, count(*) FROM tracks WHERE role IS NOT NULL GROUP BY 1"))
+    assert set(roles) == {"melody", "bass", "chords", "drums", "other"}
+    (drums,) = q(curated, "SELECT count(*) FROM tracks WHERE n_notes > 0 AND (role = 'drums') <> is_drum")[0]
+    assert drums == 0
+    (bad,) = q(
+        curated,
+        "SELECT count(*) FROM features f JOIN tracks t ON t.piece_id = f.piece_id AND t.track_index = f.melody_track "
+        "WHERE t.role <> 'melody'",
+    )[0]
+    assert bad == 0

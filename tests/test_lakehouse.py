@@ -325,6 +325,9 @@ def test_lake_upgrade_moves_a_lake_of_the_old_layout(old_code: Path, tmp_path: P
         ("tokenize", "--scheme", "remi"),
     ):
         _ok(_cli(fresh, *args))
+    # its pieces were analysed by an older curate (no expressive or role columns): analysed again
+    again = _ok(_cli(old, "curate"))
+    assert "pieces analysed again (analysed by an older version" in again, again
     assert stage_tables(Lake(old)) == stage_tables(Lake(fresh))
     # it goes on working: a re-run has nothing to do, a second upgrade says there is nothing to upgrade
     assert ": 0 tokenized (0 tokens)" in _ok(_cli(old, "tokenize", "--scheme", "remi"))

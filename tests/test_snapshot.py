@@ -361,3 +361,25 @@ def test_the_card_says_which_pieces_the_scheme_loses_and_why(lake) -> None:
     plain = _create(lake, S.SnapshotSpec("plain", "remi_multitrack"))
     assert plain.manifest["tokenize_rejects"]["by_reason"] == {}
     assert "What this scheme loses" not in (plain.path / "README.md").read_text()
+
+
+def test_where_filters_on_expressive_and_roles(lake) -> None:
+    """``--where`` reads the curate decisions: piece columns of ``features`` and, through a subquery,
+    the track roles of ``tracks``."""
+    where = "expressive = 'quantized' AND piece_id IN (SELECT piece_id FROM tracks WHERE role = 'melody')"
+    r = _create(lake, S.SnapshotSpec("quantized-melodic", "remi_multitrack", split=(0.6, 0.2, 0.2), where=where))
+    got = {
+        row["piece_id"]
+        for row in lake.query(
+            "SELECT piece_id FROM snapshot_pieces WHERE name = 'quantized-melodic' AND version = ?", [r.version]
+        ).to_pylist()
+    }
+    want = {
+        row["piece_id"]
+        for row in lake.query(
+            "SELECT DISTINCT f.piece_id FROM features f JOIN tracks t USING (piece_id) JOIN tokens k USING (piece_id) "
+            "WHERE f.expressive = 'quantized' AND t.role = 'melody' AND k.scheme = 'remi_multitrack'"
+        ).to_pylist()
+    }
+    (n_all,) = lake.query("SELECT count(DISTINCT piece_id) AS n FROM tokens").to_pylist()[0].values()
+    assert got and got == want and len(got) < n_all

@@ -1,10 +1,13 @@
-"""Melody extraction: each monophonic track of a polyphonic piece becomes a derived piece.
+"""Melody extraction: the melody track of a polyphonic piece becomes a derived piece.
 
 A melody corpus can then be built from multitrack files, as Magenta's melody extraction does.
-Which tracks: the pitched (non-drum) tracks of a curated *polyphonic* piece that are monophonic
-by ``texture.TEXTURE_RULE`` (``track_texture.texture = 'monophonic'``) and hold at least
-``min_notes`` notes (``MIN_MELODY_NOTES`` = 16 by default; shorter lines are fills, hits and
-pickups rather than melodies). Monophonic pieces are not split: they are melodies already.
+Which track: the one track of a curated *polyphonic* piece whose role is ``melody``
+(``track_texture.role``, rule ``roles-v1`` of :mod:`corpus.curation.roles`: the single-line
+track on top of the texture), when it is pitched, monophonic by ``texture.TEXTURE_RULE``
+(``track_texture.texture = 'monophonic'``) and holds at least ``min_notes`` notes
+(``MIN_MELODY_NOTES`` = 16 by default; shorter lines are fills, hits and pickups rather than
+melodies). Bass lines, counter-melodies and other single-line tracks are not extracted (before
+roles, every monophonic track was). Monophonic pieces are not split: they are melodies already.
 
 What a derived piece holds (:func:`melody_midi`): one track with the parent track's notes
 (times, durations, pitches, velocities unchanged, so it stays aligned with its parent), its
@@ -109,8 +112,8 @@ def extract_batch(batch: list[tuple[str, bytes, list[int]]], min_notes: int) -> 
 
 
 def melody_candidates(lake: Lake, min_notes: int = MIN_MELODY_NOTES) -> list[tuple[str, list[int]]]:
-    """(parent piece, its track indices) still to extract: curated polyphonic pieces' monophonic
-    pitched tracks with >= ``min_notes`` notes and no ``melody`` provenance row yet."""
+    """(parent piece, its track indices) still to extract: curated polyphonic pieces' melody-role
+    track when it is monophonic, pitched, has >= ``min_notes`` notes and no ``melody`` provenance row yet."""
     con = lake.connect()
     try:
         rows = con.execute(
@@ -119,7 +122,7 @@ def melody_candidates(lake: Lake, min_notes: int = MIN_MELODY_NOTES) -> list[tup
             FROM piece_analysis_t a
             JOIN track_texture_t tt USING (piece_id)
             JOIN tracks_t t USING (piece_id, track_index)
-            WHERE a.texture = 'polyphonic' AND tt.texture = 'monophonic' AND NOT t.is_drum
+            WHERE a.texture = 'polyphonic' AND tt.role = 'melody' AND tt.texture = 'monophonic' AND NOT t.is_drum
               AND t.n_notes >= ?
               AND (a.piece_id || '#track' || CAST(tt.track_index AS VARCHAR)) NOT IN
                   (SELECT source_uri FROM pieces_t WHERE source = '{SOURCE}' AND source_uri IS NOT NULL)

@@ -205,6 +205,19 @@ def test_figures_answer_from_the_lake(lake: Lake, report: Path) -> None:
     assert total["pieces"] == n_features and total["monophonic"] > 0 and total["polyphonic"] > 0
     assert [r["scheme"] for r in data["tokens"]["rows"]] == ["remi"]
     assert [r["name"] for r in data["snapshots"]["rows"]] == ["all"]
+    # performed or quantized: Mutopia's LilyPond files are all quantized
+    ex = {r["source"]: r for r in data["expressive"]["rows"]}
+    assert ex[None]["pieces"] == n_features
+    assert ex["mutopia"]["quantized"] == ex["mutopia"]["pieces"] > 0 and ex["mutopia"]["expressive"] == 0
+    # track roles: every track with notes counted once; Lakh's multitrack songs have drums and bass
+    ro = {r["source"]: r for r in data["roles"]["rows"]}
+    con = lake.connect()
+    try:
+        (n_tracks,) = con.execute("SELECT count(*) FROM tracks WHERE n_notes > 0").fetchone()
+    finally:
+        con.close()
+    assert ro[None]["tracks"] == n_tracks and ro[None]["undecided"] == 0
+    assert ro["lakh"]["drums"] > 0 and ro["lakh"]["bass"] > 0 and ro["lakh"]["melody"] > 0
 
 
 def test_empty_lake_draws_every_figure_empty(tmp_path: Path) -> None:
