@@ -251,7 +251,15 @@ def candidates(
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
     if not query_keys or len(index) < 2:
         return empty
-    _, piece_code = np.unique(np.asarray([key.rpartition(":")[0] for key in index.piece_ids]), return_inverse=True)
+    # a code per piece (equal codes: one piece), without a fixed-width string array of every key
+    # (hundreds of MB for a Lakh-sized lake's tracks)
+    code_of: dict[str, int] = {}
+    piece_code = np.fromiter(
+        (code_of.setdefault(key.rpartition(":")[0], len(code_of)) for key in index.piece_ids),
+        np.int64,
+        len(index.piece_ids),
+    )
+    del code_of
     rows = np.asarray([index._row[q] for q in query_keys], np.int64)
     out_q, out_o, out_s = [], [], []
     step = 4096
