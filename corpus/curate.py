@@ -590,7 +590,7 @@ def _recluster(
                 f"WHERE has_identity AND scheme = '{songs.TRACK_SCHEME}'"
             )
             new_tracks: list[str] = []
-            matches: list[Any] = []
+            matches = songs.empty_matches()  # an Arrow table (songs.match_tracks_table)
             if not _index_current(lake, "tracks", songs.TRACK_CONFIG, track_keys):
                 tidx, new_tracks = _update_index(
                     _open_index(lake, "tracks", songs.TRACK_CONFIG, set(track_keys)),
@@ -599,7 +599,7 @@ def _recluster(
                     songs.TRACK_DIM,
                 )
                 if new_tracks:
-                    matches = songs.match_tracks_sql(
+                    matches = songs.match_tracks_table(
                         con,
                         tidx,
                         new_tracks,
@@ -632,6 +632,7 @@ def _recluster(
             was = dict(got["latest"])
             was_songs = {r[0]: (r[1], r[2], r[3]) for r in got["latest_songs"]}
             groups = after["groups"]
+            del got
             decision = {
                 "scope": "full",
                 "totals": {k: after[k] for k in _SUMMARY_FIELDS},
@@ -651,38 +652,10 @@ def _recluster(
                 "dedup_pairs",
                 [{"piece_a": a, "piece_b": b, "score": round(sc, 6), "run_id": run_id} for a, b, sc in new_dup_pairs],
             )
-            tx.write("song_pairs", [m.row(run_id) for m in matches])
+            tx.write("song_pairs", songs.match_rows(matches, run_id))
             # only the rows that changed are replaced (one row per piece): work in proportion to the change
-            tx.replace_rows(
-                "dedup",
-                "piece_id",
-                [
-                    {
-                        "piece_id": pid,
-                        "dedup_cluster": c,
-                        "is_representative": pid == c,
-                        "dedup_run": run_id,
-                        "threshold": threshold,
-                    }
-                    for pid, c in decision["dedup_rows"]
-                ],
-            )
-            tx.replace_rows(
-                "song_groups",
-                "piece_id",
-                [
-                    {
-                        "piece_id": p,
-                        "song_group": g,
-                        "joined_by": j,
-                        "rule": songs.SONG_RULE,
-                        "threshold": song_threshold,
-                        "min_shared": songs.MIN_SHARED,
-                        "song_run": run_id,
-                    }
-                    for p, g, j in sorted(decision["song_rows"])
-                ],
-            )
+            tx.replace_rows("dedup", "piece_id", _dedup_rows(decision["dedup_rows"], run_id, threshold))
+            tx.replace_rows("song_groups", "piece_id", _song_rows(decision["song_rows"], run_id, song_threshold))
             tx.write(
                 "curate_decisions",
                 [
@@ -707,6 +680,49 @@ def _recluster(
     # the indexes last: one that holds a piece promises that the piece's pairs are stored
     for name, path in staged.items():
         _publish_index(lake, name, path)
+
+
+def _dedup_rows(rows: list[tuple[str, str]], run_id: str, threshold: float) -> Any:
+    """``dedup`` rows of (piece, cluster) pairs, as Arrow columns (no dict per row: a full decision
+    writes one row per piece of the lake)."""
+    import pyarrow as pa
+
+    from corpus.lake import TABLES
+
+    n = len(rows)
+    pids = [p for p, _ in rows]
+    clusters = [c for _, c in rows]
+    data = {
+        "piece_id": pids,
+        "dedup_cluster": clusters,
+        "is_representative": [p == c for p, c in rows],
+        "dedup_run": [run_id] * n,
+        "threshold": [threshold] * n,
+    }
+    schema = TABLES["dedup"]
+    return pa.table({f.name: pa.array(data.get(f.name, [None] * n), f.type) for f in schema}, schema=schema)
+
+
+def _song_rows(rows: list[tuple[str, str, str]], run_id: str, song_threshold: float) -> Any:
+    """``song_groups`` rows of (piece, group, joined_by) triples, sorted, as Arrow columns."""
+    import pyarrow as pa
+
+    from corpus.curation import songs
+    from corpus.lake import TABLES
+
+    rows = sorted(rows)
+    n = len(rows)
+    data = {
+        "piece_id": [r[0] for r in rows],
+        "song_group": [r[1] for r in rows],
+        "joined_by": [r[2] for r in rows],
+        "rule": [songs.SONG_RULE] * n,
+        "threshold": [song_threshold] * n,
+        "min_shared": [songs.MIN_SHARED] * n,
+        "song_run": [run_id] * n,
+    }
+    schema = TABLES["song_groups"]
+    return pa.table({f.name: pa.array(data.get(f.name, [None] * n), f.type) for f in schema}, schema=schema)
 
 
 # analysed pieces without a cluster or a song group yet
@@ -759,7 +775,7 @@ def _delta_decision(
     undecided: set[str],
     analysed: set[str],
     new_dup_pairs: list[tuple[str, str, float]],
-    matches: list[Any],
+    matches: Any,  # songs.match_tracks_table
     threshold: float,
     song_threshold: float,
     cols: set[str],
@@ -835,7 +851,7 @@ def _delta_decision(
         size[c] = size.get(c, 0) + 1
 
     # ---------------------------------------------------------------- song groups
-    in_t = set(in_d) | {p for m in matches for p in (m.piece_a, m.piece_b)}
+    in_t = set(in_d) | set(matches.column("piece_a").to_pylist()) | set(matches.column("piece_b").to_pylist())
     reg("fresh_ids", fresh)
     try:
         peers = [
@@ -931,10 +947,12 @@ def _delta_decision(
     stored_best: dict[tuple[str, str], tuple[float, int]] = {}
     for a, b, cont, shared in stored_songs:
         stored_best[(a, b)] = best[(a, b)] = (cont, shared)
-    for m in matches:
-        old = best.get((m.piece_a, m.piece_b))
-        if old is None or (m.containment, m.shared) > old:
-            best[(m.piece_a, m.piece_b)] = (m.containment, m.shared)
+    for a, b, cont, shared in zip(
+        *(matches.column(c).to_pylist() for c in ("piece_a", "piece_b", "containment", "shared_ngrams")), strict=True
+    ):
+        old = best.get((a, b))
+        if old is None or (cont, shared) > old:
+            best[(a, b)] = (cont, shared)
     passing = [
         (a, b)
         for (a, b), (cont, shared) in best.items()
@@ -1116,8 +1134,8 @@ def _read_scope(con: Any, scope: list[str] | None, cols: set[str]) -> dict[str, 
                 "GROUP BY ALL"
             ).fetchnumpy()
             out["stored"] = (
-                np.asarray(near["a"], np.int64),
-                np.asarray(near["b"], np.int64),
+                np.asarray(near["a"], np.int32),
+                np.asarray(near["b"], np.int32),
                 np.asarray(near["s"], np.float64),
             )
             del near
@@ -1128,10 +1146,10 @@ def _read_scope(con: Any, scope: list[str] | None, cols: set[str]) -> dict[str, 
                 [songs.TRACK_SCHEME],
             ).fetchnumpy()
             out["stored_songs"] = (
-                np.asarray(sp["a"], np.int64),
-                np.asarray(sp["b"], np.int64),
+                np.asarray(sp["a"], np.int32),
+                np.asarray(sp["b"], np.int32),
                 np.asarray(sp["c"], np.float64),
-                np.asarray(sp["n"], np.int64),
+                np.asarray(sp["n"], np.int32),
             )
             del sp
         finally:
@@ -1194,7 +1212,7 @@ def _codes(row_of: dict[str, int], a: Any, b: Any) -> tuple[np.ndarray, np.ndarr
 def _decide(
     got: dict[str, Any],
     new_dup_pairs: list[tuple[str, str, float]],
-    matches: list[Any],
+    matches: Any,  # songs.match_tracks_table
     threshold: float,
     song_threshold: float,
     only_decided: bool = False,
@@ -1257,25 +1275,36 @@ def _decide(
         return {"reps": reps, "clusters": n_clusters, "duplicate_pairs": n_dup_pairs}
 
     # --- song groups: dedup clusters, verified track matches, lineage, Lakh md5, MSD / Mutopia ids
-    ga, gb, ok = recode(got["stored_songs"][0], got["stored_songs"][1])
-    sa_, sb_, sc_, sn_ = [ga[ok]], [gb[ok]], [got["stored_songs"][2][ok]], [got["stored_songs"][3][ok]]
-    if len(matches):
-        ma, mb, ok = _codes(row_of, [m.piece_a for m in matches], [m.piece_b for m in matches])
-        sa_.append(ma[ok])
-        sb_.append(mb[ok])
-        sc_.append(np.asarray([m.containment for m in matches], np.float64)[ok])
-        sn_.append(np.asarray([m.shared for m in matches], np.int64)[ok])
-    pa_, pb_, cont, shared_or_none = decide.best_pairs(
-        np.concatenate(sa_), np.concatenate(sb_), np.concatenate(sc_), np.concatenate(sn_)
-    )
-    shared = np.asarray(shared_or_none, np.int64)
+    ga, gb, cont, shared = got["stored_songs"]  # one row per pair already (grouped in SQL)
+    if only_decided:
+        ga, gb, ok = recode(ga, gb)
+        ga, gb, cont, shared = ga[ok], gb[ok], cont[ok], shared[ok]
+    if matches.num_rows:  # codes from Arrow: no Python string per match (a first curate has millions)
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        known = pa.array(ids, pa.string())
+        ma, mb = (
+            pc.index_in(matches.column(c), value_set=known).fill_null(-1).to_numpy().astype(np.int32)
+            for c in ("piece_a", "piece_b")
+        )
+        ok = (ma >= 0) & (mb >= 0)
+        ga, gb, cont, shared_or_none = decide.best_pairs(
+            np.concatenate([ga, ma[ok]]),
+            np.concatenate([gb, mb[ok]]),
+            np.concatenate([cont, matches.column("containment").to_numpy().astype(np.float64)[ok]]),
+            np.concatenate([shared, matches.column("shared_ngrams").to_numpy().astype(np.int32)[ok]]),
+        )
+        shared = np.asarray(shared_or_none)
     passing = (shared >= songs.MIN_SHARED) & (
         (cont >= song_threshold) | ((shared >= songs.STRONG_SHARED) & (cont >= songs.STRONG_CONTAINMENT))
     )
+    pa_, pb_ = ga[passing], gb[passing]
+    del ga, gb, cont, shared
     idx = np.arange(n)
     links: list[tuple[np.ndarray, np.ndarray, str]] = [
         (idx, rep, "dedup"),
-        (pa_[passing], pb_[passing], "melody"),
+        (pa_, pb_, "melody"),
     ]
     md5_a = [g[0] for g in by_md5.values() for _ in g[1:]]
     md5_b = [p for g in by_md5.values() for p in g[1:]]
