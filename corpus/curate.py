@@ -36,7 +36,9 @@ run, before the duplicate clusters are recomputed over everything.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -542,6 +544,27 @@ def _open_index(lake: Lake, name: str, config: dict[str, object], known: set[str
     return index
 
 
+def _index_current(lake: Lake, name: str, config: dict[str, object], known: list[str]) -> bool:
+    """Whether the saved index ``name`` holds exactly the keys ``known``, built with this config by a
+    run that stored their pairs: then there is nothing to add or query, and its vectors (hundreds
+    of MB on a Lakh-sized lake) are not read. Only its ``meta.json`` and ``ids.json`` are."""
+    if lake.remote:
+        folder = _index_pointer(lake, name)
+        if folder is None:
+            return False
+    else:
+        folder = f"index/{name}"
+    try:
+        meta = json.loads(lake.read_bytes(f"{folder}/meta.json"))
+        if not meta.get("pairs_stored") or meta.get("dim") != config["dim"]:
+            return False
+        if meta.get("vector_config", {}).get("scheme") != config["scheme"] or meta.get("n") != len(known):
+            return False
+        return set(json.loads(lake.read_bytes(f"{folder}/ids.json"))) == set(known)
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        return False
+
+
 def _update_index(index: Any, known: list[str], vectors: Any, dim: int) -> tuple[Any, list[str]]:
     """Add the keys of ``known`` that ``index`` lacks (``vectors(keys)`` gives their matrix); (index, new keys).
 
@@ -589,160 +612,191 @@ def _recluster(
         )
     song_threshold = songs.check_threshold(song_threshold)
     params_json = json.dumps(_decision_params(threshold, song_threshold), sort_keys=True)
-    con = lake.connect()
+    staged: dict[str, Path] = {}  # index name -> its staged folder
     try:
-        ids = [
-            str(x)
-            for x in _column(
-                con, "SELECT piece_id FROM piece_analysis_t JOIN piece_facts_t USING (piece_id) ORDER BY 1"
-            )
-        ]
-        s.pieces = len(ids)
-        if not ids:
-            return
-        known = set(ids)
-        # --- piece index: new pieces against everything
-        pidx, new_pieces = _update_index(
-            _open_index(lake, "neardup", dedup.VECTOR_CONFIG, known),
-            ids,
-            lambda keys: _fetch_vectors(
-                con, "SELECT piece_id AS key, dedup_vector AS vector FROM piece_analysis_t", keys, dedup.VECTOR_DIM
-            ),
-            dedup.VECTOR_DIM,
-        )
-        new_dup_pairs = [
-            (pidx.piece_ids[i], pidx.piece_ids[j], sc)
-            for i, j, sc in pidx.pairs_of([pidx._row[p] for p in new_pieces], DEDUP_PAIR_FLOOR)
-        ]
-        # --- track index: new identity tracks against every identity track
-        track_keys = [
-            str(k)
-            for k in _column(
-                con,
-                "SELECT piece_id || ':' || track_index FROM track_signatures_t WHERE has_identity "
-                f"AND scheme = '{songs.TRACK_SCHEME}' ORDER BY piece_id, track_index",
-            )
-        ]
-        tsql = (
-            "SELECT piece_id || ':' || track_index AS key, vector FROM track_signatures_t "
-            f"WHERE has_identity AND scheme = '{songs.TRACK_SCHEME}'"
-        )
-        tidx, new_tracks = _update_index(
-            _open_index(lake, "tracks", songs.TRACK_CONFIG, set(track_keys)),
-            track_keys,
-            lambda keys: _fetch_vectors(con, tsql, keys, songs.TRACK_DIM),
-            songs.TRACK_DIM,
-        )
-
-        matches = (
-            songs.match_tracks_sql(
-                con,
-                tidx,
-                new_tracks,
-                "SELECT piece_id, track_index, ngrams FROM track_signatures_t "
-                f"WHERE scheme = '{songs.TRACK_SCHEME}' AND has_identity",
-            )
-            if new_tracks
-            else []
-        )
-        cols = {r[0] for r in con.execute("DESCRIBE pieces").fetchall()}
-        version = int(con.execute("SELECT id FROM ducklake_current_snapshot('lake')").fetchone()[0])
-        base = _last_decision(con, params_json)
-        decision: dict[str, Any] | None = None
-        if base is not None:
-            changed_rows = _pieces_changed_since(con, base["lake_version"])
-            if changed_rows is not None:
-                undecided = {str(p) for p in _column(con, _UNDECIDED_SQL)}
-                fresh = undecided | set(new_pieces) | {songs.split_key(k)[0] for k in new_tracks}
-                fresh |= changed_rows & set(ids)
-                decision = _delta_decision(
-                    con, fresh, undecided, set(ids), new_dup_pairs, matches, threshold, song_threshold, cols, base
+        con = lake.connect()
+        try:
+            ids = [
+                str(x)
+                for x in _column(
+                    con, "SELECT piece_id FROM piece_analysis_t JOIN piece_facts_t USING (piece_id) ORDER BY 1"
                 )
-        if decision is None:  # first decision, other parameters, or the last one's lake version expired
-            got = _read_scope(con, None, cols)
-    finally:
-        con.close()
+            ]
+            s.pieces = len(ids)
+            if not ids:
+                return
+            known = set(ids)
+            # --- piece index: new pieces against everything
+            new_pieces: list[str] = []
+            new_dup_pairs: list[tuple[str, str, float]] = []
+            if not _index_current(lake, "neardup", dedup.VECTOR_CONFIG, ids):
+                pidx, new_pieces = _update_index(
+                    _open_index(lake, "neardup", dedup.VECTOR_CONFIG, known),
+                    ids,
+                    lambda keys: _fetch_vectors(
+                        con,
+                        "SELECT piece_id AS key, dedup_vector AS vector FROM piece_analysis_t",
+                        keys,
+                        dedup.VECTOR_DIM,
+                    ),
+                    dedup.VECTOR_DIM,
+                )
+                new_dup_pairs = [
+                    (pidx.piece_ids[i], pidx.piece_ids[j], sc)
+                    for i, j, sc in pidx.pairs_of([pidx._row[p] for p in new_pieces], DEDUP_PAIR_FLOOR)
+                ]
+                # written now and dropped from memory (one index at a time); published after the pairs commit
+                if new_pieces:
+                    pidx.meta = {**pidx.meta, "pairs_stored": True}
+                    staged["neardup"] = _stage_index(lake, "neardup", pidx, dedup.VECTOR_CONFIG)
+                del pidx
+            # --- track index: new identity tracks against every identity track
+            track_keys = [
+                str(k)
+                for k in _column(
+                    con,
+                    "SELECT piece_id || ':' || track_index FROM track_signatures_t WHERE has_identity "
+                    f"AND scheme = '{songs.TRACK_SCHEME}' ORDER BY piece_id, track_index",
+                )
+            ]
+            tsql = (
+                "SELECT piece_id || ':' || track_index AS key, vector FROM track_signatures_t "
+                f"WHERE has_identity AND scheme = '{songs.TRACK_SCHEME}'"
+            )
+            new_tracks: list[str] = []
+            matches = songs.empty_matches()  # an Arrow table (songs.match_tracks_table)
+            if not _index_current(lake, "tracks", songs.TRACK_CONFIG, track_keys):
+                tidx, new_tracks = _update_index(
+                    _open_index(lake, "tracks", songs.TRACK_CONFIG, set(track_keys)),
+                    track_keys,
+                    lambda keys: _fetch_vectors(con, tsql, keys, songs.TRACK_DIM),
+                    songs.TRACK_DIM,
+                )
+                if new_tracks:
+                    matches = songs.match_tracks_table(
+                        con,
+                        tidx,
+                        new_tracks,
+                        "SELECT piece_id, track_index, ngrams FROM track_signatures_t "
+                        f"WHERE scheme = '{songs.TRACK_SCHEME}' AND has_identity",
+                    )
+                    tidx.meta = {**tidx.meta, "pairs_stored": True}
+                    staged["tracks"] = _stage_index(lake, "tracks", tidx, songs.TRACK_CONFIG)
+                del tidx
+            cols = {r[0] for r in con.execute("DESCRIBE pieces").fetchall()}
+            version = int(con.execute("SELECT id FROM ducklake_current_snapshot('lake')").fetchone()[0])
+            base = _last_decision(con, params_json)
+            decision: dict[str, Any] | None = None
+            if base is not None:
+                changed_rows = _pieces_changed_since(con, base["lake_version"])
+                if changed_rows is not None:
+                    undecided = {str(p) for p in _column(con, _UNDECIDED_SQL)}
+                    fresh = undecided | set(new_pieces) | {songs.split_key(k)[0] for k in new_tracks}
+                    fresh |= changed_rows & set(ids)
+                    decision = _delta_decision(
+                        con, fresh, undecided, set(ids), new_dup_pairs, matches, threshold, song_threshold, cols, base
+                    )
+            if decision is None:  # first decision, other parameters, or the last one's lake version expired
+                got = _read_scope(con, None, cols)
+        finally:
+            con.close()
 
-    if decision is None:
-        after = _decide(got, new_dup_pairs, matches, threshold, song_threshold)
-        was = dict(got["latest"])
-        was_songs = {r[0]: (r[1], r[2], r[3]) for r in got["latest_songs"]}
-        groups = after["groups"]
-        decision = {
-            "scope": "full",
-            "totals": {k: after[k] for k in _SUMMARY_FIELDS},
-            "redecided": len(ids),
-            "dedup_rows": [(p, c) for p, c in sorted(after["reps"].items()) if was.get(p) != c],
-            "song_rows": [
-                (p, groups.group_of[p], groups.joined_by[p])
-                for p in ids
-                if was_songs.get(p) != (groups.group_of[p], groups.joined_by[p], song_threshold)
-            ],
-        }
-    for k, v in decision["totals"].items():
-        setattr(s, k, int(v))
+        if decision is None:
+            after = _decide(got, new_dup_pairs, matches, threshold, song_threshold)
+            was = dict(got["latest"])
+            was_songs = {r[0]: (r[1], r[2], r[3]) for r in got["latest_songs"]}
+            groups = after["groups"]
+            del got
+            decision = {
+                "scope": "full",
+                "totals": {k: after[k] for k in _SUMMARY_FIELDS},
+                "redecided": len(ids),
+                "dedup_rows": [(p, c) for p, c in sorted(after["reps"].items()) if was.get(p) != c],
+                "song_rows": [
+                    (p, groups.group_of[p], groups.joined_by[p])
+                    for p in ids
+                    if was_songs.get(p) != (groups.group_of[p], groups.joined_by[p], song_threshold)
+                ],
+            }
+        for k, v in decision["totals"].items():
+            setattr(s, k, int(v))
 
-    with lake.transaction({"command": "curate dedup", "run_id": run_id}) as tx:
-        tx.write(
-            "dedup_pairs",
-            [{"piece_a": a, "piece_b": b, "score": round(sc, 6), "run_id": run_id} for a, b, sc in new_dup_pairs],
-        )
-        tx.write("song_pairs", [m.row(run_id) for m in matches])
-        # only the rows that changed are replaced (one row per piece): work in proportion to the change
-        tx.replace_rows(
-            "dedup",
-            "piece_id",
-            [
-                {
-                    "piece_id": pid,
-                    "dedup_cluster": c,
-                    "is_representative": pid == c,
-                    "dedup_run": run_id,
-                    "threshold": threshold,
-                }
-                for pid, c in decision["dedup_rows"]
-            ],
-        )
-        tx.replace_rows(
-            "song_groups",
-            "piece_id",
-            [
-                {
-                    "piece_id": p,
-                    "song_group": g,
-                    "joined_by": j,
-                    "rule": songs.SONG_RULE,
-                    "threshold": song_threshold,
-                    "min_shared": songs.MIN_SHARED,
-                    "song_run": run_id,
-                }
-                for p, g, j in sorted(decision["song_rows"])
-            ],
-        )
-        tx.write(
-            "curate_decisions",
-            [
-                {
-                    "run_id": run_id,
-                    "decided_at": now_utc(),
-                    "scope": decision["scope"],
-                    "params_json": params_json,
-                    "lake_version": version,
-                    "redecided": decision["redecided"],
-                    **decision["totals"],
-                }
-            ],
-        )
-        s.dedup_rows_changed = len(decision["dedup_rows"])
-        s.redecided = decision["redecided"]
-        s.scope = decision["scope"]
+        with lake.transaction({"command": "curate dedup", "run_id": run_id}) as tx:
+            tx.write(
+                "dedup_pairs",
+                [{"piece_a": a, "piece_b": b, "score": round(sc, 6), "run_id": run_id} for a, b, sc in new_dup_pairs],
+            )
+            tx.write("song_pairs", songs.match_rows(matches, run_id))
+            # only the rows that changed are replaced (one row per piece): work in proportion to the change
+            tx.replace_rows("dedup", "piece_id", _dedup_rows(decision["dedup_rows"], run_id, threshold))
+            tx.replace_rows("song_groups", "piece_id", _song_rows(decision["song_rows"], run_id, song_threshold))
+            tx.write(
+                "curate_decisions",
+                [
+                    {
+                        "run_id": run_id,
+                        "decided_at": now_utc(),
+                        "scope": decision["scope"],
+                        "params_json": params_json,
+                        "lake_version": version,
+                        "redecided": decision["redecided"],
+                        **decision["totals"],
+                    }
+                ],
+            )
+            s.dedup_rows_changed = len(decision["dedup_rows"])
+            s.redecided = decision["redecided"]
+            s.scope = decision["scope"]
+    except BaseException:
+        for path in staged.values():
+            _discard_staged(lake, path)
+        raise
     # the indexes last: one that holds a piece promises that the piece's pairs are stored
-    if new_pieces:
-        pidx.meta = {**pidx.meta, "pairs_stored": True}
-        save_index(lake, "neardup", pidx, dedup.VECTOR_CONFIG)
-    if new_tracks:
-        tidx.meta = {**tidx.meta, "pairs_stored": True}
-        save_index(lake, "tracks", tidx, songs.TRACK_CONFIG)
+    for name, path in staged.items():
+        _publish_index(lake, name, path)
+
+
+def _dedup_rows(rows: list[tuple[str, str]], run_id: str, threshold: float) -> Any:
+    """``dedup`` rows of (piece, cluster) pairs, as Arrow columns (no dict per row: a full decision
+    writes one row per piece of the lake)."""
+    import pyarrow as pa
+
+    from corpus.lake import TABLES
+
+    n = len(rows)
+    pids = [p for p, _ in rows]
+    clusters = [c for _, c in rows]
+    data = {
+        "piece_id": pids,
+        "dedup_cluster": clusters,
+        "is_representative": [p == c for p, c in rows],
+        "dedup_run": [run_id] * n,
+        "threshold": [threshold] * n,
+    }
+    schema = TABLES["dedup"]
+    return pa.table({f.name: pa.array(data.get(f.name, [None] * n), f.type) for f in schema}, schema=schema)
+
+
+def _song_rows(rows: list[tuple[str, str, str]], run_id: str, song_threshold: float) -> Any:
+    """``song_groups`` rows of (piece, group, joined_by) triples, sorted, as Arrow columns."""
+    import pyarrow as pa
+
+    from corpus.curation import songs
+    from corpus.lake import TABLES
+
+    rows = sorted(rows)
+    n = len(rows)
+    data = {
+        "piece_id": [r[0] for r in rows],
+        "song_group": [r[1] for r in rows],
+        "joined_by": [r[2] for r in rows],
+        "rule": [songs.SONG_RULE] * n,
+        "threshold": [song_threshold] * n,
+        "min_shared": [songs.MIN_SHARED] * n,
+        "song_run": [run_id] * n,
+    }
+    schema = TABLES["song_groups"]
+    return pa.table({f.name: pa.array(data.get(f.name, [None] * n), f.type) for f in schema}, schema=schema)
 
 
 # analysed pieces without a cluster or a song group yet
@@ -795,7 +849,7 @@ def _delta_decision(
     undecided: set[str],
     analysed: set[str],
     new_dup_pairs: list[tuple[str, str, float]],
-    matches: list[Any],
+    matches: Any,  # songs.match_tracks_table
     threshold: float,
     song_threshold: float,
     cols: set[str],
@@ -871,7 +925,7 @@ def _delta_decision(
         size[c] = size.get(c, 0) + 1
 
     # ---------------------------------------------------------------- song groups
-    in_t = set(in_d) | {p for m in matches for p in (m.piece_a, m.piece_b)}
+    in_t = set(in_d) | set(matches.column("piece_a").to_pylist()) | set(matches.column("piece_b").to_pylist())
     reg("fresh_ids", fresh)
     try:
         peers = [
@@ -967,10 +1021,12 @@ def _delta_decision(
     stored_best: dict[tuple[str, str], tuple[float, int]] = {}
     for a, b, cont, shared in stored_songs:
         stored_best[(a, b)] = best[(a, b)] = (cont, shared)
-    for m in matches:
-        old = best.get((m.piece_a, m.piece_b))
-        if old is None or (m.containment, m.shared) > old:
-            best[(m.piece_a, m.piece_b)] = (m.containment, m.shared)
+    for a, b, cont, shared in zip(
+        *(matches.column(c).to_pylist() for c in ("piece_a", "piece_b", "containment", "shared_ngrams")), strict=True
+    ):
+        old = best.get((a, b))
+        if old is None or (cont, shared) > old:
+            best[(a, b)] = (cont, shared)
     passing = [
         (a, b)
         for (a, b), (cont, shared) in best.items()
@@ -1108,7 +1164,10 @@ def _delta_decision(
 
 def _read_scope(con: Any, scope: list[str] | None, cols: set[str]) -> dict[str, Any]:
     """What a decision over ``scope`` (None: every piece) reads: hashes, stored pairs, Lakh md5s,
-    external ids, lineage and the current assignments, restricted to pieces of the scope."""
+    external ids, lineage and the current assignments, restricted to pieces of the scope.
+
+    The stored pairs come as NumPy arrays of piece codes (positions in ``ids``), one row per pair
+    (its best score), never as a Python object per pair: a Lakh-sized lake stores millions."""
     import pyarrow as pa
 
     from corpus.curation import songs
@@ -1133,19 +1192,44 @@ def _read_scope(con: Any, scope: list[str] | None, cols: set[str]) -> dict[str, 
             "n_notes": [int(n) for n in tbl["n_notes"]],
             "lengths": [float(x) for x in tbl["duration_quarters"]],
         }
-        out["stored"] = con.execute(
-            "SELECT piece_a, piece_b, max(score) FROM dedup_pairs_t WHERE true"
-            + within("piece_a")
-            + within("piece_b")
-            + " GROUP BY ALL"
-        ).fetchall()
-        out["stored_songs"] = con.execute(
-            "SELECT piece_a, piece_b, max(containment), max(shared_ngrams) FROM song_pairs_t WHERE scheme = ?"
-            + within("piece_a")
-            + within("piece_b")
-            + " GROUP BY ALL",
-            [songs.TRACK_SCHEME],
-        ).fetchall()
+        del tbl
+        con.register(
+            "scope_codes",
+            pa.table(
+                {"piece_id": pa.array(out["ids"], pa.string()), "code": pa.array(range(len(out["ids"])), pa.int32())}
+            ),
+        )
+        try:
+            # the pairs' GROUP BY over millions of rows spills past this (the connection's temp_directory)
+            con.execute(f"SET memory_limit = '{DECIDE_MEMORY_LIMIT}'")
+            near = con.execute(
+                "SELECT ca.code AS a, cb.code AS b, max(score) AS s FROM dedup_pairs_t "
+                "JOIN scope_codes ca ON ca.piece_id = piece_a JOIN scope_codes cb ON cb.piece_id = piece_b "
+                "GROUP BY ALL"
+            ).fetchnumpy()
+            out["stored"] = (
+                np.asarray(near["a"], np.int32),
+                np.asarray(near["b"], np.int32),
+                np.asarray(near["s"], np.float64),
+            )
+            del near
+            sp = con.execute(
+                "SELECT ca.code AS a, cb.code AS b, max(containment) AS c, max(shared_ngrams) AS n FROM song_pairs_t "
+                "JOIN scope_codes ca ON ca.piece_id = piece_a JOIN scope_codes cb ON cb.piece_id = piece_b "
+                "WHERE scheme = ? GROUP BY ALL",
+                [songs.TRACK_SCHEME],
+            ).fetchnumpy()
+            out["stored_songs"] = (
+                np.asarray(sp["a"], np.int32),
+                np.asarray(sp["b"], np.int32),
+                np.asarray(sp["c"], np.float64),
+                np.asarray(sp["n"], np.int32),
+            )
+            del sp
+        finally:
+            con.unregister("scope_codes")
+            with contextlib.suppress(Exception):
+                con.execute("RESET memory_limit")
         out["lmd"] = (
             con.execute(
                 "SELECT DISTINCT piece_id, lmd_md5 FROM pieces WHERE lmd_md5 IS NOT NULL AND piece_id IS NOT NULL "
@@ -1155,25 +1239,25 @@ def _read_scope(con: Any, scope: list[str] | None, cols: set[str]) -> dict[str, 
             else []
         )
         out["ext"] = con.execute(
-            "SELECT piece_id, "
+            "SELECT * FROM (SELECT piece_id, "
             + (
-                "list_sort(list_distinct(flatten(list(coalesce(msd_ids, []::VARCHAR[]))))), "
+                "list_sort(list_distinct(flatten(list(coalesce(msd_ids, []::VARCHAR[]))))) AS m, "
                 if "msd_ids" in cols
-                else "[]::VARCHAR[], "
+                else "[]::VARCHAR[] AS m, "
             )
             + (
-                "list_distinct(list(mutopia_id) FILTER (WHERE mutopia_id IS NOT NULL)), "
+                "list_distinct(list(mutopia_id) FILTER (WHERE mutopia_id IS NOT NULL)) AS u, "
                 if "mutopia_id" in cols
-                else "[]::VARCHAR[], "
+                else "[]::VARCHAR[] AS u, "
             )
             + (
-                "list_distinct(list(parent_piece_id) FILTER (WHERE parent_piece_id IS NOT NULL)) "
+                "list_distinct(list(parent_piece_id) FILTER (WHERE parent_piece_id IS NOT NULL)) AS l "
                 if "parent_piece_id" in cols
-                else "[]::VARCHAR[] "
+                else "[]::VARCHAR[] AS l "
             )
             + "FROM pieces WHERE status = 'ok' AND piece_id IS NOT NULL"
             + within("piece_id")
-            + " GROUP BY piece_id"
+            + " GROUP BY piece_id) WHERE len(m) > 0 OR len(u) > 0 OR len(l) > 0"  # the pieces without any: no link
         ).fetchall()
         out["latest"] = con.execute(
             "SELECT piece_id, dedup_cluster FROM dedup_latest WHERE true" + within("piece_id") + " ORDER BY 1"
@@ -1189,10 +1273,20 @@ def _read_scope(con: Any, scope: list[str] | None, cols: set[str]) -> dict[str, 
     return out
 
 
+DECIDE_MEMORY_LIMIT = os.environ.get("MIDICORPUS_DECIDE_MEMORY", "1GB")  # DuckDB's, reading the stored pairs
+
+
+def _codes(row_of: dict[str, int], a: Any, b: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Codes of the pieces ``a``, ``b`` (strings) in ``row_of``; a mask of the pairs with both known."""
+    ca = np.fromiter((row_of.get(x, -1) for x in a), np.int64, len(a))
+    cb = np.fromiter((row_of.get(x, -1) for x in b), np.int64, len(b))
+    return ca, cb, (ca >= 0) & (cb >= 0)
+
+
 def _decide(
     got: dict[str, Any],
     new_dup_pairs: list[tuple[str, str, float]],
-    matches: list[Any],
+    matches: Any,  # songs.match_tracks_table
     threshold: float,
     song_threshold: float,
     only_decided: bool = False,
@@ -1202,99 +1296,166 @@ def _decide(
 
     ``only_decided``: the decision as it stood before this run (the pieces that had a cluster, the
     stored pairs only), whose counts the lake's totals drop when the new decision replaces it.
+    Pairs stay NumPy arrays of piece codes (:mod:`corpus.curation.decide`).
     """
-    from corpus.curation import dedup, songs
+    from corpus.curation import decide, songs
 
-    ids = got["ids"]
-    keep = range(len(ids))
+    all_ids = got["ids"]
+    code = np.arange(len(all_ids))  # code in got -> code in the decided set (-1: left out)
+    keep = np.arange(len(all_ids))
     if only_decided:
         had = {p for p, _ in got["latest"]}
-        keep = [i for i, p in enumerate(ids) if p in had]
-    ids = [got["ids"][i] for i in keep]
+        keep = np.asarray([i for i, p in enumerate(all_ids) if p in had], np.int64)
+        code = np.full(len(all_ids), -1, np.int64)
+        code[keep] = np.arange(len(keep))
+    ids = [all_ids[i] for i in keep.tolist()]
+    n = len(ids)
     row_of = {p: i for i, p in enumerate(ids)}
-    near: dict[tuple[str, str], float] = {}
-    for a, b, sc in [*got["stored"], *new_dup_pairs]:
-        if a in row_of and b in row_of:
-            key = (a, b) if a < b else (b, a)
-            near[key] = max(sc, near.get(key, -1.0))
-    n_notes = [got["n_notes"][i] for i in keep]
-    result = dedup.cluster(
-        ids,
-        None,
-        [got["hashes"][i] for i in keep],
-        transposed_hashes=[got["t_hashes"][i] for i in keep],
-        threshold=threshold,
-        n_notes=n_notes,
-        lengths=[got["lengths"][i] for i in keep],
-        near_pairs=[(row_of[a], row_of[b], sc) for (a, b), sc in sorted(near.items())],
+
+    def recode(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ra, rb = code[a], code[b]
+        return ra, rb, (ra >= 0) & (rb >= 0)
+
+    # near-duplicate pairs: stored and new, one per unordered pair at its best score
+    sa, sb, ok = recode(got["stored"][0], got["stored"][1])
+    near_a, near_b, near_s = [sa[ok]], [sb[ok]], [got["stored"][2][ok]]
+    if new_dup_pairs:
+        na, nb, ok = _codes(row_of, [p[0] for p in new_dup_pairs], [p[1] for p in new_dup_pairs])
+        near_a.append(na[ok])
+        near_b.append(nb[ok])
+        near_s.append(np.asarray([p[2] for p in new_dup_pairs], np.float64)[ok])
+    a, b = np.concatenate(near_a), np.concatenate(near_b)
+    a, b, s, _ = decide.best_pairs(np.minimum(a, b), np.maximum(a, b), np.concatenate(near_s))
+    n_notes = np.asarray([got["n_notes"][i] for i in keep.tolist()], np.int64)
+    lengths = np.asarray([got["lengths"][i] for i in keep.tolist()], np.float64)
+    rep, n_dup_pairs = decide.cluster_codes(
+        [got["hashes"][i] for i in keep.tolist()],
+        [got["t_hashes"][i] for i in keep.tolist()],
+        n_notes,
+        lengths,
+        a,
+        b,
+        s,
+        threshold,
     )
-    cluster_of = dict(result.cluster_of)
-    by_md5: dict[str, list[str]] = {}
+    by_md5: dict[str, list[int]] = {}
     for pid, md5 in got["lmd"]:
-        if pid in cluster_of:
-            by_md5.setdefault(md5, []).append(pid)
-    reps = _merge_groups(ids, cluster_of, by_md5.values(), n_notes)
+        if pid in row_of:
+            by_md5.setdefault(md5, []).append(row_of[pid])
+    rep = decide.merge_codes(rep, n_notes, by_md5.values())
+    reps = dict(zip(ids, (ids[r] for r in rep.tolist()), strict=True))
+    n_clusters = len(np.unique(rep))
     if not songs_too:
-        return {"reps": reps, "clusters": len(set(reps.values())), "duplicate_pairs": len(result.pairs)}
+        return {"reps": reps, "clusters": n_clusters, "duplicate_pairs": n_dup_pairs}
 
     # --- song groups: dedup clusters, verified track matches, lineage, Lakh md5, MSD / Mutopia ids
-    links: list[tuple[str, str, str]] = [(p, c, "dedup") for p, c in reps.items() if p != c]
-    best_song: dict[tuple[str, str], tuple[float, int]] = {}
-    for a, b, cont, shared in [
-        *got["stored_songs"],
-        *((m.piece_a, m.piece_b, m.containment, m.shared) for m in matches),
-    ]:
-        if a not in row_of or b not in row_of:
-            continue
-        old = best_song.get((a, b))
-        if old is None or (cont, shared) > old:
-            best_song[(a, b)] = (cont, shared)
-    passing = [(a, b) for (a, b), (cont, shared) in best_song.items() if songs.passes(cont, shared, song_threshold)]
-    links += [(a, b, "melody") for a, b in passing]
-    links += [(p, q, "lmd_md5") for group in by_md5.values() for p in group[1:] for q in group[:1]]
-    keys: dict[str, list[str]] = {}
+    ga, gb, cont, shared = got["stored_songs"]  # one row per pair already (grouped in SQL)
+    if only_decided:
+        ga, gb, ok = recode(ga, gb)
+        ga, gb, cont, shared = ga[ok], gb[ok], cont[ok], shared[ok]
+    if matches.num_rows:  # codes from Arrow: no Python string per match (a first curate has millions)
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        known = pa.array(ids, pa.string())
+        ma, mb = (
+            pc.index_in(matches.column(c), value_set=known).fill_null(-1).to_numpy().astype(np.int32)
+            for c in ("piece_a", "piece_b")
+        )
+        ok = (ma >= 0) & (mb >= 0)
+        ga, gb, cont, shared_or_none = decide.best_pairs(
+            np.concatenate([ga, ma[ok]]),
+            np.concatenate([gb, mb[ok]]),
+            np.concatenate([cont, matches.column("containment").to_numpy().astype(np.float64)[ok]]),
+            np.concatenate([shared, matches.column("shared_ngrams").to_numpy().astype(np.int32)[ok]]),
+        )
+        shared = np.asarray(shared_or_none)
+    passing = (shared >= songs.MIN_SHARED) & (
+        (cont >= song_threshold) | ((shared >= songs.STRONG_SHARED) & (cont >= songs.STRONG_CONTAINMENT))
+    )
+    pa_, pb_ = ga[passing], gb[passing]
+    del ga, gb, cont, shared
+    idx = np.arange(n)
+    links: list[tuple[np.ndarray, np.ndarray, str]] = [
+        (idx, rep, "dedup"),
+        (pa_, pb_, "melody"),
+    ]
+    md5_a = [g[0] for g in by_md5.values() for _ in g[1:]]
+    md5_b = [p for g in by_md5.values() for p in g[1:]]
+    links.append((np.asarray(md5_b, np.int64), np.asarray(md5_a, np.int64), "lmd_md5"))
+    keys: dict[int, list[str]] = {}
+    lin_a: list[int] = []
+    lin_b: list[int] = []
     for pid, msd_ids, mutopia_ids, parents in got["ext"]:
         if pid not in row_of:
             continue
-        keys[pid] = [f"msd:{m}" for m in msd_ids or []] + [f"mutopia:{m}" for m in mutopia_ids or []]
-        links += [(pid, parent, "lineage") for parent in parents or []]
-    groups = songs.group_songs(ids, links, keys)
+        keys[row_of[pid]] = [f"msd:{m}" for m in msd_ids or []] + [f"mutopia:{m}" for m in mutopia_ids or []]
+        for parent in parents or []:
+            if parent in row_of:
+                lin_a.append(row_of[pid])
+                lin_b.append(row_of[parent])
+    links.append((np.asarray(lin_a, np.int64), np.asarray(lin_b, np.int64), "lineage"))
+    group, joined_by = decide.song_group_codes(ids, links, keys)
+    groups = songs.SongGroups(
+        group_of=dict(zip(ids, group, strict=True)), joined_by=dict(zip(ids, joined_by, strict=True))
+    )
     return {
         "reps": reps,
         "groups": groups,
-        "pieces": len(ids),
-        "clusters": len(set(reps.values())),
-        "duplicate_pairs": len(result.pairs),
+        "pieces": n,
+        "clusters": n_clusters,
+        "duplicate_pairs": n_dup_pairs,
         "song_groups": groups.n_groups,
-        "song_pairs": len(passing),
+        "song_pairs": int(passing.sum()),
     }
 
 
 def save_index(lake: Lake, name: str, index: Any, config: dict[str, object]) -> None:
-    """A faiss index under ``index/<name>``, swapped in atomically.
+    """A faiss index under ``index/<name>``, swapped in atomically (:func:`_stage_index`, then
+    :func:`_publish_index`)."""
+    _publish_index(lake, name, _stage_index(lake, name, index, config))
 
-    Locally: saved beside and renamed into ``index/<name>``. On an object store: uploaded to
-    ``index/<name>-<id>/``, then the pointer ``index/<name>.json`` names it (the switch), then
-    the previous folder is deleted.
-    """
+
+def _stage_index(lake: Lake, name: str, index: Any, config: dict[str, object]) -> Path:
+    """Write ``index`` where :func:`_publish_index` will take it from (locally a hidden folder beside
+    ``index/<name>``, for an object store a local temporary folder); nothing reads it yet. Curate
+    stages each index as soon as it is updated and drops it from memory, so the driver never holds
+    both indexes at once; they are published after the transaction that stores their pairs."""
     extra = {k: v for k, v in index.meta.items() if k in ("pairs_stored", "trained_n")}
+    if lake.remote:
+        tmp = Path(tempfile.mkdtemp(prefix="midicorpus-index-")) / name
+    else:
+        tmp = lake.root / "index" / f".{name}-{uuid.uuid4().hex[:8]}"
+    index.save(tmp, config, extra)
+    return tmp
+
+
+def _discard_staged(lake: Lake, staged: Path) -> None:
+    shutil.rmtree(staged.parent if lake.remote else staged, ignore_errors=True)
+
+
+def _publish_index(lake: Lake, name: str, staged: Path) -> None:
+    """Make the index staged at ``staged`` the one under ``index/<name>``.
+
+    Locally: renamed into ``index/<name>``. On an object store: uploaded to ``index/<name>-<id>/``,
+    then the pointer ``index/<name>.json`` names it (the switch), then the previous folder is deleted.
+    """
     if lake.remote:
         folder = f"{name}-{uuid.uuid4().hex[:12]}"
         previous = _index_pointer(lake, name)
-        with tempfile.TemporaryDirectory(prefix="midicorpus-index-") as tmp:
-            index.save(Path(tmp) / folder, config, extra)
-            lake.upload_dir(Path(tmp) / folder, f"index/{folder}")
-        lake.write_bytes(f"index/{name}.json", json.dumps({"dir": f"index/{folder}"}).encode())
+        try:
+            lake.upload_dir(staged, f"index/{folder}")
+            lake.write_bytes(f"index/{name}.json", json.dumps({"dir": f"index/{folder}"}).encode())
+        finally:
+            _discard_staged(lake, staged)
         if previous:
             lake.remove(previous)
         return
     target = lake.root / "index" / name
-    tmp = lake.root / "index" / f".{name}-{uuid.uuid4().hex[:8]}"
-    index.save(tmp, config, extra)
     old = lake.root / "index" / f".old-{uuid.uuid4().hex[:8]}"
     if target.exists():
         target.rename(old)
-    tmp.rename(target)
+    staged.rename(target)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -1328,21 +1489,3 @@ def load_index(lake: Lake, name: str, config: dict[str, object] | None = None) -
 def load_neardup_index(lake: Lake) -> Any:
     """The near-duplicate (piece) index ``curate`` saved last, or None before the first curate."""
     return load_index(lake, "neardup")
-
-
-def _merge_groups(ids: list[str], cluster_of: dict[str, str], groups: Any, n_notes: list[int]) -> dict[str, str]:
-    """Union the given groups into the clusters; the representative stays the documented rule's pick."""
-    parent = {c: c for c in set(cluster_of.values())}
-
-    def find(x: str) -> str:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    notes = dict(zip(ids, n_notes))
-    for group in groups:
-        roots = sorted({find(cluster_of[p]) for p in group}, key=lambda r: (-notes[r], r))
-        for r in roots[1:]:
-            parent[r] = roots[0]
-    return {pid: find(c) for pid, c in cluster_of.items()}

@@ -261,3 +261,20 @@ def test_new_columns_in_views_and_snapshot_filters(curated: Lake) -> None:
         "WHERE t.role <> 'melody'",
     )[0]
     assert bad == 0
+
+
+def test_a_decision_with_new_parameters_reads_no_index_vectors(curated: Lake, tmp_path: Path) -> None:
+    """Nothing new to index (another song threshold): every piece is decided again from the stored
+    pairs, and the faiss files (hundreds of MB on a Lakh-sized lake) are not read nor rewritten."""
+    import shutil
+
+    root = tmp_path / "lake"
+    shutil.copytree(curated.root, root)
+    lake = Lake(root)
+    for name in ("neardup", "tracks"):
+        (root / "index" / name / "index.faiss").write_bytes(b"not an index")
+    with lake.lock("t"), Engine(workers=1) as e:
+        s = curate(lake, e, song_threshold=0.8)
+    assert s.scope == "full" and s.analysed == 0 and s.redecided == s.pieces
+    assert [(root / "index" / n / "index.faiss").read_bytes() for n in ("neardup", "tracks")] == [b"not an index"] * 2
+    assert not [p.name for p in (root / "index").iterdir() if p.name.startswith(".")]  # nothing staged is left

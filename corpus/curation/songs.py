@@ -251,7 +251,15 @@ def candidates(
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
     if not query_keys or len(index) < 2:
         return empty
-    _, piece_code = np.unique(np.asarray([key.rpartition(":")[0] for key in index.piece_ids]), return_inverse=True)
+    # a code per piece (equal codes: one piece), without a fixed-width string array of every key
+    # (hundreds of MB for a Lakh-sized lake's tracks)
+    code_of: dict[str, int] = {}
+    piece_code = np.fromiter(
+        (code_of.setdefault(key.rpartition(":")[0], len(code_of)) for key in index.piece_ids),
+        np.int64,
+        len(index.piece_ids),
+    )
+    del code_of
     rows = np.asarray([index._row[q] for q in query_keys], np.int64)
     out_q, out_o, out_s = [], [], []
     step = 4096
@@ -311,15 +319,63 @@ def match_tracks_sql(
     k: int = CANDIDATE_K,
     floor: float = CANDIDATE_FLOOR,
 ) -> list[TrackMatch]:
-    """:func:`match_tracks`, with the n-gram sets verified in DuckDB on ``con`` (``signatures``: a
-    relation with columns piece_id, track_index, ngrams): the candidates go in as one Arrow table
-    and the n-gram lists never become Python objects, so the driver's memory does not grow with
-    the number of candidates (a first curate of 176k pieces has millions)."""
+    """:func:`match_tracks`, with the n-gram sets verified in DuckDB (:func:`match_tracks_table`),
+    as TrackMatch objects."""
+    tbl = match_tracks_table(con, index, query_keys, signatures, k=k, floor=floor)
+    return [
+        TrackMatch(
+            str(r["piece_a"]),
+            int(r["track_a"]),
+            str(r["piece_b"]),
+            int(r["track_b"]),
+            float(r["cosine"]),
+            int(r["shared_ngrams"]),
+            float(r["containment"]),
+        )
+        for r in tbl.to_pylist()
+    ]
+
+
+MATCH_SCHEMA_COLUMNS: Final = ("piece_a", "track_a", "piece_b", "track_b", "cosine", "shared_ngrams", "containment")
+
+
+def empty_matches() -> Any:
+    """A match table without rows (:func:`match_tracks_table`'s columns)."""
+    import pyarrow as pa
+
+    return pa.table(
+        {
+            "piece_a": pa.array([], pa.string()),
+            "track_a": pa.array([], pa.int32()),
+            "piece_b": pa.array([], pa.string()),
+            "track_b": pa.array([], pa.int32()),
+            "cosine": pa.array([], pa.float64()),
+            "shared_ngrams": pa.array([], pa.int64()),
+            "containment": pa.array([], pa.float64()),
+        }
+    )
+
+
+def match_tracks_table(
+    con: Any,
+    index: dedup.NearDupIndex,
+    query_keys: Sequence[str],
+    signatures: str,
+    *,
+    k: int = CANDIDATE_K,
+    floor: float = CANDIDATE_FLOOR,
+) -> Any:
+    """The verified matches of :func:`match_tracks` as one Arrow table (columns piece_a, track_a,
+    piece_b, track_b, cosine, shared_ngrams, containment; sorted by piece pair), the n-gram sets
+    intersected in DuckDB on ``con`` (``signatures``: a relation with columns piece_id,
+    track_index, ngrams). The candidates go in as one Arrow table and neither the n-gram lists nor
+    the matches become Python objects, so the driver's memory does not grow with the number of
+    candidates (a first curate of 176k pieces has millions)."""
     import pyarrow as pa
 
     q_rows, o_rows, cos = candidates(index, query_keys, k=k, floor=floor)
     if not len(q_rows):
-        return []
+        return empty_matches()
     keys = pa.array(index.piece_ids, pa.string())
     cand = pa.table(
         {
@@ -329,6 +385,7 @@ def match_tracks_sql(
             "ord": pa.array(np.arange(len(q_rows), dtype=np.int64)),
         }
     )
+    del keys, q_rows, o_rows, cos
     con.register("track_candidates", cand)
     try:
         # the joins and the window over millions of candidates (a first curate) spill past this
@@ -349,20 +406,50 @@ def match_tracks_sql(
                        least(len(sa.ngrams), len(sb.ngrams)) AS smaller
                 FROM c JOIN s sa ON sa.key = c.a JOIN s sb ON sb.key = c.b
             )
-            SELECT pa, ta, pb, tb, cosine, shared,
-                   CASE WHEN smaller = 0 THEN 0.0 ELSE shared / smaller END AS containment
+            SELECT pa AS piece_a, ta AS track_a, pb AS piece_b, tb AS track_b, cosine,
+                   CAST(shared AS BIGINT) AS shared_ngrams,
+                   CAST(CASE WHEN smaller = 0 THEN 0.0 ELSE shared / smaller END AS DOUBLE) AS containment
             FROM v
             QUALIFY row_number() OVER (PARTITION BY pa, pb ORDER BY containment DESC, shared DESC, cosine DESC, ord) = 1
             ORDER BY pa, pb
             """
-        ).fetchall()
+        ).to_arrow_table()
     finally:
         con.unregister("track_candidates")
         with contextlib.suppress(Exception):
             con.execute("RESET memory_limit")
-    return [
-        TrackMatch(str(a), int(ta), str(b), int(tb), float(c), int(sh), float(ct)) for a, ta, b, tb, c, sh, ct in got
-    ]
+    return got.cast(empty_matches().schema)
+
+
+def match_rows(matches: Any, run_id: str, chunk: int = 65_536) -> Any:
+    """The ``song_pairs`` rows of a match table (what :meth:`TrackMatch.row` gives, a chunk at a time)."""
+    import pyarrow as pa
+
+    n = matches.num_rows
+
+    def rounded(col: str) -> pa.ChunkedArray:
+        values = matches.column(col)
+        return pa.chunked_array(
+            [
+                pa.array([round(x, 6) for x in values.slice(lo, chunk).to_pylist()], pa.float64())
+                for lo in range(0, n, chunk)
+            ],
+            pa.float64(),
+        )
+
+    return pa.table(
+        {
+            "piece_a": matches.column("piece_a"),
+            "track_a": matches.column("track_a").cast(pa.int32()),
+            "piece_b": matches.column("piece_b"),
+            "track_b": matches.column("track_b").cast(pa.int32()),
+            "cosine": rounded("cosine"),
+            "shared_ngrams": matches.column("shared_ngrams").cast(pa.int32()),
+            "containment": rounded("containment"),
+            "scheme": pa.array([TRACK_SCHEME] * n, pa.string()),
+            "run_id": pa.array([run_id] * n, pa.string()),
+        }
+    )
 
 
 def root_of(parent: Any, x: Any) -> Any:
