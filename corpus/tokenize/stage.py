@@ -264,13 +264,40 @@ def _worker_tokenizer(text: str, h: str, use_fastpath: bool = True) -> tuple[Any
 
 def encode_piece(tok: Any, fast: Any, score: Any) -> tuple[Any, list[list[int]] | None, list[int]]:
     """(ids, ids_multi, seq_lengths) for one score; raises on tokenizer failure."""
+    return encode_piece_bars(tok, fast, score)[:3]  # type: ignore[return-value]
+
+
+def encode_piece_bars(
+    tok: Any, fast: Any, score: Any
+) -> tuple[Any, list[list[int]] | None, list[int], list[list[int]] | None]:
+    """(ids, ids_multi, seq_lengths, bar_starts) for one score: bar_starts per sequence, the token
+    index where each bar starts (:mod:`corpus.tokenize.bars`), or None where the encoder gives no
+    event times (multi-vocabulary, trained vocabularies, the other fast paths)."""
+    from corpus.tokenize import bars
+
+    starts: list[list[int]] | None = None
     if fast is not None:
         out = fast.encode_ids(score)
         seqs = [out] if tok.one_token_stream else out
+        ev = fast.event_times
+        if ev is not None and not tok.is_multi_voc:
+            t, sid, offsets, pre = ev
+            lengths = [len(x) for x in seqs]
+            last = int(t.max()) if len(t) else 0
+            starts = bars.from_events(t, sid, offsets, lengths, bars.bar_ticks(pre, last))
+    elif not tok.is_multi_voc and not tok.is_trained:
+        pre = tok.preprocess_score(score)
+        res = tok.encode(pre, no_preprocess_score=True)
+        toks = [res] if not isinstance(res, list) else res
+        seqs = [r.ids for r in toks]
+        starts = bars.from_tokseqs(toks, lambda last: bars.bar_ticks(pre, last))
     else:
         res = tok.encode(score)
         seqs = [res.ids] if not isinstance(res, list) else [r.ids for r in res]
-    return _pack(tok, seqs)
+    bar_id = None if tok.is_multi_voc or tok.is_trained else tok.vocab.get("Bar_None")
+    if bar_id is not None:  # REMI-like: a bar starts at its Bar token, miditok's own bar line
+        starts = bars.from_bar_tokens(seqs, bar_id)
+    return (*_pack(tok, seqs), starts)
 
 
 def _pack(tok: Any, seqs: list[Any]) -> tuple[Any, list[list[int]] | None, list[int]]:
@@ -291,7 +318,7 @@ def tokenize_batch(
     verify: bool = False,
     use_fastpath: bool = True,
 ) -> list[tuple[str, int, tuple[Any, ...]]]:
-    """Dask task: every (piece, shift) of the batch -> ("ok", ids, multi, lengths) or ("reject", reason, detail)."""
+    """Dask task: every (piece, shift) of the batch -> ("ok", ids, multi, lengths, bar_starts) or ("reject", reason, detail)."""
     import symusic
 
     from corpus.curation.transpose import transpose_score
@@ -328,7 +355,7 @@ def tokenize_batch(
                         base = res if isinstance(res, list) else [res]
                         lengths = [len(b.ids) for b in base]
                     else:
-                        ids, multi, lengths = encode_piece(tok, fast, score)
+                        ids, multi, lengths, bar_starts = encode_piece_bars(tok, fast, score)
                 cut = [str(w.message) for w in caught if "cannot tokenize entirely" in str(w.message)]
                 if cut:
                     out.append((pid, sh, ("reject", "too_many_bars", cut[0])))
@@ -336,7 +363,7 @@ def tokenize_batch(
                     out.append((pid, sh, ("reject", "no_tokens", f"{type(tok).__name__} produced no token")))
                 elif batched:
                     pending.append((len(out), base))
-                    out.append((pid, sh, ("ok", None, None, None)))
+                    out.append((pid, sh, ("ok", None, None, None, None)))
                 elif verify and (rate := roundtrip.check(tok, score, ids, multi, lengths)) < 1.0:
                     out.append(
                         (
@@ -346,7 +373,7 @@ def tokenize_batch(
                         )
                     )
                 else:
-                    out.append((pid, sh, ("ok", ids, multi, lengths)))
+                    out.append((pid, sh, ("ok", ids, multi, lengths, bar_starts)))
             except Exception as exc:  # noqa: BLE001 - the tokenizer's failure is this combination's reject
                 out.append((pid, sh, ("reject", "tokenize_error", f"{type(exc).__name__}: {exc}")))
     if pending:
@@ -365,7 +392,7 @@ def tokenize_batch(
             if index in failed:
                 out[index] = (pid, sh, ("reject", "tokenize_error", failed[index]))
             else:
-                out[index] = (pid, sh, ("ok", *_pack(tok, [seq.ids for seq in base])))
+                out[index] = (pid, sh, ("ok", *_pack(tok, [seq.ids for seq in base]), None))
     return out
 
 
@@ -456,6 +483,7 @@ def _tokens_table(rows: list[dict[str, Any]]) -> Any:
         "seq_lengths": pa.array([r["seq_lengths"] for r in rows], schema.field("seq_lengths").type),
         "ids": ids,
         "ids_multi": pa.array([r["ids_multi"] for r in rows], schema.field("ids_multi").type),
+        "bar_starts": pa.array([r.get("bar_starts") for r in rows], schema.field("bar_starts").type),
         "run_id": pa.array([r["run_id"] for r in rows], pa.string()),
     }
     return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
@@ -533,7 +561,7 @@ def tokenize(
         ):
             for pid, sh, res in results:
                 if res[0] == "ok":
-                    _, ids, multi, lengths = res
+                    _, ids, multi, lengths, bar_starts = res
                     n = sum(lengths)
                     rows.append(
                         {
@@ -542,6 +570,7 @@ def tokenize(
                             "n_tokens": n,
                             "n_sequences": len(lengths),
                             "seq_lengths": lengths,
+                            "bar_starts": bar_starts,
                             "ids": ids if multi is None else None,
                             "ids_multi": multi,
                             "run_id": run_id,
