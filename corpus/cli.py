@@ -492,6 +492,9 @@ def cmd_snapshot_create(ctx: Ctx) -> int:
             max_seq_len=a.max_seq_len,
             tokenizer_hash=a.tokenizer,
             with_midi=a.with_midi,
+            segment=snapshot.parse_segment(a.segment) if a.segment else None,
+            mix=snapshot.parse_mix(a.mix) if a.mix else None,
+            mix_by=a.mix_by,
         )
         spec.validate()
         res = _snapshot_create(ctx, spec)
@@ -1131,6 +1134,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--with-midi",
         action="store_true",
         help="add each piece's original MIDI bytes (column midi) to the Hugging Face Parquet files",
+    )
+    sc.add_argument(
+        "--segment",
+        default=None,
+        metavar="bars:N[:HOP]",
+        help="cut every piece into windows of N bars every HOP bars (default HOP = N), e.g. bars:2, bars:16, "
+        "bars:16:8; --max-seq-len then cuts at bar lines",
+    )
+    sc.add_argument(
+        "--mix",
+        default=None,
+        metavar="LABEL=W,...",
+        help="training sampling weights per label (summing to 1), e.g. lakh=0.5,mutopia=0.3,music21=0.2; "
+        "the loader draws train windows by them (valid and test are not re-weighted)",
+    )
+    sc.add_argument(
+        "--mix-by",
+        default=None,
+        metavar="SQL",
+        help="the label --mix weighs: an SQL expression over features/pieces columns (default: source)",
     )
     _format_option(sc)
     sc.set_defaults(func=cmd_snapshot_create)
