@@ -357,12 +357,17 @@ def cmd_tokenize(ctx: Ctx) -> int:
         _check_file(a.config)
         if len(schemes) != 1:
             raise UserError("--config registers one tokenizer: give one --scheme NAME for it")
-    run_tokenize(ctx, schemes, a.transpose, a.config, a.min_key_confidence)
+    run_tokenize(ctx, schemes, a.transpose, a.config, a.min_key_confidence, a.redo_bars)
     return 0
 
 
 def run_tokenize(
-    ctx: Ctx, schemes: list[str], transpose: str = "none", config: str | None = None, min_conf: float | None = None
+    ctx: Ctx,
+    schemes: list[str],
+    transpose: str = "none",
+    config: str | None = None,
+    min_conf: float | None = None,
+    redo_bars: bool = False,
 ) -> Any:
     from corpus.tokenize import presets
     from corpus.tokenize.stage import DEFAULT_MIN_KEY_CONFIDENCE, TokenizeError, parse_transpose, tokenize
@@ -391,6 +396,7 @@ def run_tokenize(
                     config,
                     DEFAULT_MIN_KEY_CONFIDENCE if min_conf is None else min_conf,
                     progress=prog,
+                    redo_bars=redo_bars,
                 )
             except (TokenizeError, presets.PresetError) as exc:
                 raise UserError(str(exc)) from None
@@ -1253,6 +1259,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="normalize only pieces whose key confidence is at least this (default 0.02; 0 = all)",
+    )
+    t.add_argument(
+        "--redo-bars",
+        action="store_true",
+        help="re-tokenize the rows made before bar starts were stored (for snapshot create --segment); same ids",
     )
     _format_option(t)
     t.set_defaults(func=cmd_tokenize)

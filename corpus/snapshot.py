@@ -602,6 +602,20 @@ def _gather(batches: Iterable[pa.Array], src: np.ndarray) -> Iterator[pa.Array]:
         row0 = row1
 
 
+def _no_bars_line(scheme: str, tokinfo: Mapping[str, Any], n: int, of: int) -> str:
+    """Why ``--segment`` cannot cut these rows, and what to do, in one line."""
+    from corpus.tokenize import bars, presets
+
+    tok, _ = presets.load_from_text(tokinfo["config_json"])
+    if not bars.supported(tok):
+        return f"--segment cannot cut scheme {scheme!r} ({tokinfo['tokenization']}): {bars.UNSUPPORTED}"
+    return (
+        f"--segment needs bar starts, and {n} of {of} token rows of scheme {scheme!r} (tokenizer {tokinfo['hash']}) "
+        f"were tokenized before they were stored; add them with 'midicorpus tokenize --scheme {scheme} --redo-bars' "
+        "(same ids, rows replaced), then run this again"
+    )
+
+
 def _mix_plan(rows: pa.Table, mix: Sequence[tuple[str, float]] | None, by: str) -> dict[str, Any]:
     """The manifest's ``mix``: the weights, and per label the train pieces and tokens and how many times the
     loader's draw repeats its tokens per epoch (weight x train tokens / the label's tokens). Every label
@@ -1041,13 +1055,7 @@ def build(
         if spec.segment:
             no_bars = rows_tbl.filter(pc.is_null(rows_tbl.column("bar_starts")))
             if no_bars.num_rows:
-                raise SnapshotError(
-                    f"--segment needs bar starts, and {no_bars.num_rows} of {rows_tbl.num_rows} token rows of scheme "
-                    f"{spec.scheme!r} (tokenizer {tokinfo['hash']}) have none (e.g. {no_bars.column('piece_id')[0]}): "
-                    "rows tokenized before bar starts were stored, or a scheme whose encoder gives none "
-                    "(multi-vocabulary, trained vocabularies); add them with "
-                    f"'midicorpus tokenize --scheme {spec.scheme} --redo-bars'"
-                )
+                raise SnapshotError(_no_bars_line(spec.scheme, tokinfo, no_bars.num_rows, rows_tbl.num_rows))
         mix_info = _mix_plan(rows_tbl, spec.mix, mix_by) if mix_by else None
         done_so_far.what = "choosing token rows"
         progress(done_so_far)

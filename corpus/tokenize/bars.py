@@ -24,6 +24,16 @@ from typing import Any
 import numpy as np
 
 TIME_TOKENS = frozenset({"Bar", "Position", "TimeShift", "Rest"})
+UNSUPPORTED = (
+    "bar starts are stored for single-vocabulary, untrained schemes other than Structured and MMM "
+    "(REMI, TSD, MIDILike and their presets)"
+)
+
+
+def supported(tok: Any) -> bool:
+    """Whether ``tok``'s rows get bar starts: one vocabulary, no trained merges (a merged token can
+    cross a bar line), and a time walk of bars (not Structured's per-note shifts, not MMM's track blocks)."""
+    return not tok.is_multi_voc and not tok.is_trained and type(tok).__name__ not in ("Structured", "MMM")
 
 
 def bar_ticks(score: Any, last_tick: int) -> np.ndarray:

@@ -276,16 +276,17 @@ def encode_piece_bars(
     from corpus.tokenize import bars
 
     starts: list[list[int]] | None = None
+    want = bars.supported(tok)
     if fast is not None:
         out = fast.encode_ids(score)
         seqs = [out] if tok.one_token_stream else out
         ev = fast.event_times
-        if ev is not None and not tok.is_multi_voc:
+        if ev is not None and want:
             t, sid, offsets, pre = ev
             lengths = [len(x) for x in seqs]
             last = int(t.max()) if len(t) else 0
             starts = bars.from_events(t, sid, offsets, lengths, bars.bar_ticks(pre, last))
-    elif not tok.is_multi_voc and not tok.is_trained:
+    elif want:
         pre = tok.preprocess_score(score)
         res = tok.encode(pre, no_preprocess_score=True)
         toks = [res] if not isinstance(res, list) else res
@@ -294,7 +295,7 @@ def encode_piece_bars(
     else:
         res = tok.encode(score)
         seqs = [res.ids] if not isinstance(res, list) else [r.ids for r in res]
-    bar_id = None if tok.is_multi_voc or tok.is_trained else tok.vocab.get("Bar_None")
+    bar_id = tok.vocab.get("Bar_None") if want else None
     if bar_id is not None:  # REMI-like: a bar starts at its Bar token, miditok's own bar line
         starts = bars.from_bar_tokens(seqs, bar_id)
     return (*_pack(tok, seqs), starts)
@@ -398,7 +399,7 @@ def tokenize_batch(
 
 # ---------------------------------------------------------------------------------- driver side
 def _wanted(
-    lake: Lake, reg: Registered, mode: str, k: int, min_conf: float, where: str | None
+    lake: Lake, reg: Registered, mode: str, k: int, min_conf: float, where: str | None, redo_bars: bool = False
 ) -> tuple[dict[str, list[int]], list[dict[str, Any]], int]:
     """Shifts still to do per piece, rejects decided in the driver, and how many exist already."""
     from corpus.curation.transpose import augment_shifts, normalize_shift
@@ -413,7 +414,8 @@ def _wanted(
         done = set(
             con.execute(
                 "SELECT piece_id, transpose FROM tokens WHERE scheme = ? AND tokenizer_hash = ? "
-                "UNION ALL SELECT piece_id, transpose FROM rejects WHERE stage = 'tokenize' AND scheme = ? AND tokenizer_hash = ?",
+                + ("AND bar_starts IS NOT NULL " if redo_bars else "")
+                + "UNION ALL SELECT piece_id, transpose FROM rejects WHERE stage = 'tokenize' AND scheme = ? AND tokenizer_hash = ?",
                 [reg.scheme, reg.hash, reg.scheme, reg.hash],
             ).fetchall()
         )
@@ -489,14 +491,34 @@ def _tokens_table(rows: list[dict[str, Any]]) -> Any:
     return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
 
 
-def _flush(lake: Lake, reg: Registered, run_id: str, rows: list[dict[str, Any]], rejects: list[dict[str, Any]]) -> None:
-    """Commit the buffered token rows and rejects of one scheme in one transaction, then clear them."""
+def _flush(
+    lake: Lake,
+    reg: Registered,
+    run_id: str,
+    rows: list[dict[str, Any]],
+    rejects: list[dict[str, Any]],
+    redo_bars: bool = False,
+) -> None:
+    """Commit the buffered token rows and rejects of one scheme in one transaction, then clear them.
+    ``redo_bars``: the new rows replace the same (piece, shift) rows that have no bar starts."""
     if not rows and not rejects:
         return
     with lake.transaction(
         {"command": "tokenize", "run_id": run_id, "scheme": reg.scheme, "tokenizer_hash": reg.hash}
     ) as tx:
         rows.sort(key=lambda r: (r["piece_id"], r["transpose"]))
+        if redo_bars and rows:
+            import pyarrow as pa
+
+            keys = pa.table(
+                {
+                    "piece_id": pa.array([r["piece_id"] for r in rows], pa.string()),
+                    "transpose": pa.array([r["transpose"] for r in rows], pa.int32()),
+                }
+            )
+            tx.delete_matching(
+                "tokens", keys, "scheme = ? AND tokenizer_hash = ? AND bar_starts IS NULL", [reg.scheme, reg.hash]
+            )
         tx.write("tokens", _tokens_table(rows), {"scheme": reg.scheme, "tokenizer_hash": reg.hash})
         for r in rejects:
             r["run_id"] = run_id
@@ -519,8 +541,10 @@ def tokenize(
     verify: bool | None = None,
     use_fastpath: bool = True,
     progress: Callable[[TokenizeSummary], None] | None = None,
+    redo_bars: bool = False,
 ) -> TokenizeSummary:
-    """Tokenize every curated piece under each scheme (lake locked by the caller)."""
+    """Tokenize every curated piece under each scheme (lake locked by the caller). ``redo_bars``:
+    also the rows tokenized before bar starts were stored (same ids, now with ``bar_starts``)."""
     mode, k = parse_transpose(transpose)
     for sch in schemes:
         if not config_file and sch not in presets.PRESETS and not _is_registered(lake, sch):
@@ -539,7 +563,12 @@ def tokenize(
         )
         ss = SchemeSummary(sch, reg.hash)
         summary.schemes.append(ss)
-        todo, pre_rejects, ss.skipped_existing = _wanted(lake, reg, mode, k, min_key_confidence, where)
+        if redo_bars:
+            from corpus.tokenize import bars
+
+            if not bars.supported(reg.tokenizer):
+                raise TokenizeError(f"scheme {sch!r} has no bar starts to add: {bars.UNSUPPORTED}")
+        todo, pre_rejects, ss.skipped_existing = _wanted(lake, reg, mode, k, min_key_confidence, where, redo_bars)
         rows: list[dict[str, Any]] = []
         rejects: list[dict[str, Any]] = list(pre_rejects)
         for r in pre_rejects:
@@ -583,9 +612,9 @@ def tokenize(
                     ss.rejected += 1
                     ss.reasons[res[1]] = ss.reasons.get(res[1], 0) + 1
             if len(rows) + len(rejects) >= commit_every:
-                _flush(lake, reg, run_id, rows, rejects)
+                _flush(lake, reg, run_id, rows, rejects, redo_bars)
             if progress:
                 progress(summary)
-        _flush(lake, reg, run_id, rows, rejects)
+        _flush(lake, reg, run_id, rows, rejects, redo_bars)
     summary.seconds = time.perf_counter() - t0
     return summary
