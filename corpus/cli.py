@@ -631,6 +631,12 @@ def train_line(m: dict[str, Any], out: Path) -> str:
         + (f" (now {m['steps']} in all)" if m["steps"] != m["steps_this_run"] else "")
         + f", {loss}, "
         f"{m['tokens_per_s'] or 0:,.0f} tokens/s, data wait {0 if wait is None else wait * 100:.1f} %"
+        + (
+            "; mixture per epoch: "
+            + ", ".join(f"{k} {v['share']:.1%} (x{v['repeats']:.2f})" for k, v in m["mix"].items())
+            if m.get("mix")
+            else ""
+        )
     )
 
 
