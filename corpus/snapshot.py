@@ -1321,29 +1321,6 @@ def build(
     return manifest
 
 
-def _segment_lines(m: Mapping[str, Any]) -> list[str]:
-    seg = m.get("segments")
-    if not seg:
-        return []
-    return [
-        f"- segments: {seg['bars']} bars every {seg['hop']} bars (`--segment bars:{seg['bars']}:{seg['hop']}`): "
-        f"{seg['segments']:,} windows over {seg['bars_total']:,} bars, "
-        f"{seg['empty_segments']:,} empty windows dropped, {seg['long_bars_cut']:,} bars longer than max_seq_len "
-        "cut at the token count; columns segment_start_bar, segment_end_bar (sequences.parquet) and segment (Hugging Face)",
-    ]
-
-
-def _mix_lines(m: Mapping[str, Any]) -> list[str]:
-    mix = m.get("mix")
-    if not mix:
-        return []
-    per = "; ".join(
-        f"{k} {v['weight']:g} ({v['pieces']} pieces, {v['tokens']:,} tokens, x{v['repeats_per_epoch']:g} per epoch)"
-        for k, v in mix["labels"].items()
-    )
-    return [f"- mixture of the train split by `{mix['by']}` (valid and test are not re-weighted): {per}"]
-
-
 def render_card(m: Mapping[str, Any]) -> str:
     """The README-style card of a snapshot (deterministic: no timestamps)."""
     c = m["counts"]
@@ -1428,6 +1405,29 @@ def render_card(m: Mapping[str, Any]) -> str:
     if "hf" in m:
         lines += hf.card_section(m)
     return "\n".join(lines)
+
+
+def _segment_lines(m: Mapping[str, Any]) -> list[str]:
+    seg = m.get("segments")
+    if not seg:
+        return []
+    return [
+        f"- segments: {seg['bars']} bars every {seg['hop']} bars (`--segment bars:{seg['bars']}:{seg['hop']}`): "
+        f"{seg['segments']:,} windows over {seg['bars_total']:,} bars, "
+        f"{seg['empty_segments']:,} empty windows dropped, {seg['long_bars_cut']:,} bars longer than max_seq_len "
+        "cut at the token count; columns segment_start_bar, segment_end_bar (sequences.parquet) and segment (Hugging Face)",
+    ]
+
+
+def _mix_lines(m: Mapping[str, Any]) -> list[str]:
+    mix = m.get("mix")
+    if not mix:
+        return []
+    per = "; ".join(
+        f"{k} {v['weight']:g} ({v['pieces']} pieces, {v['tokens']:,} tokens, x{v['repeats_per_epoch']:g} per epoch)"
+        for k, v in mix["labels"].items()
+    )
+    return [f"- mixture of the train split by `{mix['by']}` (valid and test are not re-weighted): {per}"]
 
 
 # ----------------------------------------------------------------------------- create / read
