@@ -246,6 +246,17 @@ def test_mixture_proportions_over_an_epoch(lake) -> None:
     assert np.array_equal(
         next(iter(again)), next(iter(PackedBatches(res.path, "train", seq_len=64, batch_size=4, seed=7)))
     )
+    # a resumed loader continues the mixed epoch at the next batch, repeating and skipping nothing
+    from train.data import ResumableLoader
+
+    first = ResumableLoader(PackedBatches(res.path, "train", seq_len=64, batch_size=4, seed=7))
+    for _ in range(3):
+        next(first)
+    state = first.state_dict()
+    want = [next(first) for _ in range(2)]
+    resumed = ResumableLoader(PackedBatches(res.path, "train", seq_len=64, batch_size=4, seed=7))
+    resumed.load_state_dict(state)
+    assert all(np.array_equal(next(resumed), w) for w in want)
     # valid and test are never re-weighted: every sequence once
     for sp in ("valid", "test"):
         v = PackedBatches(res.path, sp, seq_len=64, batch_size=4, seed=7)
