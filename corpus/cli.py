@@ -359,12 +359,17 @@ def cmd_tokenize(ctx: Ctx) -> int:
         _check_file(a.config)
         if len(schemes) != 1:
             raise UserError("--config registers one tokenizer: give one --scheme NAME for it")
-    run_tokenize(ctx, schemes, a.transpose, a.config, a.min_key_confidence)
+    run_tokenize(ctx, schemes, a.transpose, a.config, a.min_key_confidence, a.redo_bars)
     return 0
 
 
 def run_tokenize(
-    ctx: Ctx, schemes: list[str], transpose: str = "none", config: str | None = None, min_conf: float | None = None
+    ctx: Ctx,
+    schemes: list[str],
+    transpose: str = "none",
+    config: str | None = None,
+    min_conf: float | None = None,
+    redo_bars: bool = False,
 ) -> Any:
     from corpus.tokenize import presets
     from corpus.tokenize.stage import DEFAULT_MIN_KEY_CONFIDENCE, TokenizeError, parse_transpose, tokenize
@@ -393,6 +398,7 @@ def run_tokenize(
                     config,
                     DEFAULT_MIN_KEY_CONFIDENCE if min_conf is None else min_conf,
                     progress=prog,
+                    redo_bars=redo_bars,
                 )
             except (TokenizeError, presets.PresetError) as exc:
                 raise UserError(str(exc)) from None
@@ -494,6 +500,9 @@ def cmd_snapshot_create(ctx: Ctx) -> int:
             max_seq_len=a.max_seq_len,
             tokenizer_hash=a.tokenizer,
             with_midi=a.with_midi,
+            segment=snapshot.parse_segment(a.segment) if a.segment else None,
+            mix=snapshot.parse_mix(a.mix) if a.mix else None,
+            mix_by=a.mix_by,
         )
         spec.validate()
         res = _snapshot_create(ctx, spec)
@@ -624,6 +633,12 @@ def train_line(m: dict[str, Any], out: Path) -> str:
         + (f" (now {m['steps']} in all)" if m["steps"] != m["steps_this_run"] else "")
         + f", {loss}, "
         f"{m['tokens_per_s'] or 0:,.0f} tokens/s, data wait {0 if wait is None else wait * 100:.1f} %"
+        + (
+            "; mixture per epoch: "
+            + ", ".join(f"{k} {v['share']:.1%} (x{v['repeats']:.2f})" for k, v in m["mix"].items())
+            if m.get("mix")
+            else ""
+        )
     )
 
 
@@ -1164,6 +1179,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add each piece's original MIDI bytes (column midi) to the Hugging Face Parquet files",
     )
+    sc.add_argument(
+        "--segment",
+        default=None,
+        metavar="bars:N[:HOP]",
+        help="cut every piece into windows of N bars every HOP bars (default HOP = N), e.g. bars:2, bars:16, "
+        "bars:16:8; --max-seq-len then cuts at bar lines",
+    )
+    sc.add_argument(
+        "--mix",
+        default=None,
+        metavar="LABEL=W,...",
+        help="training sampling weights per label (summing to 1), e.g. lakh=0.5,mutopia=0.3,music21=0.2; "
+        "the loader draws train windows by them (valid and test are not re-weighted)",
+    )
+    sc.add_argument(
+        "--mix-by",
+        default=None,
+        metavar="SQL",
+        help="the label --mix weighs: an SQL expression over features/pieces columns (default: source)",
+    )
     _format_option(sc)
     sc.set_defaults(func=cmd_snapshot_create)
     sl = snsub.add_parser("list", help="every snapshot version")
@@ -1273,6 +1308,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="normalize only pieces whose key confidence is at least this (default 0.02; 0 = all)",
+    )
+    t.add_argument(
+        "--redo-bars",
+        action="store_true",
+        help="re-tokenize the rows made before bar starts were stored (for snapshot create --segment); same ids",
     )
     _format_option(t)
     t.set_defaults(func=cmd_tokenize)

@@ -959,6 +959,24 @@ class Transaction:
             con.unregister("_midicorpus_keys")
         self.write(table, data)
 
+    def delete_matching(self, table: str, keys: pa.Table, where: str = "true", params: Sequence[Any] = ()) -> None:
+        """Delete the rows of ``table`` that match a row of ``keys`` on all its columns and ``where``
+        (SQL over the table's columns, ``?`` bound to ``params``), in this transaction."""
+        if keys.num_rows == 0:
+            return
+        con = self._con()
+        on = " AND ".join(f'k."{c}" = t."{c}"' for c in keys.column_names)
+        con.register("_midicorpus_keys", keys)
+        try:
+            con.execute(
+                f'DELETE FROM lake.store."{table}" t WHERE ({where}) AND EXISTS (SELECT 1 FROM _midicorpus_keys k WHERE {on})',
+                list(params),
+            )
+        except Exception as exc:  # noqa: BLE001 - DuckDB's and the catalog's errors; others pass through _failed
+            raise self._failed(exc, f"deleting {table} rows") from None
+        finally:
+            con.unregister("_midicorpus_keys")
+
     def write_select(self, table: str, select_sql: str) -> int:
         """Add the rows of a DuckDB SELECT (columns by name) to ``table``, streamed by DuckDB (no
         Arrow copy in Python); returns the number of rows. For bulk moves such as ``lake upgrade``."""

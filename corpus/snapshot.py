@@ -107,6 +107,9 @@ class SnapshotSpec:
     max_seq_len: int | None = None
     tokenizer_hash: str | None = None  # default: the latest tokenizer registered under ``scheme``
     with_midi: bool = False  # a ``midi`` column (each piece's raw bytes) in the Hugging Face files
+    segment: tuple[int, int] | None = None  # (bars, hop): bar-aligned windows (``--segment bars:N[:HOP]``)
+    mix: tuple[tuple[str, float], ...] | None = None  # (label, weight) per label: training draws (``--mix``)
+    mix_by: str | None = None  # the SQL expression of the label (default ``source``)
 
     def validate(self) -> None:
         if not NAME_RE.match(self.name):
@@ -122,6 +125,64 @@ class SnapshotSpec:
         if self.where is not None and ";" in self.where:
             raise SnapshotError(f"--where must be one SQL condition without ';', got {self.where!r}")
         transpose_shifts(self.transpose)
+        if self.segment is not None and (
+            len(self.segment) != 2 or self.segment[0] < 1 or not 1 <= self.segment[1] <= self.segment[0]
+        ):
+            raise SnapshotError(f"--segment must be bars:N[:HOP] with N >= 1 and 1 <= HOP <= N, got {self.segment!r}")
+        if self.mix_by is not None and self.mix is None:
+            raise SnapshotError("--mix-by needs --mix LABEL=WEIGHT,... (the weights of its labels)")
+        if self.mix_by is not None and ";" in self.mix_by:
+            raise SnapshotError(f"--mix-by must be one SQL expression without ';', got {self.mix_by!r}")
+        if self.mix is not None:
+            check_mix(self.mix)
+
+
+def parse_segment(text: str) -> tuple[int, int]:
+    """``"bars:16"`` or ``"bars:16:8"`` to (bars, hop); one clear error otherwise."""
+    parts = text.split(":")
+    try:
+        if parts[0] != "bars" or len(parts) not in (2, 3):
+            raise ValueError
+        n = int(parts[1])
+        hop = int(parts[2]) if len(parts) == 3 else n
+    except ValueError:
+        raise SnapshotError(
+            f"--segment must be bars:N or bars:N:HOP (e.g. bars:2, bars:16, bars:16:8), got {text!r}"
+        ) from None
+    if n < 1 or not 1 <= hop <= n:
+        raise SnapshotError(f"--segment bars:N:HOP needs N >= 1 and 1 <= HOP <= N, got {text!r}")
+    return n, hop
+
+
+def parse_mix(text: str) -> tuple[tuple[str, float], ...]:
+    """``"lakh=0.5,mutopia=0.3,music21=0.2"`` to ((label, weight), ...) sorted by label; one clear error otherwise."""
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        label, eq, w = part.partition("=")
+        label = label.strip()
+        try:
+            if not eq or not label:
+                raise ValueError
+            weight = float(w)
+        except ValueError:
+            raise SnapshotError(
+                f"--mix must be LABEL=WEIGHT,... like lakh=0.5,mutopia=0.3,music21=0.2, got {part!r} in {text!r}"
+            ) from None
+        if label in out:
+            raise SnapshotError(f"--mix names label {label!r} twice")
+        out[label] = weight
+    mix = tuple(sorted(out.items()))
+    check_mix(mix)
+    return mix
+
+
+def check_mix(mix: Sequence[tuple[str, float]]) -> None:
+    bad = [f"{k}={w}" for k, w in mix if not w >= 0 or w != w]
+    if bad:
+        raise SnapshotError(f"--mix weights must be non-negative, got {', '.join(bad)}")
+    total = sum(w for _, w in mix)
+    if abs(total - 1.0) > 1e-6:
+        raise SnapshotError(f"--mix weights must sum to 1, got {total:g} ({','.join(f'{k}={w:g}' for k, w in mix)})")
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
@@ -419,6 +480,186 @@ def _sequences(rows: pa.Table, max_seq_len: int | None) -> tuple[pa.Table, np.nd
     return tbl, offsets, int(lengths.sum())
 
 
+def segment_windows(n_bars: int, bars: int, hop: int) -> list[tuple[int, int]]:
+    """The bar ranges [a, b) of a sequence of ``n_bars`` bars: windows of ``bars`` bars every ``hop``
+    bars from bar 0, the last one the first that reaches the end (it may be shorter)."""
+    out: list[tuple[int, int]] = []
+    a = 0
+    while a < n_bars:
+        out.append((a, min(a + bars, n_bars)))
+        if a + bars >= n_bars:
+            break
+        a += hop
+    return out
+
+
+def _cut_on_bars(starts: Sequence[int], end: int, limit: int) -> tuple[list[tuple[int, int, int, int]], int]:
+    """A window's bars (``starts``: token index of each bar, ``end``: the window's end) cut into parts of
+    at most ``limit`` tokens at bar lines: (first token, tokens, first bar, end bar) per part, bars
+    counted from the window's first; a bar longer than ``limit`` is cut at the token count (counted)."""
+    parts: list[tuple[int, int, int, int]] = []
+    long_bars = 0
+    bounds = [*starts, end]
+    i, n = 0, len(starts)
+    while i < n:
+        a = bounds[i]
+        j = i + 1
+        while j < n and bounds[j + 1] - a <= limit:
+            j += 1
+        if bounds[j] - a > limit:  # bar i alone is longer than the limit: cut it by tokens
+            long_bars += 1
+            for s0 in range(a, bounds[i + 1], limit):
+                parts.append((s0, min(limit, bounds[i + 1] - s0), i, i + 1))
+            i += 1
+            continue
+        parts.append((a, bounds[j] - a, i, j))
+        i = j
+    return parts, long_bars
+
+
+def _segments(
+    rows: pa.Table, bars: int, hop: int, max_seq_len: int | None
+) -> tuple[pa.Table, np.ndarray, int, np.ndarray, dict[str, int]]:
+    """:func:`_sequences` for ``--segment``: per row and track, bar-aligned windows (:func:`segment_windows`
+    of its ``bar_starts``), each cut at bar lines at ``max_seq_len``; empty windows dropped (counted).
+    Returns the sequences table (``start`` is the position in tokens.npy, where the sequences lie one
+    after the other), the index offsets, the number of tokens, the source position of every sequence
+    in its row's ids (for :func:`_gather`) and the counts."""
+    lengths_col = rows.column("seq_lengths").to_pylist()
+    starts_col = rows.column("bar_starts").to_pylist()
+    rec: dict[str, list[int]] = {k: [] for k in ("row", "src", "length", "track", "chunk", "bar0", "bar1")}
+    counts = {"segments": 0, "empty_segments": 0, "long_bars_cut": 0, "bars_total": 0}
+    for r, (lengths, bstarts) in enumerate(zip(lengths_col, starts_col, strict=True)):
+        if bstarts is None or len(bstarts) != len(lengths):
+            raise RuntimeError(f"row {r}: {len(bstarts or [])} bar lists for {len(lengths)} sequences")
+        offset = 0
+        for track, (n, bs) in enumerate(zip(lengths, bstarts, strict=True)):
+            counts["bars_total"] += len(bs)
+            for a, b in segment_windows(len(bs), bars, hop):
+                lo = bs[a]
+                hi = bs[b] if b < len(bs) else n
+                counts["segments"] += 1
+                if hi <= lo:
+                    counts["empty_segments"] += 1
+                    continue
+                if max_seq_len:
+                    parts, cut = _cut_on_bars([x - lo for x in bs[a:b]], hi - lo, max_seq_len)
+                    counts["long_bars_cut"] += cut
+                else:
+                    parts = [(0, hi - lo, 0, b - a)]
+                for chunk, (p0, plen, pb0, pb1) in enumerate(p for p in parts if p[1] > 0):
+                    for k, v in (
+                        ("row", r),
+                        ("src", offset + lo + p0),
+                        ("length", plen),
+                        ("track", track),
+                        ("chunk", chunk),
+                        ("bar0", a + pb0),
+                        ("bar1", a + pb1),
+                    ):
+                        rec[k].append(v)
+            offset += n
+    row = pa.array(np.asarray(rec["row"], dtype=np.int64))
+    length = np.asarray(rec["length"], dtype=np.int64)
+    start = np.cumsum(length) - length
+    tbl = pa.table(
+        {
+            "seq": pa.array(np.arange(len(length), dtype=np.int64)),
+            "piece_id": rows.column("piece_id").take(row).cast(pa.string()),
+            "transpose": rows.column("transpose").take(row).cast(pa.int32()),
+            "track": pa.array(np.asarray(rec["track"], dtype=np.int32)),
+            "chunk": pa.array(np.asarray(rec["chunk"], dtype=np.int32)),
+            "start": pa.array(start),
+            "length": pa.array(length),
+            "song_group": rows.column("song_group").take(row).cast(pa.string()),
+            "dedup_cluster": rows.column("dedup_cluster").take(row).cast(pa.string()),
+            "segment_start_bar": pa.array(np.asarray(rec["bar0"], dtype=np.int32)),
+            "segment_end_bar": pa.array(np.asarray(rec["bar1"], dtype=np.int32)),
+        }
+    )
+    tbl = pa.Table.from_arrays([c.combine_chunks() for c in tbl.columns], names=tbl.column_names)
+    offsets = np.concatenate([np.zeros(1, dtype=np.int64), start + length])
+    src = np.stack([np.asarray(rec["row"], dtype=np.int64), np.asarray(rec["src"], dtype=np.int64), length], axis=1)
+    return tbl, offsets, int(length.sum()), src.reshape(-1, 3), counts
+
+
+def _gather(batches: Iterable[pa.Array], src: np.ndarray) -> Iterator[pa.Array]:
+    """The ids of the segments (``src``: row, first token in the row's ids, length; rows ascending),
+    from the batches of whole rows: one list per segment, in order."""
+    row0 = 0
+    for batch in batches:
+        row1 = row0 + len(batch)
+        lo, hi = np.searchsorted(src[:, 0], [row0, row1], side="left")
+        flat = batch.flatten()
+        base = np.asarray(batch.offsets.to_numpy(), dtype=np.int64) - int(batch.offsets[0].as_py())
+        part = src[lo:hi]
+        first = base[part[:, 0] - row0] + part[:, 1]
+        n = part[:, 2]
+        idx = np.repeat(first - (np.cumsum(n) - n), n) + np.arange(int(n.sum()), dtype=np.int64)
+        taken = flat.take(pa.array(idx))
+        offs = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(n)]).astype(np.int32)
+        yield pa.ListArray.from_arrays(pa.array(offs), taken)
+        row0 = row1
+
+
+def _no_bars_line(scheme: str, tokinfo: Mapping[str, Any], n: int, of: int) -> str:
+    """Why ``--segment`` cannot cut these rows, and what to do, in one line."""
+    from corpus.tokenize import bars, presets
+
+    tok, _ = presets.load_from_text(tokinfo["config_json"])
+    if not bars.supported(tok):
+        return f"--segment cannot cut scheme {scheme!r} ({tokinfo['tokenization']}): {bars.UNSUPPORTED}"
+    return (
+        f"--segment needs bar starts, and {n} of {of} token rows of scheme {scheme!r} (tokenizer {tokinfo['hash']}) "
+        f"were tokenized before they were stored; add them with 'midicorpus tokenize --scheme {scheme} --redo-bars' "
+        "(same ids, rows replaced), then run this again"
+    )
+
+
+def _mix_plan(rows: pa.Table, mix: Sequence[tuple[str, float]] | None, by: str) -> dict[str, Any]:
+    """The manifest's ``mix``: the weights, and per label the train pieces and tokens and how many times the
+    loader's draw repeats its tokens per epoch (weight x train tokens / the label's tokens). Every label
+    of --mix must have train pieces and every train label a weight (0 leaves it out): one clear error."""
+    weights = dict(mix or ())
+    train = rows.filter(pc.equal(rows.column("split"), "train"))
+    labels = pc.fill_null(train.column("mix_label").cast(pa.string()), "NULL")
+    per = (
+        pa.table({"label": labels, "piece_id": train.column("piece_id"), "n": train.column("n_tokens")})
+        .group_by("label")
+        .aggregate([("piece_id", "count_distinct"), ("n", "sum")])
+    )
+    have = {r["label"]: (int(r["piece_id_count_distinct"]), int(r["n_sum"] or 0)) for r in per.to_pylist()}
+    absent = sorted(set(weights) - set(have))
+    if absent:
+        raise SnapshotError(
+            f"--mix label(s) {', '.join(map(repr, absent))} have no train pieces; labels of {by} in the selection: "
+            f"{', '.join(f'{k} ({v[0]} pieces)' for k, v in sorted(have.items())) or 'none'}"
+        )
+    unweighted = sorted(set(have) - set(weights))
+    if unweighted:
+        raise SnapshotError(
+            f"--mix gives no weight to label(s) {', '.join(f'{k!r} ({have[k][0]} pieces)' for k in unweighted)} of {by}; "
+            "give every label a weight (0 leaves it out of training) or narrow the selection with --where"
+        )
+    total = sum(n for _, n in have.values())
+    return {
+        "by": by,
+        "weights": weights,
+        "splits": ["train"],  # valid and test are never re-weighted
+        "policy": "per epoch the loader draws, for each label, whole passes over a permutation of its train sequences "
+        "(from (seed, epoch)) until weight x the split's tokens are drawn, then shuffles all drawn sequences",
+        "labels": {
+            k: {
+                "weight": weights[k],
+                "pieces": have[k][0],
+                "tokens": have[k][1],
+                "repeats_per_epoch": round(weights[k] * total / have[k][1], 4) if have[k][1] else 0.0,
+            }
+            for k in sorted(have)
+        },
+    }
+
+
 def _leakage(pieces: pa.Table) -> dict[str, Any]:
     """:func:`leakage_check` of a table of split, song_group, dedup_cluster (one row per piece)."""
     out: dict[str, Any] = {}
@@ -629,7 +870,10 @@ PIECES_FILE = ".pieces.parquet"  # a build's snapshot_pieces rows, for registrat
 
 
 # ----------------------------------------------------------------------------- selection
-def _selection_sql(where: str | None, has_mutopia: bool) -> str:
+def _selection_sql(where: str | None, has_mutopia: bool, mix_by: str | None = None) -> str:
+    """The selection, one row per piece; with ``mix_by``, its label (``mix_label``: the smallest value
+    of the expression over the piece's rows, as text)."""
+    label = f"min(CAST(({mix_by}) AS VARCHAR)) AS mix_label, " if mix_by else ""
     mut = "list_distinct(list(mutopia_id) FILTER (WHERE mutopia_id IS NOT NULL))" if has_mutopia else "[]::VARCHAR[]"
     cond = f"({where})" if where else "true"
     return (
@@ -638,7 +882,7 @@ def _selection_sql(where: str | None, has_mutopia: bool) -> str:
         "list_sort(list_distinct(list(coalesce(license, 'unknown')))) AS licenses, "
         "min(source_uri) AS source_uri, any_value(size_bytes) AS size_bytes, "
         "list_sort(list_distinct(flatten(list(coalesce(msd_ids, []::VARCHAR[]))))) AS msd_ids, "
-        f"{mut} AS mutopia_ids, any_value(key_tonic_pc) AS key_tonic_pc, any_value(key_mode) AS key_mode "
+        f"{mut} AS mutopia_ids, {label}any_value(key_tonic_pc) AS key_tonic_pc, any_value(key_mode) AS key_mode "
         "FROM (SELECT * FROM features JOIN (SELECT * FROM pieces WHERE status = 'ok' AND piece_id IS NOT NULL) USING (piece_id)) "
         f"WHERE {cond} GROUP BY piece_id ORDER BY piece_id"
     )
@@ -719,14 +963,18 @@ def build(
         con.execute(f"SET temp_directory = '{spill}'")
         tokinfo = _resolve_tokenizer(con, spec.scheme, spec.tokenizer_hash)
         cols = {r[0] for r in con.execute("DESCRIBE pieces").fetchall()}
-        sel_sql = _selection_sql(spec.where, "mutopia_id" in cols)
+        mix_by = (spec.mix_by or "source") if spec.mix else None
+        sel_sql = _selection_sql(spec.where, "mutopia_id" in cols, mix_by)
         try:
             sel = con.sql(sel_sql).to_arrow_table()
         except Exception as exc:  # noqa: BLE001 - duckdb raises many types; a bad --where is user input
             msg = str(exc).strip().splitlines()[0]
-            raise SnapshotError(
-                f"--where {spec.where!r} is not a valid condition on features and pieces columns: {msg}"
-            ) from None
+            if mix_by and spec.where is None:
+                raise SnapshotError(
+                    f"--mix-by {mix_by!r} is not a valid expression on features and pieces columns: {msg}"
+                ) from None
+            what = f"--where {spec.where!r}" + (f" or --mix-by {mix_by!r}" if mix_by else "")
+            raise SnapshotError(f"{what} is not a valid condition on features and pieces columns: {msg}") from None
         sel = sel.combine_chunks()
         pids = sel.column("piece_id").combine_chunks().cast(pa.string())
         n_sel = sel.num_rows
@@ -786,6 +1034,7 @@ def build(
                 "source": pc.binary_join(sel.column("sources"), ",").take(wi),
                 "license": pc.binary_join(sel.column("licenses"), ",").take(wi),
                 "size_bytes": sel.column("size_bytes").take(wi).cast(pa.int64()),
+                **({"mix_label": sel.column("mix_label").take(wi).cast(pa.string())} if mix_by else {}),
             }
         )
         del wi, want_idx, want_shift
@@ -794,13 +1043,20 @@ def build(
         params = [spec.scheme, tokinfo["hash"]]
         rows_tbl = con.sql(
             "SELECT w.split, t.piece_id, t.transpose, t.seq_lengths, t.n_tokens, t.run_id, w.song_group, w.dedup_cluster, "
-            "w.source, w.license, w.size_bytes "
-            f"FROM tokens t JOIN snapshot_wanted w USING (piece_id, transpose) WHERE {tok_filter} "
+            "w.source, w.license, w.size_bytes"
+            + (", t.bar_starts" if spec.segment else "")
+            + (", w.mix_label" if mix_by else "")
+            + f" FROM tokens t JOIN snapshot_wanted w USING (piece_id, transpose) WHERE {tok_filter} "
             "QUALIFY row_number() OVER (PARTITION BY t.piece_id, t.transpose ORDER BY t.run_id) = 1 "
             "ORDER BY t.piece_id, t.transpose",
             params=params,
         ).to_arrow_table()
         con.unregister("snapshot_wanted")
+        if spec.segment:
+            no_bars = rows_tbl.filter(pc.is_null(rows_tbl.column("bar_starts")))
+            if no_bars.num_rows:
+                raise SnapshotError(_no_bars_line(spec.scheme, tokinfo, no_bars.num_rows, rows_tbl.num_rows))
+        mix_info = _mix_plan(rows_tbl, spec.mix, mix_by) if mix_by else None
         done_so_far.what = "choosing token rows"
         progress(done_so_far)
         tok_text, specials, vocab_sizes, transform = _tokenizer_facts(tokinfo["config_json"])
@@ -822,10 +1078,13 @@ def build(
 
         files: dict[str, dict[str, Any]] = {}
         split_counts: dict[str, dict[str, int]] = {}
+        segment_counts: dict[str, int] = {}
         snap_pieces: list[pa.Table] = []
         ids_col = "ids_multi" if multi else "ids"
         lengths = pc.list_flatten(rows_tbl.column("seq_lengths"))
         done_so_far.total = int(pc.sum(lengths).as_py() or 0)
+        if spec.segment and spec.segment[1] < spec.segment[0]:
+            done_so_far.total = None  # overlapping windows write some tokens more than once: no total known
         for sp in SPLITS:
             done_so_far.what = f"writing {sp}"
             progress(done_so_far)
@@ -841,31 +1100,45 @@ def build(
                     }
                 )
             )
-            # sequences: per row by seq_lengths, cut at max_seq_len
-            seq_tbl, offsets, pos = _sequences(rows, spec.max_seq_len)
+            # sequences: per row by seq_lengths, cut at max_seq_len; or bar-aligned segments
+            src = None
+            if spec.segment:
+                seq_tbl, offsets, pos, src, seg_counts = _segments(rows, *spec.segment, spec.max_seq_len)
+                for k2, v in seg_counts.items():
+                    segment_counts[k2] = segment_counts.get(k2, 0) + v
+            else:
+                seq_tbl, offsets, pos = _sequences(rows, spec.max_seq_len)
+            if mix_by:
+                at = pc.index_in(seq_tbl.column("piece_id"), value_set=rows.column("piece_id").combine_chunks())
+                seq_tbl = seq_tbl.append_column("mix_label", rows.column("mix_label").take(at).combine_chunks())
+            hf_seqs = seq_tbl
+            if spec.segment:
+                hf_seqs = seq_tbl.append_column(
+                    "segment",
+                    pa.StructArray.from_arrays(
+                        [
+                            seq_tbl.column("segment_start_bar").combine_chunks(),
+                            seq_tbl.column("segment_end_bar").combine_chunks(),
+                        ],
+                        names=["start_bar", "end_bar"],
+                    ),
+                )
             shape = (pos, len(vocab_sizes)) if multi else (pos,)
             # the Hugging Face file of the split, written from the same batches as tokens.npy
             hf_out = hf.HFWriter(
                 out_dir / sp / hf.HF_FILE,
-                hf.per_sequence(seq_tbl, rows.select(["piece_id", "source", "license", "size_bytes"])),
+                hf.per_sequence(hf_seqs, rows.select(["piece_id", "source", "license", "size_bytes"])),
                 len(vocab_sizes) if multi else None,
                 lake.get_raws if spec.with_midi else None,
             )
             try:
+                batches = _ids_batches(
+                    con, rows.select(["piece_id", "transpose", "run_id", "n_tokens"]), ids_col, tok_filter, params
+                )
+                if src is not None:
+                    batches = _gather(batches, src)
                 files[f"{sp}/tokens.npy"] = _stream_tokens(
-                    hf_out.tee(
-                        _counted(
-                            _ids_batches(
-                                con,
-                                rows.select(["piece_id", "transpose", "run_id", "n_tokens"]),
-                                ids_col,
-                                tok_filter,
-                                params,
-                            ),
-                            done_so_far,
-                            progress,
-                        )
-                    ),
+                    hf_out.tee(_counted(batches, done_so_far, progress)),
                     out_dir / sp / "tokens.npy",
                     shape,
                     dtype,
@@ -964,6 +1237,9 @@ def build(
             "transpose": spec.transpose,
             "max_seq_len": spec.max_seq_len,
             "with_midi": spec.with_midi,
+            # only when used: a recipe without them keeps the version and bytes it had before they existed
+            **({"segment": {"bars": spec.segment[0], "hop": spec.segment[1]}} if spec.segment else {}),
+            **({"mix": {"by": mix_by, "weights": dict(spec.mix or ())}} if mix_by else {}),
         },
         "scheme": spec.scheme,
         "tokenizer_hash": tokinfo["hash"],
@@ -1028,6 +1304,19 @@ def build(
         "missing_token_rows": [f"{x['piece_id']}@{x['transpose']}" for x in missing],
         "tokenize_rejects": tokenize_rejects,
     }
+    if spec.segment:
+        manifest["segments"] = {
+            "bars": spec.segment[0],
+            "hop": spec.segment[1],
+            "max_seq_len": spec.max_seq_len,
+            "policy": "per token row and track, windows of `bars` bars every `hop` bars from bar 0 (the last one "
+            "the first that reaches the end), from the tokens table's bar_starts (corpus.tokenize.bars); a window "
+            "longer than max_seq_len is cut at bar lines, a bar longer than max_seq_len at the token count "
+            "(long_bars_cut); windows without tokens are dropped (empty_segments); a segment stays in its piece's split",
+            **segment_counts,
+        }
+    if mix_info:
+        manifest["mix"] = mix_info
     card = render_card(manifest).encode()
     _write(out_dir / "README.md", card)
     _write(out_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
@@ -1158,6 +1447,8 @@ def render_card(m: Mapping[str, Any]) -> str:
         f"- selection: `{sel['where'] or 'all curated pieces'}` over `features JOIN pieces` (status ok); "
         f"{c['selected_pieces']} pieces selected, {c['missing_token_rows']} wanted token rows missing (not tokenized or rejected)",
         f"- transposition: `{sel['transpose']}`; max_seq_len: {sel['max_seq_len'] or 'none (whole sequences)'}",
+        *_segment_lines(m),
+        *_mix_lines(m),
         f"- splits: {', '.join(f'{k} {v}' for k, v in m['split']['fractions'].items())}, seed {m['split']['seed']}; {m['split']['policy']}",
         f"- library versions: {', '.join(f'{k} {v}' for k, v in m['library_versions'].items())}",
         "- shards: "
@@ -1176,6 +1467,29 @@ def render_card(m: Mapping[str, Any]) -> str:
     if "hf" in m:
         lines += hf.card_section(m)
     return "\n".join(lines)
+
+
+def _segment_lines(m: Mapping[str, Any]) -> list[str]:
+    seg = m.get("segments")
+    if not seg:
+        return []
+    return [
+        f"- segments: {seg['bars']} bars every {seg['hop']} bars (`--segment bars:{seg['bars']}:{seg['hop']}`): "
+        f"{seg['segments']:,} windows over {seg['bars_total']:,} bars, "
+        f"{seg['empty_segments']:,} empty windows dropped, {seg['long_bars_cut']:,} bars longer than max_seq_len "
+        "cut at the token count; columns segment_start_bar, segment_end_bar (sequences.parquet) and segment (Hugging Face)",
+    ]
+
+
+def _mix_lines(m: Mapping[str, Any]) -> list[str]:
+    mix = m.get("mix")
+    if not mix:
+        return []
+    per = "; ".join(
+        f"{k} {v['weight']:g} ({v['pieces']} pieces, {v['tokens']:,} tokens, x{v['repeats_per_epoch']:g} per epoch)"
+        for k, v in mix["labels"].items()
+    )
+    return [f"- mixture of the train split by `{mix['by']}` (valid and test are not re-weighted): {per}"]
 
 
 # ----------------------------------------------------------------------------- create / read

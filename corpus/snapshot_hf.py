@@ -72,7 +72,10 @@ _HUB_LICENSES = {
 }
 
 
-def hf_schema(multi: bool, with_midi: bool) -> pa.Schema:
+SEGMENT_TYPE = pa.struct([("start_bar", pa.int32()), ("end_bar", pa.int32())])  # bars [start_bar, end_bar)
+
+
+def hf_schema(multi: bool, with_midi: bool, segment: bool = False) -> pa.Schema:
     ids = pa.list_(pa.list_(pa.int32())) if multi else pa.list_(pa.int32())
     fields = [
         pa.field("input_ids", ids),
@@ -86,6 +89,8 @@ def hf_schema(multi: bool, with_midi: bool) -> pa.Schema:
         pa.field("chunk", pa.int32()),
         pa.field("seq", pa.int64()),
     ]
+    if segment:  # snapshot create --segment
+        fields.append(pa.field("segment", SEGMENT_TYPE))
     if with_midi:
         fields.append(pa.field("midi", pa.binary()))
     return pa.schema(fields)
@@ -139,7 +144,7 @@ class HFWriter:
         self.seqs = seqs
         self.width = width
         self.read_midi = read_midi
-        self.schema = hf_schema(width is not None, read_midi is not None)
+        self.schema = hf_schema(width is not None, read_midi is not None, "segment" in seqs.column_names)
         self.starts = np.asarray(seqs.column("start").to_numpy(), dtype=np.int64)
         lengths = np.asarray(seqs.column("length").to_numpy(), dtype=np.int64)
         sizes = np.asarray(pc.fill_null(seqs.column("size_bytes"), 0).to_numpy(), dtype=np.int64) if read_midi else None

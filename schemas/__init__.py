@@ -262,6 +262,9 @@ TABLES: dict[str, pa.Schema] = {
             ("ids", pa.list_(pa.int32())),  # single-vocabulary schemes: all sequences concatenated
             ("ids_multi", pa.list_(pa.list_(pa.int32()))),  # multi-vocabulary schemes: one list per token
             ("run_id", pa.string()),
+            # per sequence, the token index where each bar starts (corpus.tokenize.bars); NULL where the
+            # encoder gives no event times, and in rows tokenized before the column existed
+            ("bar_starts", pa.list_(pa.list_(pa.int32()))),
         ]
     ),
     # one row per registered tokenizer; its miditok tokenizer.json is at tokenizers/<hash>/

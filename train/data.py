@@ -12,6 +12,12 @@
   counts in the main process and restores it exactly, so training resumes mid-epoch
   without repeating or skipping a batch.
 
+A snapshot made with ``--mix`` (manifest ``mix``) has its train split drawn by the weights: per
+epoch, for each label, whole passes over a permutation of its sequences (from ``(seed, epoch)``)
+until weight x the split's tokens are drawn, the last pass cut at the sequence nearest the budget;
+all drawn sequences are then shuffled together (:meth:`PackedBatches.mix_report` says how many
+times each label repeats). Valid and test are never re-weighted.
+
 Multi-vocabulary schemes yield one tensor per vocabulary (a tuple).
 
 Every ``snapshot_dir`` is a local snapshot folder, or the URL of a version on an object-store
@@ -79,6 +85,57 @@ class Shards:
     def sequence(self, i: int) -> np.ndarray:
         return np.asarray(self.tokens[self.index[i] : self.index[i + 1]])
 
+    def mix(self) -> tuple[dict[str, float], np.ndarray, list[str]] | None:
+        """(weights, label code per sequence, label names) when the snapshot was made with ``--mix`` and
+        this is the train split; None otherwise."""
+        mix = self.manifest.get("mix")
+        if not mix or self.split not in mix.get("splits", ["train"]):
+            return None
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        labels = pq.read_table(self.dir / self.split / "sequences.parquet", columns=["mix_label"]).column("mix_label")
+        names = sorted(mix["weights"])
+        codes = np.asarray(
+            pc.index_in(pc.fill_null(labels, "NULL"), value_set=pa_array(names)).to_numpy(zero_copy_only=False)
+        )
+        return dict(mix["weights"]), codes, names
+
+
+def pa_array(values: list[str]) -> Any:
+    import pyarrow as pa
+
+    return pa.array(values, pa.string())
+
+
+def mixed_order(
+    lengths: np.ndarray, codes: np.ndarray, weights: list[float], rng: np.random.Generator, shuffle: bool = True
+) -> np.ndarray:
+    """Sequence indices drawn for one epoch: per label ``k`` (sequences with ``codes == k``), whole
+    permutations of its sequences until ``weights[k]`` x the total of ``lengths`` is drawn (the last
+    permutation cut at the sequence whose end is nearest the budget), then all shuffled together."""
+    total = float(lengths.sum())
+    parts: list[np.ndarray] = []
+    for k, w in enumerate(weights):
+        idx = np.flatnonzero(codes == k)
+        if w <= 0 or len(idx) == 0:
+            continue
+        budget = w * total
+        cycle = float(lengths[idx].sum())
+        if cycle <= 0:
+            continue
+        full = int(budget // cycle)
+        parts += [rng.permutation(idx) for _ in range(full)]
+        rest = budget - full * cycle
+        p = rng.permutation(idx)
+        ends = np.cumsum(lengths[p])
+        n = int(np.searchsorted(ends, rest, side="left"))  # ends[n] >= rest: take n or n + 1
+        if n < len(p) and ends[n] - rest < rest - (ends[n - 1] if n else 0.0):
+            n += 1
+        parts.append(p[:n])
+    order = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return rng.permutation(order) if shuffle else order
+
 
 def _to_tensors(arr: np.ndarray, multi: bool) -> Batch:
     t = torch.from_numpy(arr.astype(np.int64, copy=False))
@@ -127,6 +184,7 @@ class PackedBatches(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         add_bos_eos: bool = True,
+        use_mix: bool = True,
     ) -> None:
         if seq_len < 2 or batch_size < 1:
             raise ValueError(f"seq_len must be >= 2 and batch_size >= 1, got {seq_len}, {batch_size}")
@@ -143,7 +201,9 @@ class PackedBatches(IterableDataset):
         self.add_bos_eos = add_bos_eos
         self.epoch = 0
         self.start_batch = 0  # batches of this epoch already consumed
+        self.use_mix = use_mix  # draw the train split by the snapshot's --mix weights (when it has them)
         self._shards: Shards | None = None
+        self._layout_cache: tuple[tuple[int], tuple[np.ndarray, np.ndarray]] | None = None
 
     # -------------------------------------------------------------- plan
     @property
@@ -155,20 +215,56 @@ class PackedBatches(IterableDataset):
     def __getstate__(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["_shards"] = None
+        d["_layout_cache"] = None
         return d
 
     def _layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(order of sequences, stream start of each in that order) for an epoch."""
+        """(order of sequences, stream start of each in that order) for an epoch; with a mixture, the
+        order is the epoch's weighted draw (:func:`mixed_order`), sequences repeating as it says."""
+        key = (epoch,)
+        if self._layout_cache is not None and self._layout_cache[0] == key:
+            return self._layout_cache[1]
         n = self.shards.n_sequences
-        if self.shuffle:
+        extra = 2 if self.add_bos_eos else 0
+        mix = self.shards.mix() if self.use_mix else None
+        if mix is not None:
+            weights, codes, names = mix
+            rng = np.random.default_rng([self.seed, epoch])
+            order = mixed_order(self.shards.lengths() + extra, codes, [weights[x] for x in names], rng, self.shuffle)
+        elif self.shuffle:
             order = np.random.default_rng([self.seed, epoch]).permutation(n)
         else:
             order = np.arange(n)
-        extra = 2 if self.add_bos_eos else 0
+        n = len(order)
         lens = self.shards.lengths()[order] + extra
         starts = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lens, out=starts[1:])
+        self._layout_cache = (key, (order, starts))
         return order, starts
+
+    def mix_report(self, epoch: int | None = None) -> dict[str, dict[str, float]] | None:
+        """Per label of the mixture, in ``epoch``'s draw: tokens drawn (BOS/EOS included), its share of the
+        epoch, the weight, and how many times its sequences repeat (tokens drawn / tokens it has); None
+        without a mixture (or on valid / test)."""
+        mix = self.shards.mix() if self.use_mix else None
+        if mix is None:
+            return None
+        weights, codes, names = mix
+        order, starts = self._layout(self.epoch if epoch is None else epoch)
+        extra = 2 if self.add_bos_eos else 0
+        lens = self.shards.lengths() + extra
+        drawn = np.bincount(codes[order], weights=lens[order], minlength=len(names))
+        have = np.bincount(codes[codes >= 0], weights=lens[codes >= 0], minlength=len(names))
+        total = float(drawn.sum()) or 1.0
+        return {
+            x: {
+                "weight": float(weights[x]),
+                "tokens": int(drawn[k]),
+                "share": float(drawn[k]) / total,
+                "repeats": float(drawn[k] / have[k]) if have[k] else 0.0,
+            }
+            for k, x in enumerate(names)
+        }
 
     def n_windows(self, epoch: int | None = None) -> int:
         _, starts = self._layout(self.epoch if epoch is None else epoch)

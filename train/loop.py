@@ -195,6 +195,7 @@ def train(
         "tokens_per_s": tokens / elapsed if elapsed > 0 else None,
         "data_wait_share": wait / (wait + compute) if wait + compute > 0 else None,
         "loader_position": loader.state_dict(),
+        "mix": train_ds.mix_report(),  # per label of --mix: share of the epoch and repeats per epoch
         "model": {**mcfg.to_dict(), "parameters": sum(p.numel() for p in model.parameters())},
         "config": cfg.__dict__,
         "compiled": bool(cuda and cfg.compile),

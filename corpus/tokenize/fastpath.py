@@ -274,6 +274,7 @@ class FastTokenizer:
         if self._mmm:
             self.kind = _scheme_kind(tokenizer.base_tokenizer)
         self.fallbacks = 0
+        self.event_times: tuple[Any, ...] | None = None  # of the last encode_ids (see _encode_preprocessed)
         config = tokenizer.config
         vocab = tokenizer.vocab
         # CPWord and Octuple have one vocabulary per compound-token slot: each table reads its own.
@@ -366,6 +367,7 @@ class FastTokenizer:
             else:  # ScoreQuarter / ScoreSecond: let miditok decide what to do
                 return self._miditok_ids(score)
         score = self.tokenizer.preprocess_score(score)
+        self.event_times = None  # set by the REMI / TSD / MIDILike walk (bar starts, corpus.tokenize.bars)
         try:
             if self._mmm:
                 return self._encode_mmm(score)
@@ -630,7 +632,10 @@ class FastTokenizer:
         for col, mask in zip(ids, masks, strict=True):
             out[cursor[mask]] = col[mask]
             cursor += mask
-        return self._per_stream(out, sid, counts, n_streams)
+        result = self._per_stream(out, sid, counts, n_streams)
+        # per event: time, stream, first token (leading time tokens included); the preprocessed score
+        self.event_times = (t, sid, offsets, score)
+        return result
 
     def _per_stream(self, out: np.ndarray, sid: np.ndarray, counts: np.ndarray, n_streams: int) -> Any:
         """The ids as miditok returns them: one list, or one list per stream (``counts`` tokens
@@ -666,6 +671,7 @@ class FastTokenizer:
         if n_global < 2 and any(len(track.notes) + n_global < 2 for track in score.tracks):
             raise _Fallback  # miditok skips the time events of such a track
         seqs = self._encode_preprocessed(score)
+        self.event_times = None  # the base walk's events, not MMM's tokens
         if n_tracks == 0:  # one block of global events, without a Program token
             return [start, *seqs[0], end]
         out: list[int] = []

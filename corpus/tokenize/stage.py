@@ -264,13 +264,41 @@ def _worker_tokenizer(text: str, h: str, use_fastpath: bool = True) -> tuple[Any
 
 def encode_piece(tok: Any, fast: Any, score: Any) -> tuple[Any, list[list[int]] | None, list[int]]:
     """(ids, ids_multi, seq_lengths) for one score; raises on tokenizer failure."""
+    return encode_piece_bars(tok, fast, score)[:3]  # type: ignore[return-value]
+
+
+def encode_piece_bars(
+    tok: Any, fast: Any, score: Any
+) -> tuple[Any, list[list[int]] | None, list[int], list[list[int]] | None]:
+    """(ids, ids_multi, seq_lengths, bar_starts) for one score: bar_starts per sequence, the token
+    index where each bar starts (:mod:`corpus.tokenize.bars`), or None where the encoder gives no
+    event times (multi-vocabulary, trained vocabularies, the other fast paths)."""
+    from corpus.tokenize import bars
+
+    starts: list[list[int]] | None = None
+    want = bars.supported(tok)
     if fast is not None:
         out = fast.encode_ids(score)
         seqs = [out] if tok.one_token_stream else out
+        ev = fast.event_times
+        if ev is not None and want:
+            t, sid, offsets, pre = ev
+            lengths = [len(x) for x in seqs]
+            last = int(t.max()) if len(t) else 0
+            starts = bars.from_events(t, sid, offsets, lengths, bars.bar_ticks(pre, last))
+    elif want:
+        pre = tok.preprocess_score(score)
+        res = tok.encode(pre, no_preprocess_score=True)
+        toks = [res] if not isinstance(res, list) else res
+        seqs = [r.ids for r in toks]
+        starts = bars.from_tokseqs(toks, lambda last: bars.bar_ticks(pre, last))
     else:
         res = tok.encode(score)
         seqs = [res.ids] if not isinstance(res, list) else [r.ids for r in res]
-    return _pack(tok, seqs)
+    bar_id = tok.vocab.get("Bar_None") if want else None
+    if bar_id is not None:  # REMI-like: a bar starts at its Bar token, miditok's own bar line
+        starts = bars.from_bar_tokens(seqs, bar_id)
+    return (*_pack(tok, seqs), starts)
 
 
 def _pack(tok: Any, seqs: list[Any]) -> tuple[Any, list[list[int]] | None, list[int]]:
@@ -291,7 +319,7 @@ def tokenize_batch(
     verify: bool = False,
     use_fastpath: bool = True,
 ) -> list[tuple[str, int, tuple[Any, ...]]]:
-    """Dask task: every (piece, shift) of the batch -> ("ok", ids, multi, lengths) or ("reject", reason, detail)."""
+    """Dask task: every (piece, shift) of the batch -> ("ok", ids, multi, lengths, bar_starts) or ("reject", reason, detail)."""
     import symusic
 
     from corpus.curation.transpose import transpose_score
@@ -328,7 +356,7 @@ def tokenize_batch(
                         base = res if isinstance(res, list) else [res]
                         lengths = [len(b.ids) for b in base]
                     else:
-                        ids, multi, lengths = encode_piece(tok, fast, score)
+                        ids, multi, lengths, bar_starts = encode_piece_bars(tok, fast, score)
                 cut = [str(w.message) for w in caught if "cannot tokenize entirely" in str(w.message)]
                 if cut:
                     out.append((pid, sh, ("reject", "too_many_bars", cut[0])))
@@ -336,7 +364,7 @@ def tokenize_batch(
                     out.append((pid, sh, ("reject", "no_tokens", f"{type(tok).__name__} produced no token")))
                 elif batched:
                     pending.append((len(out), base))
-                    out.append((pid, sh, ("ok", None, None, None)))
+                    out.append((pid, sh, ("ok", None, None, None, None)))
                 elif verify and (rate := roundtrip.check(tok, score, ids, multi, lengths)) < 1.0:
                     out.append(
                         (
@@ -346,7 +374,7 @@ def tokenize_batch(
                         )
                     )
                 else:
-                    out.append((pid, sh, ("ok", ids, multi, lengths)))
+                    out.append((pid, sh, ("ok", ids, multi, lengths, bar_starts)))
             except Exception as exc:  # noqa: BLE001 - the tokenizer's failure is this combination's reject
                 out.append((pid, sh, ("reject", "tokenize_error", f"{type(exc).__name__}: {exc}")))
     if pending:
@@ -365,13 +393,13 @@ def tokenize_batch(
             if index in failed:
                 out[index] = (pid, sh, ("reject", "tokenize_error", failed[index]))
             else:
-                out[index] = (pid, sh, ("ok", *_pack(tok, [seq.ids for seq in base])))
+                out[index] = (pid, sh, ("ok", *_pack(tok, [seq.ids for seq in base]), None))
     return out
 
 
 # ---------------------------------------------------------------------------------- driver side
 def _wanted(
-    lake: Lake, reg: Registered, mode: str, k: int, min_conf: float, where: str | None
+    lake: Lake, reg: Registered, mode: str, k: int, min_conf: float, where: str | None, redo_bars: bool = False
 ) -> tuple[dict[str, list[int]], list[dict[str, Any]], int]:
     """Shifts still to do per piece, rejects decided in the driver, and how many exist already."""
     from corpus.curation.transpose import augment_shifts, normalize_shift
@@ -386,7 +414,8 @@ def _wanted(
         done = set(
             con.execute(
                 "SELECT piece_id, transpose FROM tokens WHERE scheme = ? AND tokenizer_hash = ? "
-                "UNION ALL SELECT piece_id, transpose FROM rejects WHERE stage = 'tokenize' AND scheme = ? AND tokenizer_hash = ?",
+                + ("AND bar_starts IS NOT NULL " if redo_bars else "")
+                + "UNION ALL SELECT piece_id, transpose FROM rejects WHERE stage = 'tokenize' AND scheme = ? AND tokenizer_hash = ?",
                 [reg.scheme, reg.hash, reg.scheme, reg.hash],
             ).fetchall()
         )
@@ -456,19 +485,40 @@ def _tokens_table(rows: list[dict[str, Any]]) -> Any:
         "seq_lengths": pa.array([r["seq_lengths"] for r in rows], schema.field("seq_lengths").type),
         "ids": ids,
         "ids_multi": pa.array([r["ids_multi"] for r in rows], schema.field("ids_multi").type),
+        "bar_starts": pa.array([r.get("bar_starts") for r in rows], schema.field("bar_starts").type),
         "run_id": pa.array([r["run_id"] for r in rows], pa.string()),
     }
     return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
 
 
-def _flush(lake: Lake, reg: Registered, run_id: str, rows: list[dict[str, Any]], rejects: list[dict[str, Any]]) -> None:
-    """Commit the buffered token rows and rejects of one scheme in one transaction, then clear them."""
+def _flush(
+    lake: Lake,
+    reg: Registered,
+    run_id: str,
+    rows: list[dict[str, Any]],
+    rejects: list[dict[str, Any]],
+    redo_bars: bool = False,
+) -> None:
+    """Commit the buffered token rows and rejects of one scheme in one transaction, then clear them.
+    ``redo_bars``: the new rows replace the same (piece, shift) rows that have no bar starts."""
     if not rows and not rejects:
         return
     with lake.transaction(
         {"command": "tokenize", "run_id": run_id, "scheme": reg.scheme, "tokenizer_hash": reg.hash}
     ) as tx:
         rows.sort(key=lambda r: (r["piece_id"], r["transpose"]))
+        if redo_bars and rows:
+            import pyarrow as pa
+
+            keys = pa.table(
+                {
+                    "piece_id": pa.array([r["piece_id"] for r in rows], pa.string()),
+                    "transpose": pa.array([r["transpose"] for r in rows], pa.int32()),
+                }
+            )
+            tx.delete_matching(
+                "tokens", keys, "scheme = ? AND tokenizer_hash = ? AND bar_starts IS NULL", [reg.scheme, reg.hash]
+            )
         tx.write("tokens", _tokens_table(rows), {"scheme": reg.scheme, "tokenizer_hash": reg.hash})
         for r in rejects:
             r["run_id"] = run_id
@@ -491,8 +541,10 @@ def tokenize(
     verify: bool | None = None,
     use_fastpath: bool = True,
     progress: Callable[[TokenizeSummary], None] | None = None,
+    redo_bars: bool = False,
 ) -> TokenizeSummary:
-    """Tokenize every curated piece under each scheme (lake locked by the caller)."""
+    """Tokenize every curated piece under each scheme (lake locked by the caller). ``redo_bars``:
+    also the rows tokenized before bar starts were stored (same ids, now with ``bar_starts``)."""
     mode, k = parse_transpose(transpose)
     for sch in schemes:
         if not config_file and sch not in presets.PRESETS and not _is_registered(lake, sch):
@@ -511,7 +563,12 @@ def tokenize(
         )
         ss = SchemeSummary(sch, reg.hash)
         summary.schemes.append(ss)
-        todo, pre_rejects, ss.skipped_existing = _wanted(lake, reg, mode, k, min_key_confidence, where)
+        if redo_bars:
+            from corpus.tokenize import bars
+
+            if not bars.supported(reg.tokenizer):
+                raise TokenizeError(f"scheme {sch!r} has no bar starts to add: {bars.UNSUPPORTED}")
+        todo, pre_rejects, ss.skipped_existing = _wanted(lake, reg, mode, k, min_key_confidence, where, redo_bars)
         rows: list[dict[str, Any]] = []
         rejects: list[dict[str, Any]] = list(pre_rejects)
         for r in pre_rejects:
@@ -533,7 +590,7 @@ def tokenize(
         ):
             for pid, sh, res in results:
                 if res[0] == "ok":
-                    _, ids, multi, lengths = res
+                    _, ids, multi, lengths, bar_starts = res
                     n = sum(lengths)
                     rows.append(
                         {
@@ -542,6 +599,7 @@ def tokenize(
                             "n_tokens": n,
                             "n_sequences": len(lengths),
                             "seq_lengths": lengths,
+                            "bar_starts": bar_starts,
                             "ids": ids if multi is None else None,
                             "ids_multi": multi,
                             "run_id": run_id,
@@ -554,9 +612,9 @@ def tokenize(
                     ss.rejected += 1
                     ss.reasons[res[1]] = ss.reasons.get(res[1], 0) + 1
             if len(rows) + len(rejects) >= commit_every:
-                _flush(lake, reg, run_id, rows, rejects)
+                _flush(lake, reg, run_id, rows, rejects, redo_bars)
             if progress:
                 progress(summary)
-        _flush(lake, reg, run_id, rows, rejects)
+        _flush(lake, reg, run_id, rows, rejects, redo_bars)
     summary.seconds = time.perf_counter() - t0
     return summary
