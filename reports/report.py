@@ -138,6 +138,27 @@ def _draw_roles(rows: Rows) -> str:
     )
 
 
+def _draw_chord_qualities(rows: Rows) -> str:
+    return svg.hbars(
+        rows,
+        lambda r: "no chord (N)" if r["quality"] == "N" else str(r["quality"]),
+        [
+            Panel("beats", (Series("beats", "beats", ORANGE),)),
+            Panel("pieces", (Series("pieces", "pieces", BLUE),)),
+        ],
+        "beats and pieces per chord quality",
+    )
+
+
+def _draw_progressions(rows: Rows) -> str:
+    return svg.hbars(
+        rows,
+        lambda r: str(r["progression"]),
+        [Panel("pieces", (Series("pieces", "pieces", VERMILLION),))],
+        "pieces per most common 4-chord progression",
+    )
+
+
 def _draw_keys(rows: Rows) -> str:
     return svg.circle_of_fifths(rows, "key distribution on the circle of fifths")
 
@@ -304,6 +325,23 @@ figures: list[Figure] = [
         "What each track with notes does (rule roles-v1, from register, polyphony, density, channel 10, program "
         "and the skyline; never the track name): one melody at most per piece, bass, chords, drums, other.",
         _draw_roles,
+        "ingest and curate: midicorpus curate",
+    ),
+    Figure(
+        "chord_qualities",
+        "Chord qualities",
+        "Every beat of every curated piece labelled with a root, quality and bass from its sounding pitch "
+        "classes (rule chords-v1; table chords, one row per harmonic change): beats per quality, and the "
+        "pieces where it occurs.",
+        _draw_chord_qualities,
+        "ingest and curate: midicorpus curate",
+    ),
+    Figure(
+        "progressions",
+        "Most common progressions",
+        "Each piece's most frequent run of four chord degrees in its estimated key (features.chord_progression), "
+        "counted over pieces: the 20 most common.",
+        _draw_progressions,
         "ingest and curate: midicorpus curate",
     ),
     Figure(

@@ -218,6 +218,22 @@ def test_figures_answer_from_the_lake(lake: Lake, report: Path) -> None:
         con.close()
     assert ro[None]["tracks"] == n_tracks and ro[None]["undecided"] == 0
     assert ro["lakh"]["drums"] > 0 and ro["lakh"]["bass"] > 0 and ro["lakh"]["melody"] > 0
+    # chord qualities: every labelled beat counted once, under its quality
+    con = lake.connect()
+    try:
+        (n_beats,) = con.execute("SELECT sum(n_beats) FROM chords").fetchone()
+        prog = dict(
+            con.execute(
+                "SELECT chord_progression, count(*) FROM features WHERE chord_progression IS NOT NULL GROUP BY 1"
+            ).fetchall()
+        )
+    finally:
+        con.close()
+    cq = {r["quality"]: r for r in data["chord_qualities"]["rows"]}
+    assert sum(r["beats"] for r in cq.values()) == n_beats > 0
+    assert cq["maj"]["beats"] > 0 and cq["min"]["beats"] > 0
+    assert {r["progression"]: r["pieces"] for r in data["progressions"]["rows"]}.items() <= prog.items()
+    assert len(data["progressions"]["rows"]) == min(20, len(prog)) > 0
 
 
 def test_empty_lake_draws_every_figure_empty(tmp_path: Path) -> None:
