@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from corpus.curation import key
+
 if TYPE_CHECKING:
     import symusic
 
@@ -162,16 +164,7 @@ def beat_bounds(score: symusic.Score, onsets: np.ndarray | None = None) -> np.nd
     """
     tpq = score.tpq
     stop = int(score.end())
-    ts = score.time_signatures.numpy()
-    changes = [(0, 4, 4)]
-    for t, num, den in zip(ts["time"].tolist(), ts["numerator"].tolist(), ts["denominator"].tolist()):
-        if num <= 0 or den <= 0:
-            continue
-        if t <= 0:
-            changes = [(0, num, den)]
-        else:
-            changes.append((t, num, den))
-    changes.sort(key=lambda c: c[0])
+    changes = key.time_signature_changes(score)
     out: list[np.ndarray] = []
     for k, (t0, num, den) in enumerate(changes):
         t1 = changes[k + 1][0] if k + 1 < len(changes) else stop

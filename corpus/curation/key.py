@@ -499,15 +499,9 @@ def estimate_key_from_weights(p: np.ndarray, w: np.ndarray, profile: Profile = "
 # bars, windows, declared key
 
 
-def bar_starts(score: symusic.Score, end: int | None = None) -> np.ndarray:
-    """Tick of every bar line up to ``end`` (default: score end), from the time signatures.
-
-    A bar runs ``numerator * 4 / denominator`` quarters; a time signature that falls inside a bar
-    starts a new bar there (as MIDI files written by notation programs do). Without any time
-    signature, or before the first one, 4/4 is assumed.
-    """
-    tpq = score.tpq
-    stop = int(score.end()) if end is None else int(end)
+def time_signature_changes(score: symusic.Score) -> list[tuple[int, int, int]]:
+    """``(tick, numerator, denominator)`` of each time signature in time order, 4/4 at tick 0 when
+    none is there; invalid ones (a zero or negative part) are skipped."""
     ts = score.time_signatures.numpy()
     changes = [(0, 4, 4)]
     for t, num, den in zip(ts["time"].tolist(), ts["numerator"].tolist(), ts["denominator"].tolist()):
@@ -518,6 +512,19 @@ def bar_starts(score: symusic.Score, end: int | None = None) -> np.ndarray:
         else:
             changes.append((t, num, den))
     changes.sort(key=lambda c: c[0])
+    return changes
+
+
+def bar_starts(score: symusic.Score, end: int | None = None) -> np.ndarray:
+    """Tick of every bar line up to ``end`` (default: score end), from the time signatures.
+
+    A bar runs ``numerator * 4 / denominator`` quarters; a time signature that falls inside a bar
+    starts a new bar there (as MIDI files written by notation programs do). Without any time
+    signature, or before the first one, 4/4 is assumed.
+    """
+    tpq = score.tpq
+    stop = int(score.end()) if end is None else int(end)
+    changes = time_signature_changes(score)
     out: list[int] = []
     for k, (t0, num, den) in enumerate(changes):
         t1 = changes[k + 1][0] if k + 1 < len(changes) else max(stop, t0 + 1)
