@@ -376,24 +376,36 @@ def match_tracks_table(
     q_rows, o_rows, cos = candidates(index, query_keys, k=k, floor=floor)
     if not len(q_rows):
         return empty_matches()
-    keys = pa.array(index.piece_ids, pa.string())
+    # the candidates go in as row codes (16 bytes each, millions at a first curate), the keys once
+    # per indexed track: DuckDB joins them, under its memory limit, where they are needed
+    keys = pa.table(
+        {
+            "row": pa.array(np.arange(len(index.piece_ids), dtype=np.int32)),
+            "key": pa.array(index.piece_ids, pa.string()),
+        }
+    )
     cand = pa.table(
         {
-            "q": keys.take(pa.array(q_rows)),
-            "o": keys.take(pa.array(o_rows)),
+            "q": pa.array(q_rows.astype(np.int32)),
+            "o": pa.array(o_rows.astype(np.int32)),
             "cosine": pa.array(cos, pa.float64()),
             "ord": pa.array(np.arange(len(q_rows), dtype=np.int64)),
         }
     )
-    del keys, q_rows, o_rows, cos
+    del q_rows, o_rows, cos
     con.register("track_candidates", cand)
+    con.register("track_keys", keys)
     try:
         # the joins and the window over millions of candidates (a first curate) spill past this
         # (into the connection's temp_directory: the lock holder's is its own, see Lake._open_writer)
         con.execute(f"SET memory_limit = '{MATCH_MEMORY_LIMIT}'")
         got = con.execute(
             f"""
-            WITH c AS (SELECT least(q, o) AS a, greatest(q, o) AS b, cosine, ord FROM track_candidates),
+            WITH k AS (
+                SELECT kq.key AS q, ko.key AS o, t.cosine, t.ord FROM track_candidates t
+                JOIN track_keys kq ON kq.row = t.q JOIN track_keys ko ON ko.row = t.o
+            ),
+            c AS (SELECT least(q, o) AS a, greatest(q, o) AS b, cosine, ord FROM k),
             need AS (SELECT a AS key FROM c UNION SELECT b FROM c),
             s AS (
                 SELECT piece_id || ':' || track_index AS key, ngrams FROM ({signatures})
@@ -416,6 +428,7 @@ def match_tracks_table(
         ).to_arrow_table()
     finally:
         con.unregister("track_candidates")
+        con.unregister("track_keys")
         with contextlib.suppress(Exception):
             con.execute("RESET memory_limit")
     return got.cast(empty_matches().schema)
