@@ -737,6 +737,11 @@ def _table_versions(lake: Lake) -> tuple[dict[str, int | None], int | None]:
 
 
 BUILD_MEMORY_LIMIT = os.environ.get("MIDICORPUS_SNAPSHOT_MEMORY", "1GB")  # DuckDB's, while a snapshot is built
+DUCKDB_STREAM_SETTINGS = (
+    "threads = 1",
+    "allocator_flush_threshold = '4MB'",
+    "allocator_bulk_deallocation_flush_threshold = '16MB'",
+)
 STREAM_BATCH_ROWS = 2048  # token rows (pieces x transpositions) per Arrow batch while writing tokens.npy
 STREAM_BATCH_TOKENS = 8_000_000  # and tokens per batch (one longer row makes a batch of its own)
 
@@ -916,28 +921,50 @@ def _resolve_tokenizer(con: Any, scheme: str, tokenizer_hash: str | None) -> dic
     }
 
 
+# miditok imports torch (about 200 MB resident): the tokenizer is loaded in a child process, so the
+# driver of ``snapshot create`` never holds it. The child prints the special ids and vocabulary sizes.
+_TOKENIZER_FACTS_CHILD = """
+import json, sys
+sys.path[:0] = json.loads(sys.argv[1])
+from corpus.tokenize import presets
+tok, _ = presets.load_from_text(sys.stdin.read())
+specials = {}
+if tok.is_multi_voc:
+    sizes = [len(v) for v in tok.vocab]
+    for name in ("PAD", "BOS", "EOS", "MASK"):
+        ids = [v.get(f"{name}_None") for v in tok.vocab]
+        if all(i is not None for i in ids):
+            specials[name] = [int(i) for i in ids]
+else:
+    sizes = [len(tok.vocab)]
+    for name in ("PAD", "BOS", "EOS", "MASK"):
+        i = tok.vocab.get(f"{name}_None")
+        if i is not None:
+            specials[name] = int(i)
+sys.stdout.write(json.dumps({"specials": specials, "sizes": sizes}))
+"""
+
+
 def _tokenizer_facts(config_json: str) -> tuple[str, dict[str, Any], list[int], dict[str, Any] | None]:
-    """(miditok tokenizer.json text, special ids, vocab sizes, our transform)."""
-    from corpus.tokenize import presets
+    """(miditok tokenizer.json text, special ids, vocab sizes, our transform). The tokenizer is
+    built in a child process (:data:`_TOKENIZER_FACTS_CHILD`), not in the driver."""
+    import subprocess
 
     doc = json.loads(config_json)
     transform = doc.pop("midicorpus_transform", None)
     text = json.dumps(doc, indent=2)  # key order kept: miditok builds the vocabulary in dict order
-    tok, _ = presets.load_from_text(config_json)
-    specials: dict[str, Any] = {}
-    if tok.is_multi_voc:
-        sizes = [len(v) for v in tok.vocab]
-        for name in ("PAD", "BOS", "EOS", "MASK"):
-            ids = [v.get(f"{name}_None") for v in tok.vocab]
-            if all(i is not None for i in ids):
-                specials[name] = [int(i) for i in ids]
-    else:
-        sizes = [len(tok.vocab)]
-        for name in ("PAD", "BOS", "EOS", "MASK"):
-            i = tok.vocab.get(f"{name}_None")
-            if i is not None:
-                specials[name] = int(i)
-    return text, specials, sizes, transform
+    got = subprocess.run(
+        [sys.executable, "-c", _TOKENIZER_FACTS_CHILD, json.dumps([p for p in sys.path if p])],
+        input=config_json,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if got.returncode != 0:
+        last = (got.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SnapshotError(f"the tokenizer of this snapshot cannot be loaded: {last}")
+    facts = json.loads(got.stdout)
+    return text, facts["specials"], [int(n) for n in facts["sizes"]], transform
 
 
 # ----------------------------------------------------------------------------- build
@@ -1075,6 +1102,11 @@ def build(
             pc.is_in(pids, value_set=rows_tbl.column("piece_id").combine_chunks()).to_numpy(zero_copy_only=False),
             dtype=bool,
         )
+
+        # the ids are read batch by batch: one DuckDB thread reads one row group of the token files at a
+        # time (two threads hold two), and DuckDB's allocator hands freed memory back soon
+        for setting in DUCKDB_STREAM_SETTINGS:
+            con.execute(f"SET {setting}")
 
         files: dict[str, dict[str, Any]] = {}
         split_counts: dict[str, dict[str, int]] = {}

@@ -383,3 +383,49 @@ def test_where_filters_on_expressive_and_roles(lake) -> None:
     }
     (n_all,) = lake.query("SELECT count(DISTINCT piece_id) AS n FROM tokens").to_pylist()[0].values()
     assert got and got == want and len(got) < n_all
+
+
+def test_build_does_not_load_miditok_or_torch_in_the_driver(lake, tmp_path: Path) -> None:
+    """The tokenizer is read in a child process: a fresh driver that builds a snapshot never imports
+    miditok (which imports torch, ~200 MB), and writes the same files as a build in this process."""
+    import subprocess
+    import sys
+
+    spec = S.SnapshotSpec("child", "cpword", transpose="augment:1")
+    want = S.build(lake, spec, tmp_path / "a")
+    code = (
+        "import json, sys\n"
+        "from corpus.lake import Lake\n"
+        "from corpus import snapshot as S\n"
+        f"m = S.build(Lake({str(lake.root)!r}), S.SnapshotSpec('child', 'cpword', transpose='augment:1'), "
+        f"__import__('pathlib').Path({str(tmp_path / 'b')!r}))\n"
+        "print(json.dumps({'loaded': [n for n in ('miditok', 'torch') if n in sys.modules], 'files': m['files'], "
+        "'version': m['version']}))\n"
+    )
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
+    out = json.loads(got.stdout.strip().splitlines()[-1])
+    assert out["loaded"] == []
+    assert out["version"] == want["version"] and out["files"] == want["files"]
+
+
+@pytest.mark.parametrize("scheme", ["remi_multitrack", "cpword"])
+def test_tokenizer_facts_from_the_child_are_those_of_the_tokenizer(lake, scheme: str) -> None:
+    from corpus.tokenize import presets
+
+    con = lake.connect()
+    try:
+        config = S._resolve_tokenizer(con, scheme, None)["config_json"]
+    finally:
+        con.close()
+    _, specials, sizes, _ = S._tokenizer_facts(config)
+    tok, _ = presets.load_from_text(config)
+    vocabs = tok.vocab if tok.is_multi_voc else [tok.vocab]
+    assert sizes == [len(v) for v in vocabs]
+    for name, ids in specials.items():
+        assert (ids if tok.is_multi_voc else [ids]) == [v[f"{name}_None"] for v in vocabs]
+    assert "PAD" in specials
+
+
+def test_a_broken_tokenizer_config_is_one_clear_error() -> None:
+    with pytest.raises(S.SnapshotError, match="tokenizer of this snapshot cannot be loaded"):
+        S._tokenizer_facts('{"config": {"not": "a tokenizer"}}')
