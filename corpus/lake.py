@@ -857,12 +857,18 @@ class Lake:
                 "ORDER BY table_name"
             ).fetchall()
         ]
+        row_group = con.execute(
+            "SELECT value FROM ducklake_options('lake') WHERE option_name = 'parquet_row_group_size' AND scope = 'GLOBAL'"
+        ).fetchone()
         try:
             # the rewrite of large token files spills to disk past this (the writer's temp_directory);
             # one thread: each thread holds row groups of its own in flight, outside that limit
             con.execute(f"SET memory_limit = '{MAINTAIN_MEMORY_LIMIT}'")
             con.execute("SET preserve_insertion_order = false")
             con.execute(f"SET threads = {MAINTAIN_THREADS}")
+            # the Parquet writer holds a whole row group outside that limit: 122,880 rows of
+            # piece_analysis were 1.3 GB; smaller row groups while compacting (restored after)
+            con.execute(f"CALL ducklake_set_option('lake', 'parquet_row_group_size', {MAINTAIN_ROW_GROUP_ROWS})")
             # table by table, and each table's merges MAINTAIN_BATCH_MERGES (new files) per call, each
             # call one commit: memory bounded by a batch, not by the lake
             for table in tables:
@@ -897,6 +903,11 @@ class Lake:
                     con.execute(f"RESET {setting}")
             with contextlib.suppress(Exception):
                 con.execute(f"SET threads = {WRITER_THREADS}")
+            with contextlib.suppress(Exception):
+                con.execute(
+                    "CALL ducklake_set_option('lake', 'parquet_row_group_size', ?)",
+                    [int(row_group[0]) if row_group else DUCKDB_ROW_GROUP_ROWS],
+                )
         return {
             "files_before": before_files,
             "files_after": files(),
@@ -909,6 +920,9 @@ class Lake:
 MAINTAIN_MEMORY_LIMIT = os.environ.get("MIDICORPUS_MAINTAIN_MEMORY", "1GB")  # DuckDB's, during lake maintain
 WRITER_THREADS = 2  # DuckDB threads of the lock holder's connection
 MAINTAIN_THREADS = 1  # DuckDB threads during lake maintain
+# rows per Parquet row group of the files lake maintain writes (DuckDB's default: 122,880)
+MAINTAIN_ROW_GROUP_ROWS = int(os.environ.get("MIDICORPUS_MAINTAIN_ROW_GROUP", "16384"))
+DUCKDB_ROW_GROUP_ROWS = 122_880
 # merged files written per call and table (DuckLake's max_compacted_files)
 MAINTAIN_BATCH_MERGES = int(os.environ.get("MIDICORPUS_MAINTAIN_BATCH", "4"))
 
