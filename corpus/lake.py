@@ -581,7 +581,7 @@ class Lake:
             finally:
                 con.close()
         con = duckdb.connect()
-        con.execute("SET threads TO 2")
+        con.execute(f"SET threads TO {WRITER_THREADS}")
         con.execute("SET enable_progress_bar = false")  # our own progress lines, not DuckDB's on stderr
         # where the lock holder's queries spill (matching, maintain): its own folder, removed at close
         self._writer_spill = tempfile.mkdtemp(prefix="midicorpus-spill-")
@@ -735,7 +735,7 @@ class Lake:
 
         self._check_layout()
         con = duckdb.connect()
-        con.execute("SET threads TO 2")
+        con.execute(f"SET threads TO {WRITER_THREADS}")
         con.execute("SET enable_progress_bar = false")  # our own progress lines, not DuckDB's on stderr
         try:
             self._attach(con, read_only=True, at=at)
@@ -850,12 +850,47 @@ class Lake:
             ).fetchall()
             if int(r[0]) not in keep
         ]
+        tables = [
+            str(r[0])
+            for r in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = 'lake' AND schema_name = 'store' "
+                "ORDER BY table_name"
+            ).fetchall()
+        ]
+        row_group = con.execute(
+            "SELECT value FROM ducklake_options('lake') WHERE option_name = 'parquet_row_group_size' AND scope = 'GLOBAL'"
+        ).fetchone()
         try:
-            # the rewrite of large token files spills to disk past this (the writer's temp_directory)
+            # the rewrite of large token files spills to disk past this (the writer's temp_directory);
+            # one thread: each thread holds row groups of its own in flight, outside that limit
             con.execute(f"SET memory_limit = '{MAINTAIN_MEMORY_LIMIT}'")
             con.execute("SET preserve_insertion_order = false")
-            con.execute("CALL ducklake_rewrite_data_files('lake')")  # apply the deletes of replaced rows
-            con.execute("CALL ducklake_merge_adjacent_files('lake')")
+            con.execute(f"SET threads = {MAINTAIN_THREADS}")
+            # the Parquet writer holds a whole row group outside that limit: 122,880 rows of
+            # piece_analysis were 1.3 GB; smaller row groups while compacting (restored after)
+            con.execute(f"CALL ducklake_set_option('lake', 'parquet_row_group_size', {MAINTAIN_ROW_GROUP_ROWS})")
+            # table by table, and each table's merges MAINTAIN_BATCH_MERGES (new files) per call, each
+            # call one commit: memory bounded by a batch, not by the lake
+            for table in tables:
+                con.execute("CALL ducklake_rewrite_data_files('lake', ?, schema => 'store')", [table])
+                left = files()
+                while con.execute(
+                    "CALL ducklake_merge_adjacent_files('lake', ?, schema => 'store', max_compacted_files => ?)",
+                    [table, MAINTAIN_BATCH_MERGES],
+                ).fetchall():
+                    if files() >= left:  # a call that merged nothing more: done
+                        break
+                    left = files()
+            expired = len(old)
+            # the versions the batches committed, but the last, hold the same rows as it: expire them too
+            last = int(con.execute("SELECT id FROM ducklake_current_snapshot('lake')").fetchone()[0])
+            old += [
+                int(r[0])
+                for r in con.execute(
+                    "SELECT snapshot_id FROM ducklake_snapshots('lake') WHERE snapshot_id > ? AND snapshot_id < ?",
+                    [newest, last],
+                ).fetchall()
+            ]
             if old:
                 con.execute(f"CALL ducklake_expire_snapshots('lake', versions => [{', '.join(map(str, old))}])")
             con.execute("CALL ducklake_cleanup_old_files('lake', cleanup_all => true)")
@@ -866,16 +901,30 @@ class Lake:
             for setting in ("memory_limit", "preserve_insertion_order"):
                 with contextlib.suppress(Exception):
                     con.execute(f"RESET {setting}")
+            with contextlib.suppress(Exception):
+                con.execute(f"SET threads = {WRITER_THREADS}")
+            with contextlib.suppress(Exception):
+                con.execute(
+                    "CALL ducklake_set_option('lake', 'parquet_row_group_size', ?)",
+                    [int(row_group[0]) if row_group else DUCKDB_ROW_GROUP_ROWS],
+                )
         return {
             "files_before": before_files,
             "files_after": files(),
             "snapshots_before": before_snaps,
             "snapshots_after": snaps(),
-            "expired": len(old),
+            "expired": expired,
         }
 
 
 MAINTAIN_MEMORY_LIMIT = os.environ.get("MIDICORPUS_MAINTAIN_MEMORY", "1GB")  # DuckDB's, during lake maintain
+WRITER_THREADS = 2  # DuckDB threads of the lock holder's connection
+MAINTAIN_THREADS = 1  # DuckDB threads during lake maintain
+# rows per Parquet row group of the files lake maintain writes (DuckDB's default: 122,880)
+MAINTAIN_ROW_GROUP_ROWS = int(os.environ.get("MIDICORPUS_MAINTAIN_ROW_GROUP", "16384"))
+DUCKDB_ROW_GROUP_ROWS = 122_880
+# merged files written per call and table (DuckLake's max_compacted_files)
+MAINTAIN_BATCH_MERGES = int(os.environ.get("MIDICORPUS_MAINTAIN_BATCH", "4"))
 
 
 class Transaction:

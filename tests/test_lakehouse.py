@@ -285,6 +285,39 @@ def test_a_year_of_nightly_runs_then_maintain_leaves_the_files_of_one(tmp_path: 
     assert r.returncode == 0 and r.stdout.startswith("lake maintain: data files"), r.stderr
 
 
+def test_maintain_compacts_in_batches_with_small_row_groups_and_restores_the_lake_options(tmp_path: Path) -> None:
+    """`lake maintain` writes its merged files with row groups of MAINTAIN_ROW_GROUP_ROWS rows (the
+    Parquet writer's row group is memory outside DuckDB's limit), one batch of merges per call, and
+    leaves the lake's own row-group option and one version for all its batches."""
+    import pyarrow.parquet as pq
+
+    from corpus import lake as lake_mod
+
+    root = tmp_path / "lake"
+    lake = Lake(root)
+    with lake.lock("test"):
+        lake._writer.execute("CALL ducklake_set_option('lake', 'parquet_row_group_size', 50000)")
+        for night in range(12):
+            with lake.transaction({"command": f"night {night}"}) as tx:
+                rows = [{"piece_id": f"n{night}-{i}", "track_index": 0, "n_notes": i} for i in range(3000)]
+                tx.write("tracks", rows)
+        before = lake.query("SELECT count(*) AS n, sum(n_notes) AS s FROM tracks_t").to_pylist()
+        res = lake.maintain(keep_days=0)
+        opt = lake._writer.execute(
+            "SELECT value FROM ducklake_options('lake') WHERE option_name = 'parquet_row_group_size'"
+        ).fetchall()
+    assert opt == [("50000",)]
+    assert res["files_after"] == 1 and res["snapshots_after"] <= 2, res  # the merged version, the option restored
+    assert lake.query("SELECT count(*) AS n, sum(n_notes) AS s FROM tracks_t").to_pylist() == before
+    (merged,) = (root / "data").rglob("*.parquet")
+    meta = pq.ParquetFile(merged).metadata
+    assert meta.num_rows == 36000
+    # DuckDB's row-group size is a minimum, reached a chunk at a time: more than one group of 36,000
+    # rows (the lake's own 50,000 would have written one)
+    assert lake_mod.MAINTAIN_ROW_GROUP_ROWS < 36000 and meta.num_row_groups >= 2
+    assert max(meta.row_group(i).num_rows for i in range(meta.num_row_groups)) < 2 * lake_mod.MAINTAIN_ROW_GROUP_ROWS
+
+
 @pytest.fixture(scope="module")
 def old_code(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The package as it was before DuckLake, from this repository's history."""
