@@ -770,7 +770,7 @@ class Lake:
             self._check_layout()
             con = duckdb.connect(database)
             self._attach(con, read_only=True, at=at)
-        con.execute(views_sql("lake.store"))
+        con.execute(views_sql("lake.store", _present_columns(con) if at is not None else None))
         return con
 
     def _duck_attach(self, con: Any) -> str:
@@ -1154,12 +1154,38 @@ def _q(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def views_sql(prefix: str) -> str:
-    """``schemas/views.sql`` with each ``{table}`` read from ``prefix.table``."""
+def views_sql(prefix: str, present: Mapping[str, set[str]] | None = None) -> str:
+    """``schemas/views.sql`` with each ``{table}`` read from ``prefix.table``.
+
+    ``present`` (an older lake version's tables and their columns) reads each table with this
+    version's columns: a column added later reads as NULL, a table created later as no rows, so
+    the views of today answer about any version (``sql --at``) instead of failing on a name."""
     sql = VIEWS_SQL.read_text()
     for t in TABLES:
-        sql = sql.replace("{" + t + "}", f'{prefix}."{t}"')
+        rel = f'{prefix}."{t}"'
+        if present is not None:
+            have = present.get(t)
+            cols = ", ".join(
+                f'"{f.name}"'
+                if have is not None and f.name in have
+                else f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"'
+                for f in declared_fields(t)
+            )
+            rel = f"(SELECT {cols} FROM {rel})" if have is not None else f"(SELECT {cols} WHERE false)"
+        sql = sql.replace("{" + t + "}", rel)
     return sql
+
+
+def _present_columns(con: Any) -> dict[str, set[str]]:
+    """The tables of the attached lake's ``store`` schema and their columns (at the attached version)."""
+    rows = con.execute(
+        "SELECT table_name, column_name FROM information_schema.columns "
+        "WHERE table_catalog = 'lake' AND table_schema = 'store'"
+    ).fetchall()
+    out: dict[str, set[str]] = {}
+    for table, column in rows:
+        out.setdefault(table, set()).add(column)
+    return out
 
 
 def views_stamp() -> str:

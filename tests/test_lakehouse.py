@@ -244,6 +244,32 @@ def test_columns_added_later_read_as_null_in_older_rows(tmp_path: Path) -> None:
     assert rows == [{"piece_id": "a", "new_provenance": None}, {"piece_id": "b", "new_provenance": "x"}]
 
 
+def test_a_version_older_than_a_table_or_column_is_queried_with_todays_views(tmp_path: Path) -> None:
+    """A lake version written before a table (``chords``) or a column (``expressive``) existed, as
+    every lake of an earlier release is: ``sql --at`` reads the missing table as no rows and the
+    missing column as NULL, instead of failing on a name the views use."""
+    lake = Lake(tmp_path / "lake")
+    with lake.lock("test"):
+        with lake.transaction() as tx:
+            tx.write("pieces", [{"piece_id": "a", "status": "ok"}], {"source": "s"})
+            tx.write("piece_analysis", [{"piece_id": "a", "texture": "monophonic", "expressive": "quantized"}])
+        con = lake._writer
+        # what an older release's catalog holds: no chords table, no expressive column
+        con.execute("BEGIN")
+        con.execute('DROP TABLE lake.store."chords"')
+        con.execute('ALTER TABLE lake.store."piece_analysis" DROP COLUMN "expressive"')
+        con.execute("COMMIT")
+    old = lake.current_version()
+    assert old is not None
+    rows = lake.query("SELECT piece_id, texture, expressive FROM piece_analysis_t", at=old).to_pylist()
+    assert rows == [{"piece_id": "a", "texture": "monophonic", "expressive": None}]
+    assert lake.query("SELECT count(*) AS n FROM chords", at=old).to_pylist() == [{"n": 0}]
+    r = _cli(tmp_path / "lake", "sql", "--at", str(old), "SELECT count(*) FROM chords", "--format", "csv")
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "0", r.stderr
+    # the version before the drop still has both
+    assert lake.query("SELECT expressive FROM piece_analysis_t", at=old - 1).to_pylist() == [{"expressive": "quantized"}]
+
+
 def test_a_year_of_nightly_runs_then_maintain_leaves_the_files_of_one(tmp_path: Path) -> None:
     """50 simulated nightly runs, each committing a few rows to three tables: files and versions
     grow with the runs; `lake maintain` compacts and expires them (keeping a version a dataset
