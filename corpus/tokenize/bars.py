@@ -43,8 +43,9 @@ UNSUPPORTED = (
 
 
 def supported(tok: Any) -> bool:
-    """Whether ``tok``'s rows get bar starts: one vocabulary, no trained merges (a merged token can
-    cross a bar line), and a time walk of bars (not Structured's per-note shifts, not MMM's track blocks)."""
+    """Whether ``tok``'s rows get bar starts: no trained merges (a merged token can cross a bar
+    line), and a time walk of bars (not Structured's per-note shifts, not MMM's track blocks); of
+    the multi-vocabulary schemes, CPWord and Octuple (bar lines readable from their ids)."""
     if tok.is_trained:
         return False
     name = type(tok).__name__
