@@ -2,8 +2,9 @@
 
 Bar lines are checked against the pieces themselves: the notes each segment's tokens carry are
 the notes of the piece (decoded with symusic, preprocessed by miditok) whose onsets lie between
-the segment's bar lines, computed here from the time signatures; for REMI, each segment opens
-with miditok's own ``Bar`` token.
+the segment's bar lines, computed here from the time signatures; for REMI and CPWord, each
+segment opens with miditok's own ``Bar`` token; for Octuple, every token of a segment carries a
+bar number of the segment.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ SPLIT = (0.6, 0.2, 0.2)
 def lake(tmp_path_factory: pytest.TempPathFactory):
     if not DATA.is_dir():
         pytest.skip(f"real test data not found at {DATA} (shared/ must sit beside the repository)")
-    return build_test_lake(tmp_path_factory.mktemp("seg") / "lake", ("tsd", "remi", "cpword"))
+    return build_test_lake(tmp_path_factory.mktemp("seg") / "lake", ("tsd", "remi", "cpword", "octuple", "structured"))
 
 
 def _create(lake, spec):
@@ -59,9 +60,10 @@ def _bar_ticks(score: symusic.Score, last: int) -> list[int]:
 
 
 def _note_tokens(tok) -> np.ndarray:
-    """Per id: 1 where the token is a note's pitch."""
-    flags = np.zeros(len(tok.vocab), dtype=np.int64)
-    for name, i in tok.vocab.items():
+    """Per id (of the Pitch sub-vocabulary for multi-vocabulary schemes): 1 where the token is a note's pitch."""
+    vocab = tok.vocab[tok.vocab_types_idx["Pitch"]] if tok.is_multi_voc else tok.vocab
+    flags = np.zeros(len(vocab), dtype=np.int64)
+    for name, i in vocab.items():
         if name.split("_")[0] in ("Pitch", "PitchDrum"):
             flags[i] = 1
     return flags
@@ -78,14 +80,21 @@ def _segment_table(path: Path) -> list[dict]:
     return out
 
 
-@pytest.mark.parametrize(("scheme", "segment"), [("tsd", (2, 2)), ("tsd", (16, 16)), ("remi", (16, 8))])
+@pytest.mark.parametrize(
+    ("scheme", "segment"),
+    [("tsd", (2, 2)), ("tsd", (16, 16)), ("remi", (16, 8)), ("cpword", (2, 2)), ("octuple", (2, 2))],
+)
 def test_segments_hold_the_notes_between_their_bar_lines(lake, scheme: str, segment: tuple[int, int]) -> None:
     res = _create(lake, S.SnapshotSpec(f"seg-{scheme}", scheme, split=SPLIT, segment=segment))
     seqs = _segment_table(res.path)
     assert seqs and res.manifest["segments"]["bars"] == segment[0] and res.manifest["segments"]["hop"] == segment[1]
     tok, _ = presets.build(scheme)
     is_note = _note_tokens(tok)
-    bar_id = tok.vocab.get("Bar_None")
+    multi = tok.is_multi_voc
+    slot = tok.vocab_types_idx["Bar"] if multi else None
+    bar_id = (tok.vocab[slot] if multi else tok.vocab).get("Bar_None")
+    pitch_slot = tok.vocab_types_idx["Pitch"] if multi else None
+    bar_names = {i: n for n, i in tok.vocab[slot].items()} if multi else {}
     rows = _rows(lake, scheme)
     raw = {p: lake.raw_path(p) for p in rows}
     checked = 0
@@ -104,14 +113,24 @@ def test_segments_hold_the_notes_between_their_bar_lines(lake, scheme: str, segm
             lo = ticks[a]
             hi = ticks[b] if b < len(ticks) else float("inf")
             want = sum(1 for n in notes if lo <= n.time < hi)
-            assert int(is_note[s["ids"]].sum()) == want, (pid, s["track"], a, b)
-            if bar_id is not None:
-                assert s["ids"][0] == bar_id  # REMI: the segment opens on miditok's own bar line
+            ids = s["ids"][:, pitch_slot] if multi else s["ids"]
+            assert int(is_note[ids].sum()) == want, (pid, s["track"], a, b)
+            if scheme == "octuple":  # every token carries its bar number, one of the segment's
+                names = [bar_names[int(i)] for i in s["ids"][:, slot]]
+                assert all(n.startswith("Bar_") and a <= int(n[4:]) < b for n in names), (pid, a, b, names)
+            elif bar_id is not None:
+                ids = s["ids"][:, slot] if multi else s["ids"]
+                assert ids[0] == bar_id  # REMI, CPWord: the segment opens on miditok's own bar line
                 bs, n = rows[pid]["bar_starts"][s["track"]], rows[pid]["seq_lengths"][s["track"]]
                 real = sum(1 for k in range(a, b) if bs[k] < n)  # bars past a track's last Bar token start at its end
-                assert int((s["ids"] == bar_id).sum()) == real
+                assert int((ids == bar_id).sum()) == real
             checked += 1
     assert checked == len(seqs) > 50
+    # windows with no token (an Octuple bar without notes starts at the next token) are dropped and counted
+    seg = res.manifest["segments"]
+    assert len(seqs) == seg["segments"] - seg["empty_segments"]
+    if scheme == "octuple":
+        assert seg["empty_segments"] > 0
     # every bar of every track is in a window (none left out, the tail window reaches the end)
     for pid, r in rows.items():
         for track, bs in enumerate(r["bar_starts"]):
@@ -277,9 +296,21 @@ def test_mixture_proportions_over_an_epoch(lake) -> None:
         (["--mix", "magenta=1"], "--mix gives no weight to label(s) 'miditok'"),
         (["--mix", "a=1", "--mix-by", "no_such_column"], "--mix-by 'no_such_column' is not a valid expression"),
         (["--mix-by", "texture"], "--mix-by needs --mix"),
-        (["--scheme", "cpword", "--segment", "bars:2"], "--segment cannot cut scheme 'cpword'"),
+        (["--scheme", "structured", "--segment", "bars:2"], "--segment cannot cut scheme 'structured'"),
     ],
-    ids=["zero", "unit", "hop", "sum", "negative", "form", "unknown", "unweighted", "mix-by", "mix-by-alone", "cpword"],
+    ids=[
+        "zero",
+        "unit",
+        "hop",
+        "sum",
+        "negative",
+        "form",
+        "unknown",
+        "unweighted",
+        "mix-by",
+        "mix-by-alone",
+        "structured",
+    ],
 )
 def test_bad_segment_and_mix_are_one_line(lake, capsys: pytest.CaptureFixture[str], argv, message) -> None:
     capsys.readouterr()

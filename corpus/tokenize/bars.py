@@ -13,8 +13,19 @@ first one; a time signature starts a bar), up to the piece's last event.
 Computed at tokenize time, from the event times the encoder already has: the fast path's
 (:attr:`corpus.tokenize.fastpath.FastTokenizer.event_times`, REMI / TSD / MIDILike), or
 miditok's own events (``TokSequence.events``, same ids) for single-vocabulary schemes it
-encodes. Multi-vocabulary schemes, the other fast paths and trained (BPE...) vocabularies get
-NULL: ``snapshot create --segment`` refuses them with one line.
+encodes.
+
+Two multi-vocabulary schemes get them from their ids alone (so the fast path and miditok, same
+ids, give the same starts): CPWord, whose bar lines are tokens whose ``Bar`` sub-vocabulary
+(the Position/Bar slot) holds ``Bar_None`` (the k-th starts bar k, as REMI's ``Bar`` tokens);
+Octuple, whose every token carries its bar number (``Bar_k`` in its ``Bar`` sub-vocabulary):
+bar k starts at the first token whose bar number is k or more. An Octuple bar with no note has
+no token of its own, so it starts where the next token is (the next non-empty bar's first
+token, or the sequence's end): its span is empty and a window of only such bars holds no token
+(dropped and counted as ``empty_segments``, as for the other schemes). Every sequence of a
+piece gets as many bars as the one reaching furthest. Other multi-vocabulary schemes,
+Structured, MMM, the other fast paths and trained (BPE...) vocabularies get NULL:
+``snapshot create --segment`` refuses them with one line.
 """
 
 from __future__ import annotations
@@ -24,16 +35,46 @@ from typing import Any
 import numpy as np
 
 TIME_TOKENS = frozenset({"Bar", "Position", "TimeShift", "Rest"})
+MULTI_VOC = ("CPWord", "Octuple")
 UNSUPPORTED = (
-    "bar starts are stored for single-vocabulary, untrained schemes other than Structured and MMM "
-    "(REMI, TSD, MIDILike and their presets)"
+    "bar starts are stored for untrained REMI, TSD, MIDILike, CPWord and Octuple schemes and their presets "
+    "(not Structured, MMM, other multi-vocabulary schemes or trained vocabularies)"
 )
 
 
 def supported(tok: Any) -> bool:
-    """Whether ``tok``'s rows get bar starts: one vocabulary, no trained merges (a merged token can
-    cross a bar line), and a time walk of bars (not Structured's per-note shifts, not MMM's track blocks)."""
-    return not tok.is_multi_voc and not tok.is_trained and type(tok).__name__ not in ("Structured", "MMM")
+    """Whether ``tok``'s rows get bar starts: no trained merges (a merged token can cross a bar
+    line), and a time walk of bars (not Structured's per-note shifts, not MMM's track blocks); of
+    the multi-vocabulary schemes, CPWord and Octuple (bar lines readable from their ids)."""
+    if tok.is_trained:
+        return False
+    name = type(tok).__name__
+    if tok.is_multi_voc:
+        return name in MULTI_VOC
+    return name not in ("Structured", "MMM")
+
+
+def from_multi_voc(tok: Any, seqs: list[Any]) -> list[list[int]]:
+    """Per CPWord / Octuple sequence (tokens of sub-ids), the token index where each bar starts,
+    read from the ids (see the module's doc)."""
+    slot = tok.vocab_types_idx["Bar"]
+    cols = [np.array([t[slot] for t in s], dtype=np.int64) for s in seqs]
+    if type(tok).__name__ == "CPWord":
+        return from_bar_tokens(cols, tok.vocab[slot]["Bar_None"])
+    num = np.full(len(tok.vocab[slot]), -1, dtype=np.int64)  # sub-id -> bar number (-1: special tokens)
+    for name, i in tok.vocab[slot].items():
+        kind, _, val = name.partition("_")
+        if kind == "Bar" and val.isdigit():
+            num[i] = int(val)
+    per = [num[c] for c in cols]
+    n_bars = max((int(p.max()) + 1 for p in per if len(p)), default=0)
+    # bar numbers never go down along a sequence; specials (-1) stay before their bar's tokens
+    return [
+        np.searchsorted(np.maximum.accumulate(p) if len(p) else p, np.arange(n_bars), side="left")
+        .astype(np.int64)
+        .tolist()
+        for p in per
+    ]
 
 
 def bar_ticks(score: Any, last_tick: int) -> np.ndarray:
