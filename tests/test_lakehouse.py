@@ -267,7 +267,9 @@ def test_a_version_older_than_a_table_or_column_is_queried_with_todays_views(tmp
     r = _cli(tmp_path / "lake", "sql", "--at", str(old), "SELECT count(*) FROM chords", "--format", "csv")
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "0", r.stderr
     # the version before the drop still has both
-    assert lake.query("SELECT expressive FROM piece_analysis_t", at=old - 1).to_pylist() == [{"expressive": "quantized"}]
+    assert lake.query("SELECT expressive FROM piece_analysis_t", at=old - 1).to_pylist() == [
+        {"expressive": "quantized"}
+    ]
 
 
 def test_a_year_of_nightly_runs_then_maintain_leaves_the_files_of_one(tmp_path: Path) -> None:
