@@ -80,60 +80,55 @@ def _draw_sources(rows: Rows) -> str:
     )
 
 
-def _draw_texture(rows: Rows) -> str:
+def _by_source(rows: Rows, unit: str, series: tuple[Series, ...], title: str) -> str:
+    """One stacked bar per source (the row whose source is NULL: all sources)."""
     return svg.hbars(
         rows,
         lambda r: "all sources" if r["source"] is None else str(r["source"]),
-        [
-            Panel(
-                "pieces",
-                (
-                    Series("monophonic", "monophonic", BLUE),
-                    Series("polyphonic", "polyphonic", ORANGE),
-                    Series("drums_only", "drums only", GREEN),
-                    Series("other", "empty / not curated", GREY),
-                ),
-            )
-        ],
+        [Panel(unit, series)],
+        title,
+    )
+
+
+def _draw_texture(rows: Rows) -> str:
+    return _by_source(
+        rows,
+        "pieces",
+        (
+            Series("monophonic", "monophonic", BLUE),
+            Series("polyphonic", "polyphonic", ORANGE),
+            Series("drums_only", "drums only", GREEN),
+            Series("other", "empty / not curated", GREY),
+        ),
         "monophonic and polyphonic pieces",
     )
 
 
 def _draw_expressive(rows: Rows) -> str:
-    return svg.hbars(
+    return _by_source(
         rows,
-        lambda r: "all sources" if r["source"] is None else str(r["source"]),
-        [
-            Panel(
-                "pieces",
-                (
-                    Series("expressive", "expressive (performed)", VERMILLION),
-                    Series("quantized", "quantized", BLUE),
-                    Series("undecided", "undecided / not curated", GREY),
-                ),
-            )
-        ],
+        "pieces",
+        (
+            Series("expressive", "expressive (performed)", VERMILLION),
+            Series("quantized", "quantized", BLUE),
+            Series("undecided", "undecided / not curated", GREY),
+        ),
         "expressive and quantized pieces",
     )
 
 
 def _draw_roles(rows: Rows) -> str:
-    return svg.hbars(
+    return _by_source(
         rows,
-        lambda r: "all sources" if r["source"] is None else str(r["source"]),
-        [
-            Panel(
-                "tracks",
-                (
-                    Series("melody", "melody", VERMILLION),
-                    Series("bass", "bass", BLUE),
-                    Series("chords", "chords", ORANGE),
-                    Series("drums", "drums", GREEN),
-                    Series("other", "other", PINK),
-                    Series("undecided", "not curated", GREY),
-                ),
-            )
-        ],
+        "tracks",
+        (
+            Series("melody", "melody", VERMILLION),
+            Series("bass", "bass", BLUE),
+            Series("chords", "chords", ORANGE),
+            Series("drums", "drums", GREEN),
+            Series("other", "other", PINK),
+            Series("undecided", "not curated", GREY),
+        ),
         "tracks per role",
     )
 
