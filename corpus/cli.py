@@ -292,6 +292,7 @@ def cmd_similar(ctx: Ctx) -> int:
         raise UserError(f"{what} with id {a.piece_id!r}; give more of the sha256")
     pid = matches[0]
     hits = similar(index, pid, a.k)
+    index.close()
     con = ctx.lake.connect()
     try:
         names = dict(con.execute("SELECT piece_id, any_value(source_uri) FROM pieces GROUP BY piece_id").fetchall())

@@ -513,16 +513,21 @@ def _sign_pending(
 def _fetch_vectors(con: Any, sql: str, ids: list[str], dim: int) -> np.ndarray:
     """Rows of ``sql`` (``key``, ``vector``) for the keys ``ids``, as a matrix in that order."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     if not ids:
         return np.zeros((0, dim), np.float32)
-    con.register("wanted_keys", pa.table({"key": pa.array(ids, pa.string()), "ord": pa.array(range(len(ids)))}))
+    wanted = pa.array(ids, pa.string())
+    con.register("wanted_keys", pa.table({"key": wanted}))
     try:
-        tbl = con.execute(
-            f"SELECT w.ord, v.vector FROM ({sql}) v JOIN wanted_keys w USING (key) ORDER BY w.ord"
+        # a semi-join: the wanted keys are the hash table, the lake's vectors stream past it
+        got = con.execute(
+            f"SELECT key, vector FROM ({sql}) WHERE key IN (SELECT key FROM wanted_keys)"
         ).to_arrow_table()
     finally:
         con.unregister("wanted_keys")
+    at = pc.index_in(wanted, value_set=got.column("key"))
+    tbl = got.take(at) if at.null_count == 0 and got.num_rows == len(ids) else got.slice(0, 0)
     if tbl.num_rows != len(ids):
         raise RuntimeError(f"found {tbl.num_rows} vectors for {len(ids)} keys")
     flat = tbl.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
@@ -649,6 +654,7 @@ def _recluster(
                 if new_pieces:
                     pidx.meta = {**pidx.meta, "pairs_stored": True}
                     staged["neardup"] = _stage_index(lake, "neardup", pidx, dedup.VECTOR_CONFIG)
+                pidx.close()
                 del pidx
             # --- track index: new identity tracks against every identity track
             track_keys = [
@@ -682,6 +688,7 @@ def _recluster(
                     )
                     tidx.meta = {**tidx.meta, "pairs_stored": True}
                     staged["tracks"] = _stage_index(lake, "tracks", tidx, songs.TRACK_CONFIG)
+                tidx.close()
                 del tidx
             cols = {r[0] for r in con.execute("DESCRIBE pieces").fetchall()}
             version = int(con.execute("SELECT id FROM ducklake_current_snapshot('lake')").fetchone()[0])
@@ -973,11 +980,34 @@ def _delta_decision(
                 f"WHERE piece_id IN {in_t_sql}) GROUP BY 1) c USING (dedup_cluster) WHERE d.piece_id IN {in_t_sql}"
             ).fetchall()
         }
-        stored_songs = con.execute(
-            "SELECT piece_a, piece_b, max(containment), max(shared_ngrams) FROM song_pairs_t WHERE scheme = ? "
-            f"AND (piece_a IN {in_t_sql} OR piece_b IN {in_t_sql}) GROUP BY ALL",
-            [songs.TRACK_SCHEME],
-        ).fetchall()
+        # the song pairs touching T, stored and new, at their best (containment, shared n-grams), in
+        # DuckDB: a large group touches millions of stored pairs, which never become Python objects
+        con.register("delta_matches", matches.select(["piece_a", "piece_b", "containment", "shared_ngrams"]))
+        con.register("undecided_ids", pa.table({"piece_id": pa.array(sorted(undecided), pa.string())}))
+        try:
+            both_analysed = (
+                "a IN (SELECT piece_id FROM piece_analysis_t JOIN piece_facts_t USING (piece_id)) "
+                "AND b IN (SELECT piece_id FROM piece_analysis_t JOIN piece_facts_t USING (piece_id))"
+            )
+            stored = (
+                "SELECT piece_a AS a, piece_b AS b, max(containment) AS c, max(shared_ngrams) AS n FROM song_pairs_t "
+                f"WHERE scheme = '{songs.TRACK_SCHEME}' AND (piece_a IN {in_t_sql} OR piece_b IN {in_t_sql}) GROUP BY ALL"
+            )
+            passing = con.execute(
+                f"WITH st AS ({stored}), best AS (SELECT a, b, max({{'c': c, 'n': n}}) AS m FROM (SELECT * FROM st "
+                "UNION ALL SELECT piece_a, piece_b, containment, shared_ngrams FROM delta_matches) GROUP BY a, b) "
+                f"SELECT a, b FROM best WHERE {both_analysed} AND {_passes_sql('m.c', 'm.n', song_threshold)}"
+            ).to_arrow_table()
+            before = int(
+                con.execute(
+                    f"WITH st AS ({stored}) SELECT count(*) FROM st WHERE {both_analysed} "
+                    "AND a NOT IN (SELECT piece_id FROM undecided_ids) AND b NOT IN (SELECT piece_id FROM undecided_ids) "
+                    f"AND {_passes_sql('c', 'n', song_threshold)}"
+                ).fetchone()[0]
+            )
+        finally:
+            con.unregister("delta_matches")
+            con.unregister("undecided_ids")
         holders: list[tuple[str, str]] = []  # (key, piece): every holder of a key a piece of T holds
         keyed = []
         if "msd_ids" in cols:
@@ -1017,33 +1047,23 @@ def _delta_decision(
         )
     finally:
         con.unregister("t_ids")
-    best: dict[tuple[str, str], tuple[float, int]] = {}
-    stored_best: dict[tuple[str, str], tuple[float, int]] = {}
-    for a, b, cont, shared in stored_songs:
-        stored_best[(a, b)] = best[(a, b)] = (cont, shared)
-    for a, b, cont, shared in zip(
-        *(matches.column(c).to_pylist() for c in ("piece_a", "piece_b", "containment", "shared_ngrams")), strict=True
-    ):
-        old = best.get((a, b))
-        if old is None or (cont, shared) > old:
-            best[(a, b)] = (cont, shared)
-    passing = [
-        (a, b)
-        for (a, b), (cont, shared) in best.items()
-        if a in analysed and b in analysed and songs.passes(cont, shared, song_threshold)
-    ]
-    before = sum(
-        1
-        for (a, b), (cont, shared) in stored_best.items()
-        if a in analysed
-        and b in analysed
-        and a not in undecided
-        and b not in undecided
-        and songs.passes(cont, shared, song_threshold)
+    # the passing pairs as components over the pieces they hold: one union per piece, not per pair
+    import pyarrow.compute as pc
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    in_pairs = pc.unique(pa.chunked_array([*passing.column("a").chunks, *passing.column("b").chunks]))
+    melody_pieces = [str(p) for p in in_pairs.to_pylist()]
+    n_pp = len(melody_pieces)
+    ca, cb = (pc.index_in(passing.column(c), value_set=in_pairs).to_numpy() for c in ("a", "b"))
+    pair_label = (
+        connected_components(coo_matrix((np.ones(len(ca)), (ca, cb)), shape=(n_pp, n_pp)), directed=False)[1]
+        if n_pp
+        else np.zeros(0, np.int64)
     )
-    outside = (
-        {p for a, b in passing for p in (a, b)} | {p for _, p in holders} | {p for e in lineage for p in e}
-    ) - in_t
+    n_passing = passing.num_rows
+    del passing, ca, cb
+    outside = (set(melody_pieces) | {p for _, p in holders} | {p for e in lineage for p in e}) - in_t
     if outside:
         reg("out_ids", outside)
         try:
@@ -1091,10 +1111,10 @@ def _delta_decision(
                 note(p, "dedup")
         elif old_size.get(p, 1) >= 2:
             note(p, "dedup")
-    for a, b in passing:
-        union(node(a), node(b))
-        note(a, "melody")
-        note(b, "melody")
+    first_of: dict[int, str] = {}
+    for p, label in zip(melody_pieces, pair_label.tolist(), strict=True):
+        union(node(first_of.setdefault(label, p)), node(p))
+        note(p, "melody")
     by_key: dict[str, list[str]] = {}
     for k, p in holders:
         by_key.setdefault(k, []).append(p)
@@ -1151,7 +1171,7 @@ def _delta_decision(
         "clusters": base["clusters"] - old_d["clusters"] + after_d["clusters"],
         "duplicate_pairs": base["duplicate_pairs"] - old_d["duplicate_pairs"] + after_d["duplicate_pairs"],
         "song_groups": base["song_groups"] - len(old_groups) + n_components,
-        "song_pairs": base["song_pairs"] - before + len(passing),
+        "song_pairs": base["song_pairs"] - before + n_passing,
     }
     return {
         "scope": "delta",
@@ -1160,6 +1180,16 @@ def _delta_decision(
         "dedup_rows": [(p, c) for p, c in sorted(reps.items()) if was.get(p) != c],
         "song_rows": song_rows,
     }
+
+
+def _passes_sql(containment: str, shared: str, threshold: float) -> str:
+    """:func:`corpus.curation.songs.passes` as a SQL condition on two columns."""
+    from corpus.curation import songs
+
+    return (
+        f"({shared} >= {int(songs.MIN_SHARED)} AND ({containment} >= {float(threshold)!r} OR "
+        f"({shared} >= {int(songs.STRONG_SHARED)} AND {containment} >= {float(songs.STRONG_CONTAINMENT)!r})))"
+    )
 
 
 def _read_scope(con: Any, scope: list[str] | None, cols: set[str]) -> dict[str, Any]:

@@ -74,6 +74,7 @@ EXACT_MAX_N: Final = 50_000  # up to this many pieces IndexFlatIP (exact), above
 IVF_NPROBE: Final = 16
 IVF_TRAIN_PER_LIST: Final = 64  # IVF k-means sample: this many vectors per list (faiss asks 39-256)
 BUILD_CHUNK: Final = 32_768  # vectors added to a new index at a time (build_from)
+SHARD_N: Final = 32_768  # vectors per file of a saved IVF index (a loaded one reads one file at a time)
 IndexKind = Literal["auto", "flat", "ivf"]
 PairReason = Literal["content_hash", "transposed_hash", "near_dup"]
 
@@ -316,6 +317,56 @@ def _versions() -> dict[str, str]:
     return out
 
 
+class _Shard:
+    """A saved IVF shard: rows ``[start, start + n)`` of an index, read from its file when a search
+    needs it and dropped after. The file stays open, so a shard can be read (and copied into the
+    next version) even after ``curate`` has published a new folder and removed this one."""
+
+    def __init__(self, path: Path, start: int, n: int) -> None:
+        self.path, self.start, self.n = path, start, n
+        self._file = open(path, "rb")  # noqa: SIM115 - held open for the life of the index; closed by close()
+
+    def read(self) -> faiss.Index:
+        import faiss
+
+        self._file.seek(0)
+        index = faiss.read_index(faiss.PyCallbackIOReader(self._file.read))
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = min(IVF_NPROBE, ivf.nlist)
+        return index
+
+    def copy_to(self, dest: Path) -> None:
+        """``dest`` holds this shard: a hard link when the path is still this file, else a copy."""
+        import os
+        import shutil
+
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self._file.fileno()).st_ino:
+                os.link(self.path, dest)
+                return
+        except OSError:
+            pass
+        self._file.seek(0)
+        with open(dest, "wb") as out:
+            shutil.copyfileobj(self._file, out, 1 << 20)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _empty_like(index: faiss.Index) -> faiss.Index:
+    """An empty IVF index with the lists (trained centroids) of ``index``, with a direct map."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    quantizer = faiss.IndexFlatIP(ivf.d)
+    quantizer.add(ivf.quantizer.reconstruct_n(0, ivf.nlist))
+    out = faiss.IndexIVFFlat(quantizer, ivf.d, ivf.nlist, faiss.METRIC_INNER_PRODUCT)
+    out.nprobe = ivf.nprobe
+    out.make_direct_map()
+    return out
+
+
 class NearDupIndex:
     """Piece vectors in a faiss inner-product index, searchable by vector or by piece id.
 
@@ -327,11 +378,23 @@ class NearDupIndex:
     IVF rather than HNSW because it trains in seconds, builds without the graph's per-insert
     cost, and supports range search and reconstruction by id; near-duplicates (cosine >= 0.7) are
     close enough to their query to fall in one of the probed lists.
+
+    An IVF index is saved as shards of SHARD_N vectors that share the trained lists
+    (``shard-0000.faiss``, ...). A loaded one holds only its last shard in memory (where new vectors
+    go); a search reads the other shards one at a time and merges their answers, which are those of
+    the one index (every shard probes the same lists). So a nightly curate holds one shard, not
+    every vector of the lake (365 MB for 180k pieces at 512 dimensions).
     """
 
-    def __init__(self, index: faiss.Index, piece_ids: Sequence[str], kind: Literal["flat", "ivf"]) -> None:
-        if index.ntotal != len(piece_ids):
-            raise ValueError(f"index holds {index.ntotal} vectors but {len(piece_ids)} piece ids were given")
+    def __init__(
+        self, index: faiss.Index, piece_ids: Sequence[str], kind: Literal["flat", "ivf"], shards: Sequence[_Shard] = ()
+    ) -> None:
+        self._shards = list(shards)
+        self._base = sum(s.n for s in self._shards)  # rows held by the saved shards; ``index`` holds the rest
+        if self._base + index.ntotal != len(piece_ids):
+            raise ValueError(
+                f"index holds {self._base + index.ntotal} vectors but {len(piece_ids)} piece ids were given"
+            )
         self.index = index
         self.piece_ids = list(piece_ids)
         self.kind = kind
@@ -343,6 +406,15 @@ class NearDupIndex:
     def __len__(self) -> int:
         return len(self.piece_ids)
 
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def close(self) -> None:
+        """Close the files of the saved shards (a search after this fails)."""
+        for s in self._shards:
+            s.close()
+
     @classmethod
     def build(
         cls,
@@ -350,10 +422,11 @@ class NearDupIndex:
         vectors: np.ndarray | Sequence[np.ndarray],
         *,
         kind: IndexKind = "auto",
-        exact_max_n: int = EXACT_MAX_N,
+        exact_max_n: int | None = None,
         nprobe: int = IVF_NPROBE,
     ) -> NearDupIndex:
-        """Index ``vectors`` (one row per id); ``kind="auto"`` is flat up to ``exact_max_n`` pieces."""
+        """Index ``vectors`` (one row per id); ``kind="auto"`` is flat up to ``exact_max_n`` pieces
+        (EXACT_MAX_N by default)."""
         ids = [str(p) for p in piece_ids]
         x = _as_matrix(vectors, len(ids)) if len(ids) else np.zeros((0, VECTOR_DIM), np.float32)
         return cls.build_from(
@@ -368,7 +441,7 @@ class NearDupIndex:
         dim: int,
         *,
         kind: IndexKind = "auto",
-        exact_max_n: int = EXACT_MAX_N,
+        exact_max_n: int | None = None,
         nprobe: int = IVF_NPROBE,
         chunk: int = BUILD_CHUNK,
     ) -> NearDupIndex:
@@ -380,6 +453,7 @@ class NearDupIndex:
 
         ids = [str(p) for p in piece_ids]
         n = len(ids)
+        exact_max_n = EXACT_MAX_N if exact_max_n is None else exact_max_n
         if kind not in ("auto", "flat", "ivf"):
             raise ValueError(f"kind must be 'auto', 'flat' or 'ivf', got {kind!r}")
         chosen: Literal["flat", "ivf"] = "flat" if kind == "flat" or (kind == "auto" and n <= exact_max_n) else "ivf"
@@ -412,8 +486,8 @@ class NearDupIndex:
         if dup or len(set(ids)) != len(ids):
             raise ValueError(f"piece ids already in the index or repeated: {(dup or ids)[:3]}")
         x = _as_matrix(vectors, len(ids))
-        if x.shape[1] != self.index.d:
-            raise ValueError(f"vectors have dimension {x.shape[1]}; this index holds dimension {self.index.d}")
+        if x.shape[1] != self.dim:
+            raise ValueError(f"vectors have dimension {x.shape[1]}; this index holds dimension {self.dim}")
         start = len(self.piece_ids)
         if self.kind == "flat" and start + len(ids) > EXACT_MAX_N:
             old = self.index.reconstruct_n(0, start) if start else np.zeros((0, x.shape[1]), np.float32)
@@ -426,6 +500,22 @@ class NearDupIndex:
         self.piece_ids.extend(ids)
         return list(range(start, start + len(ids)))
 
+    def vectors_of(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The stored vectors at ``rows`` (a matrix in that order); each saved shard is read once."""
+        rows = np.asarray(rows, np.int64)
+        out = np.zeros((len(rows), self.dim), np.float32)
+        mine = np.nonzero(rows >= self._base)[0]
+        for i in mine.tolist():
+            out[i] = self.index.reconstruct(int(rows[i]) - self._base)
+        for s in self._shards:
+            at = np.nonzero((rows >= s.start) & (rows < s.start + s.n))[0]
+            if len(at):
+                part = s.read()
+                for i in at.tolist():
+                    out[i] = part.reconstruct(int(rows[i]) - s.start)
+                del part
+        return out
+
     def pairs_of(self, rows: Sequence[int], threshold: float, k: int = PAIR_K) -> list[tuple[int, int, float]]:
         """Like :meth:`pairs`, for the pieces at ``rows`` only (each against the whole index)."""
         if not rows or len(self) < 2:
@@ -434,26 +524,23 @@ class NearDupIndex:
         rows = list(rows)
         for lo in range(0, len(rows), BUILD_CHUNK):  # the query vectors a chunk at a time
             part = rows[lo : lo + BUILD_CHUNK]
-            x = np.stack([np.asarray(self.index.reconstruct(int(r)), np.float32) for r in part])
-            for i, j, s in self._pairs_from(x, part, threshold, k):
+            for i, j, s in self._pairs_from(self.vectors_of(part), part, threshold, k):
                 if s > best.get((i, j), -2.0):
                     best[(i, j)] = s
         return [(i, j, s) for (i, j), s in sorted(best.items())]
 
     def _pairs_from(self, x: np.ndarray, rows: list[int], threshold: float, k: int) -> list[tuple[int, int, float]]:
         best: dict[tuple[int, int], float] = {}
-        step = 4096
-        for lo in range(0, len(rows), step):
-            scores, hits = self._knn(x[lo : lo + step], k + 1)
-            qi, col = np.nonzero((scores >= threshold) & (hits >= 0))
-            for a, c in zip(qi.tolist(), col.tolist(), strict=True):
-                i, j = rows[lo + a], int(hits[a, c])
-                if i == j or not np.any(x[lo + a]):
-                    continue
-                key = (i, j) if i < j else (j, i)
-                s = float(scores[a, c])
-                if s > best.get(key, -2.0):
-                    best[key] = s
+        scores, hits = self._knn(x, k + 1)
+        qi, col = np.nonzero((scores >= threshold) & (hits >= 0))
+        for a, c in zip(qi.tolist(), col.tolist(), strict=True):
+            i, j = rows[a], int(hits[a, c])
+            if i == j or not np.any(x[a]):
+                continue
+            key = (i, j) if i < j else (j, i)
+            s = float(scores[a, c])
+            if s > best.get(key, -2.0):
+                best[key] = s
         return [(i, j, s) for (i, j), s in sorted(best.items())]
 
     def vector(self, piece_id: str) -> np.ndarray:
@@ -461,13 +548,44 @@ class NearDupIndex:
         row = self._row.get(piece_id)
         if row is None:
             raise KeyError(f"piece id {piece_id!r} is not in this index ({len(self)} pieces)")
-        return np.asarray(self.index.reconstruct(row), dtype=np.float32)
+        return self.vectors_of([row])[0]
 
     def _knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest rows of each query (scores, rows; -1 where there are fewer), 4,096
+        queries at a time; with saved shards, each shard is read once and the answers merged."""
         k = min(k, len(self))
         if k <= 0 or len(queries) == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        step = 4096
+        if not self._shards:
+            if len(q) <= step:
+                return self.index.search(q, k)
+            got = [self.index.search(q[lo : lo + step], k) for lo in range(0, len(q), step)]
+            return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
+        scores = np.full((len(q), k), -np.inf, np.float32)
+        hits = np.full((len(q), k), -1, np.int64)
+
+        def merge(part: faiss.Index, start: int) -> None:
+            kk = min(k, part.ntotal)
+            if kk <= 0:
+                return
+            for lo in range(0, len(q), step):
+                d, i = part.search(q[lo : lo + step], kk)
+                d = np.where(i >= 0, d, -np.inf).astype(np.float32)
+                i = np.where(i >= 0, i + start, -1)
+                all_d = np.concatenate([scores[lo : lo + step], d], axis=1)
+                all_i = np.concatenate([hits[lo : lo + step], i], axis=1)
+                # best first; a tie keeps the lower row (the shards come in row order)
+                order = np.argsort(-all_d, axis=1, kind="stable")[:, :k]
+                scores[lo : lo + step] = np.take_along_axis(all_d, order, 1)
+                hits[lo : lo + step] = np.take_along_axis(all_i, order, 1)
+
+        for s in self._shards:
+            merge(s.read(), s.start)
+        merge(self.index, self._base)
+        scores[hits < 0] = -np.finfo(np.float32).max  # as faiss fills a missing answer
+        return scores, hits
 
     def search(self, query: str | np.ndarray, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` nearest pieces to a piece id (itself left out) or to a vector, best first.
@@ -485,8 +603,8 @@ class NearDupIndex:
             q = self.vector(query)
         else:
             q = np.asarray(query, dtype=np.float32).reshape(-1)
-            if q.shape[0] != self.index.d:
-                raise ValueError(f"query vector has dimension {q.shape[0]}; this index holds dimension {self.index.d}")
+            if q.shape[0] != self.dim:
+                raise ValueError(f"query vector has dimension {q.shape[0]}; this index holds dimension {self.dim}")
         if not np.any(q):
             return []
         scores, rows = self._knn(q[None, :], int(k) + (1 if self_row >= 0 else 0))
@@ -505,31 +623,53 @@ class NearDupIndex:
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        n = len(self)
-        if n < 2:
+        if len(self) < 2:
             return []
-        return self._pairs_from(self.index.reconstruct_n(0, n), list(range(n)), threshold, k)
+        return self.pairs_of(list(range(len(self))), threshold, k)
 
     def save(
         self, path: str | Path, config: dict[str, object] | None = None, extra: dict[str, object] | None = None
     ) -> Path:
-        """Write ``path/index.faiss``, ``path/ids.json`` and ``path/meta.json`` (config, versions, ``extra``)."""
+        """Write ``path/ids.json``, ``path/meta.json`` (config, versions, ``extra``) and the index:
+        ``index.faiss`` (flat), or IVF shards ``shard-NNNN.faiss`` of SHARD_N vectors each (the
+        saved shards of a loaded index linked or copied as they are, the vectors in memory written
+        a shard at a time)."""
         import faiss
 
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index, str(folder / "index.faiss"))
+        shard_sizes: list[int] | None = None
+        if self.kind == "ivf":
+            shard_sizes = []
+            for s in self._shards:
+                s.copy_to(folder / f"shard-{len(shard_sizes):04d}.faiss")
+                shard_sizes.append(s.n)
+            have = int(self.index.ntotal)
+            for lo in range(0, have, SHARD_N):
+                n = min(SHARD_N, have - lo)
+                part = _empty_like(self.index)
+                part.add(self.index.reconstruct_n(lo, n))
+                faiss.write_index(part, str(folder / f"shard-{len(shard_sizes):04d}.faiss"))
+                shard_sizes.append(n)
+                del part
+            if not have and not shard_sizes:  # an empty IVF index: one empty shard keeps its lists
+                faiss.write_index(_empty_like(self.index), str(folder / "shard-0000.faiss"))
+                shard_sizes.append(0)
+        else:
+            faiss.write_index(self.index, str(folder / "index.faiss"))
         (folder / "ids.json").write_text(json.dumps(self.piece_ids, ensure_ascii=False), encoding="utf-8")
         config = dict(config or VECTOR_CONFIG)
         meta = {
             **(extra or {}),
             "kind": self.kind,
             "n": len(self),
-            "dim": int(self.index.d),
+            "dim": self.dim,
             "vector_config": config,
             "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest(),
             "versions": _versions(),
         }
+        if shard_sizes is not None:
+            meta["shards"] = shard_sizes
         (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
         return folder
 
@@ -537,28 +677,45 @@ class NearDupIndex:
     def load(cls, path: str | Path, config: dict[str, object] | None = None) -> NearDupIndex:
         """Read an index written by :meth:`save`; refuses one built with another vector scheme.
 
+        An IVF index's last shard is read into memory, the others only when a search needs them.
         ``meta.json`` is on the loaded index as ``.meta``."""
         import faiss
 
         folder = Path(path)
-        for name in ("index.faiss", "ids.json", "meta.json"):
+        meta_path = folder / "meta.json"
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+        sizes = meta.get("shards")
+        names = ["ids.json", "meta.json"] + (
+            [f"shard-{i:04d}.faiss" for i in range(len(sizes))] if isinstance(sizes, list) else ["index.faiss"]
+        )
+        for name in names:
             if not (folder / name).is_file():
                 raise FileNotFoundError(
-                    f"{folder / name} not found; a saved NearDupIndex folder holds index.faiss, ids.json and meta.json"
+                    f"{folder / name} not found; a saved NearDupIndex folder holds ids.json, meta.json and "
+                    "index.faiss or shard-NNNN.faiss"
                 )
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         want = config or VECTOR_CONFIG
         scheme = meta.get("vector_config", {}).get("scheme")
         if scheme != want["scheme"] or meta.get("dim") != want["dim"]:
             raise ValueError(
                 f"index at {folder} holds vector scheme {scheme!r} dim {meta.get('dim')}; this code makes {want['scheme']!r} dim {want['dim']}: rebuild it"
             )
-        index = faiss.read_index(str(folder / "index.faiss"))
         ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
+        shards: list[_Shard] = []
+        if isinstance(sizes, list):
+            start = 0
+            for i, n in enumerate(sizes[:-1]):
+                shards.append(_Shard(folder / f"shard-{i:04d}.faiss", start, int(n)))
+                start += int(n)
+            last = _Shard(folder / f"shard-{len(sizes) - 1:04d}.faiss", start, int(sizes[-1]))
+            index = last.read()
+            last.close()
+        else:  # one file: a flat index, or an IVF index saved before shards
+            index = faiss.read_index(str(folder / "index.faiss"))
         if meta["kind"] == "ivf":
             ivf = faiss.extract_index_ivf(index)
             ivf.nprobe = min(IVF_NPROBE, ivf.nlist)
-        out = cls(index, ids, meta["kind"])
+        out = cls(index, ids, meta["kind"], shards)
         out.meta = meta
         return out
 

@@ -495,3 +495,65 @@ def test_an_index_built_a_chunk_at_a_time_is_the_index_built_at_once(kind: str) 
     assert chunked.pairs_of(list(range(3000)), 0.5) == whole.pairs_of(list(range(3000)), 0.5)
     q = x[:50]
     assert np.array_equal(chunked._knn(q, 5)[1], whole._knn(q, 5)[1])
+
+
+def test_a_saved_ivf_index_is_read_a_shard_at_a_time_and_answers_as_one_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An IVF index saves as shards sharing its lists; a loaded one holds only the last shard and
+    reads the others when it searches. Its answers, the vectors it returns, what it adds and what
+    it saves again are those of the index held whole."""
+    from corpus.curation import dedup
+
+    monkeypatch.setattr(dedup, "SHARD_N", 700)
+    ids, x = planted(3000, 80, seed=3)
+    whole = NearDupIndex.build(ids[:2500], x[:2500], exact_max_n=1000)
+    folder = whole.save(tmp_path / "v1")
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["shards"] == [700, 700, 700, 400] and not (folder / "index.faiss").exists()
+    loaded = NearDupIndex.load(folder)
+    assert loaded.kind == "ivf" and len(loaded) == 2500
+    assert loaded.index.ntotal == 400  # only the last shard is in memory
+    q = x[:300]
+    assert np.array_equal(loaded._knn(q, 9)[1], whole._knn(q, 9)[1])
+    assert np.allclose(loaded._knn(q, 9)[0], whole._knn(q, 9)[0])
+    assert np.array_equal(loaded.vectors_of([5, 2499, 1400, 700]), whole.index.reconstruct_batch([5, 2499, 1400, 700]))
+    assert loaded.pairs_of(list(range(0, 2500, 7)), 0.5) == whole.pairs_of(list(range(0, 2500, 7)), 0.5)
+    assert loaded.search("p00000", k=3) == whole.search("p00000", k=3)
+    # a nightly run: new vectors go to the last shard; saved again, the old shards are linked, not rewritten
+    assert loaded.add(ids[2500:], x[2500:]) == list(range(2500, 3000))
+    whole.add(ids[2500:], x[2500:])
+    again = NearDupIndex.load(loaded.save(tmp_path / "v2"))
+    assert json.loads((tmp_path / "v2" / "meta.json").read_text())["shards"] == [700, 700, 700, 700, 200]
+    assert (tmp_path / "v2" / "shard-0001.faiss").stat().st_ino == (folder / "shard-0001.faiss").stat().st_ino
+    assert np.array_equal(again._knn(x, 5)[1], whole._knn(x, 5)[1])
+    assert {(i, j) for i, j, _ in again.pairs()} == {(2 * i, 2 * i + 1) for i in range(80)}
+    # the folder it was loaded from can go (curate publishes a new one): the open shards still read
+    import shutil
+
+    shutil.rmtree(folder)
+    assert np.array_equal(loaded._knn(q, 9)[1], whole._knn(q, 9)[1])
+    loaded.save(tmp_path / "v3")
+    assert np.array_equal(NearDupIndex.load(tmp_path / "v3")._knn(q, 9)[1], whole._knn(q, 9)[1])
+    for index in (loaded, again):
+        index.close()
+
+
+def test_an_ivf_index_saved_in_one_file_still_loads(tmp_path: Path) -> None:
+    """Lakes curated before shards hold ``index.faiss``: it loads whole and saves as shards."""
+    import faiss
+
+    ids, x = planted(1500, 10, seed=5)
+    whole = NearDupIndex.build(ids, x, exact_max_n=1000)
+    folder = whole.save(tmp_path / "new")
+    old = tmp_path / "old"
+    old.mkdir()
+    faiss.write_index(whole.index, str(old / "index.faiss"))
+    (old / "ids.json").write_text((folder / "ids.json").read_text())
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["shards"]
+    (old / "meta.json").write_text(json.dumps(meta))
+    loaded = NearDupIndex.load(old)
+    assert loaded.index.ntotal == 1500 and loaded.kind == "ivf"
+    assert np.array_equal(loaded._knn(x[:50], 4)[1], whole._knn(x[:50], 4)[1])
+    assert "shards" in json.loads((loaded.save(tmp_path / "resaved") / "meta.json").read_text())
