@@ -286,7 +286,11 @@ def cmd_similar(ctx: Ctx) -> int:
     index = load_neardup_index(ctx.lake)
     if index is None:
         raise UserError(f"no near-duplicate index in {ctx.lake.location!r}; run 'midicorpus curate' first")
-    matches = [pid for pid in index.piece_ids if pid.startswith(a.piece_id)] if len(a.piece_id) < 64 else [a.piece_id]
+    import pyarrow.compute as pc
+
+    matches = (
+        index.ids.filter(pc.starts_with(index.ids, a.piece_id)).to_pylist() if len(a.piece_id) < 64 else [a.piece_id]
+    )
     if len(matches) != 1:
         what = "no curated piece" if not matches else f"{len(matches)} curated pieces"
         raise UserError(f"{what} with id {a.piece_id!r}; give more of the sha256")

@@ -539,25 +539,35 @@ def _fetch_vectors(con: Any, sql: str, ids: list[str], dim: int) -> np.ndarray:
     return np.ascontiguousarray(flat.astype(np.float32).reshape(len(ids), dim))
 
 
-def _open_index(lake: Lake, name: str, config: dict[str, object], known: set[str]) -> Any:
+def _open_index(lake: Lake, name: str, config: dict[str, object], known: Any) -> Any:
     """The saved index ``name`` when it is usable for incremental work, else None (rebuild).
 
     Usable: built with this config by a run that stored the pairs of every piece it holds
-    (``pairs_stored``), holding no key the tables do not know.
+    (``pairs_stored``), holding no key the tables do not know (``known``: an Arrow string array).
     """
+    import pyarrow.compute as pc
+
     try:
         index = load_index(lake, name, config)
     except (ValueError, OSError):  # another scheme or an unreadable folder: rebuilt from the tables
         return None
-    if index is None or not index.meta.get("pairs_stored") or not set(index.piece_ids) <= known:
+    if index is None:
+        return None
+    if not index.meta.get("pairs_stored") or not pc.all(pc.is_in(index.ids, value_set=known)).as_py():
+        index.close()
         return None
     return index
 
 
-def _index_current(lake: Lake, name: str, config: dict[str, object], known: list[str]) -> bool:
-    """Whether the saved index ``name`` holds exactly the keys ``known``, built with this config by a
-    run that stored their pairs: then there is nothing to add or query, and its vectors (hundreds
-    of MB on a Lakh-sized lake) are not read. Only its ``meta.json`` and ``ids.json`` are."""
+def _index_current(lake: Lake, name: str, config: dict[str, object], known: Any) -> bool:
+    """Whether the saved index ``name`` holds exactly the keys ``known`` (an Arrow string array),
+    built with this config by a run that stored their pairs: then there is nothing to add or query,
+    and its vectors (hundreds of MB on a Lakh-sized lake) are not read. Only its ``meta.json`` and
+    ids are."""
+    import pyarrow.compute as pc
+
+    from corpus.curation import dedup
+
     if lake.remote:
         folder = _index_pointer(lake, name)
         if folder is None:
@@ -570,13 +580,19 @@ def _index_current(lake: Lake, name: str, config: dict[str, object], known: list
             return False
         if meta.get("vector_config", {}).get("scheme") != config["scheme"] or meta.get("n") != len(known):
             return False
-        return set(json.loads(lake.read_bytes(f"{folder}/ids.json"))) == set(known)
+        try:
+            ids = dedup.read_ids(lake.read_bytes(f"{folder}/ids.arrow"))
+        except FileNotFoundError:  # saved before ids.arrow
+            ids = dedup.read_ids(lake.read_bytes(f"{folder}/ids.json"), "ids.json")
+        # the same keys: as many, all of them held (each side's keys are unique)
+        return len(ids) == len(known) and bool(pc.all(pc.is_in(known, value_set=ids)).as_py())
     except (FileNotFoundError, OSError, ValueError, KeyError):
         return False
 
 
-def _update_index(index: Any, known: list[str], vectors: Any, dim: int) -> tuple[Any, list[str]]:
-    """Add the keys of ``known`` that ``index`` lacks (``vectors(keys)`` gives their matrix); (index, new keys).
+def _update_index(index: Any, known: Any, vectors: Any, dim: int) -> tuple[Any, Any]:
+    """Add the keys of ``known`` (an Arrow string array) that ``index`` lacks (``vectors(keys)`` gives
+    their matrix); (index, the new keys as an Arrow array).
 
     Without an index, or once the lake has grown past twice what an IVF index was trained on,
     the index is built anew from every key (then every key is new: its pairs are collected again).
@@ -584,17 +600,20 @@ def _update_index(index: Any, known: list[str], vectors: Any, dim: int) -> tuple
     from corpus.curation.dedup import NearDupIndex
 
     if index is not None and index.kind == "ivf" and len(known) > 2 * int(index.meta.get("trained_n", len(index)) or 1):
+        index.close()
         index = None
+    import pyarrow.compute as pc
+
     from corpus.curation.dedup import BUILD_CHUNK
 
     if index is None:  # the vectors are read a chunk at a time, never all at once beside the index
-        index = NearDupIndex.build_from(known, lambda rows: vectors([known[int(i)] for i in rows]), dim)
+        index = NearDupIndex.build_from(known, lambda rows: vectors(known.take(rows).to_pylist()), dim)
         index.meta = {"trained_n": len(known)}
-        return index, list(known)
-    have = set(index.piece_ids)
-    new = [k for k in known if k not in have]
+        return index, known
+    new = known.filter(pc.invert(pc.is_in(known, value_set=index.ids)))
     for lo in range(0, len(new), BUILD_CHUNK):
-        index.add(new[lo : lo + BUILD_CHUNK], vectors(new[lo : lo + BUILD_CHUNK]))
+        chunk = new.slice(lo, BUILD_CHUNK)
+        index.add(chunk, vectors(chunk.to_pylist()))
     return index, new
 
 
@@ -614,6 +633,8 @@ def _recluster(
     union-find over the lake gives (a test compares the two). Otherwise (first run, another
     threshold or rule) every piece is decided (scope ``full``). Rows are written where they changed.
     """
+    import pyarrow as pa
+
     from corpus.curation import dedup, songs
 
     if threshold < DEDUP_PAIR_FLOOR:
@@ -626,23 +647,20 @@ def _recluster(
     try:
         con = lake.connect()
         try:
-            ids = [
-                str(x)
-                for x in _column(
-                    con, "SELECT piece_id FROM piece_analysis_t JOIN piece_facts_t USING (piece_id) ORDER BY 1"
-                )
-            ]
+            piece_keys = _arrow_column(
+                con, "SELECT piece_id FROM piece_analysis_t JOIN piece_facts_t USING (piece_id) ORDER BY 1"
+            )
+            ids = piece_keys.to_pylist()
             s.pieces = len(ids)
             if not ids:
                 return
-            known = set(ids)
             # --- piece index: new pieces against everything
             new_pieces: list[str] = []
             new_dup_pairs: list[tuple[str, str, float]] = []
-            if not _index_current(lake, "neardup", dedup.VECTOR_CONFIG, ids):
-                pidx, new_pieces = _update_index(
-                    _open_index(lake, "neardup", dedup.VECTOR_CONFIG, known),
-                    ids,
+            if not _index_current(lake, "neardup", dedup.VECTOR_CONFIG, piece_keys):
+                pidx, new_arr = _update_index(
+                    _open_index(lake, "neardup", dedup.VECTOR_CONFIG, piece_keys),
+                    piece_keys,
                     lambda keys: _fetch_vectors(
                         con,
                         "SELECT piece_id AS key, dedup_vector AS vector FROM piece_analysis_t",
@@ -651,10 +669,17 @@ def _recluster(
                     ),
                     dedup.VECTOR_DIM,
                 )
-                new_dup_pairs = [
-                    (pidx.piece_ids[i], pidx.piece_ids[j], sc)
-                    for i, j, sc in pidx.pairs_of([pidx._row[p] for p in new_pieces], DEDUP_PAIR_FLOOR)
-                ]
+                new_pieces = new_arr.to_pylist()
+                found = pidx.pairs_of(pidx.rows_of(new_arr).tolist(), DEDUP_PAIR_FLOOR)
+                new_dup_pairs = list(
+                    zip(
+                        pidx.keys_at([i for i, _, _ in found]),
+                        pidx.keys_at([j for _, j, _ in found]),
+                        [sc for _, _, sc in found],
+                        strict=True,
+                    )
+                )
+                del found, new_arr
                 # written now and dropped from memory (one index at a time); published after the pairs commit
                 if new_pieces:
                     pidx.meta = {**pidx.meta, "pairs_stored": True}
@@ -662,28 +687,26 @@ def _recluster(
                 pidx.close()
                 del pidx
             # --- track index: new identity tracks against every identity track
-            track_keys = [
-                str(k)
-                for k in _column(
-                    con,
-                    "SELECT piece_id || ':' || track_index FROM track_signatures_t WHERE has_identity "
-                    f"AND scheme = '{songs.TRACK_SCHEME}' ORDER BY piece_id, track_index",
-                )
-            ]
+            # an Arrow array: a Lakh-sized lake has 500k identity tracks, no Python string each
+            track_keys = _arrow_column(
+                con,
+                "SELECT piece_id || ':' || track_index FROM track_signatures_t WHERE has_identity "
+                f"AND scheme = '{songs.TRACK_SCHEME}' ORDER BY piece_id, track_index",
+            )
             tsql = (
                 "SELECT piece_id || ':' || track_index AS key, vector FROM track_signatures_t "
                 f"WHERE has_identity AND scheme = '{songs.TRACK_SCHEME}'"
             )
-            new_tracks: list[str] = []
+            new_tracks = pa.array([], pa.string())
             matches = songs.empty_matches()  # an Arrow table (songs.match_tracks_table)
             if not _index_current(lake, "tracks", songs.TRACK_CONFIG, track_keys):
                 tidx, new_tracks = _update_index(
-                    _open_index(lake, "tracks", songs.TRACK_CONFIG, set(track_keys)),
+                    _open_index(lake, "tracks", songs.TRACK_CONFIG, track_keys),
                     track_keys,
                     lambda keys: _fetch_vectors(con, tsql, keys, songs.TRACK_DIM),
                     songs.TRACK_DIM,
                 )
-                if new_tracks:
+                if len(new_tracks):
                     matches = songs.match_tracks_table(
                         con,
                         tidx,
@@ -703,7 +726,7 @@ def _recluster(
                 changed_rows = _pieces_changed_since(con, base["lake_version"])
                 if changed_rows is not None:
                     undecided = {str(p) for p in _column(con, _UNDECIDED_SQL)}
-                    fresh = undecided | set(new_pieces) | {songs.split_key(k)[0] for k in new_tracks}
+                    fresh = undecided | set(new_pieces) | set(_pieces_of_tracks(new_tracks))
                     fresh |= changed_rows & set(ids)
                     decision = _delta_decision(
                         con, fresh, undecided, set(ids), new_dup_pairs, matches, threshold, song_threshold, cols, base
@@ -817,6 +840,21 @@ _UNDECIDED_SQL = (
     "WHERE piece_id NOT IN (SELECT piece_id FROM dedup_latest) "
     "OR piece_id NOT IN (SELECT piece_id FROM song_groups_latest)"
 )
+
+
+def _arrow_column(con: Any, sql: str) -> Any:
+    """The first column of ``sql`` as one Arrow array (no Python object per row)."""
+    import pyarrow as pa
+
+    col = con.execute(sql).to_arrow_table().column(0)
+    return col.combine_chunks() if col.num_chunks else pa.array([], col.type)
+
+
+def _pieces_of_tracks(keys: Any) -> list[str]:
+    """The distinct piece ids of track keys ``piece:track`` (an Arrow string array)."""
+    import pyarrow.compute as pc
+
+    return [str(p) for p in pc.unique(pc.replace_substring_regex(keys, pattern=":[^:]*$", replacement="")).to_pylist()]
 
 
 def _column(con: Any, sql: str, params: list[Any] | None = None) -> list[Any]:

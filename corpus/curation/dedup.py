@@ -35,6 +35,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     import faiss
+    import pyarrow as pa
     import symusic
 
 # --- content hash -------------------------------------------------------------------------
@@ -317,6 +318,41 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _as_ids(keys: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Keys as one Arrow string array."""
+    import pyarrow as pa
+
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks() if keys.num_chunks else pa.array([], pa.string())
+    if isinstance(keys, pa.Array):
+        return keys.cast(pa.string()) if keys.type != pa.string() else keys
+    return pa.array([str(k) for k in keys], pa.string())
+
+
+def _check_unique(ids: pa.Array) -> None:
+    import pyarrow.compute as pc
+
+    if len(ids) and pc.count_distinct(ids).as_py() != len(ids):
+        raise ValueError("piece ids must be unique; got repeated ids")
+
+
+def _write_ids(path: Path, ids: pa.Array) -> None:
+    import pyarrow as pa
+
+    table = pa.table({"id": ids})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def read_ids(data: bytes, name: str = "ids.arrow") -> pa.Array:
+    """The ids of a saved index folder from the bytes of its ``ids.arrow`` (or older ``ids.json``)."""
+    import pyarrow as pa
+
+    if name.endswith(".json"):
+        return pa.array(json.loads(data), pa.string())
+    return _as_ids(pa.ipc.open_file(pa.py_buffer(data)).read_all().column("id"))
+
+
 class _Shard:
     """A saved IVF shard: rows ``[start, start + n)`` of an index, read from its file when a search
     needs it and dropped after. The file stays open, so a shard can be read (and copied into the
@@ -387,24 +423,42 @@ class NearDupIndex:
     """
 
     def __init__(
-        self, index: faiss.Index, piece_ids: Sequence[str], kind: Literal["flat", "ivf"], shards: Sequence[_Shard] = ()
+        self,
+        index: faiss.Index,
+        piece_ids: Sequence[str] | pa.Array,
+        kind: Literal["flat", "ivf"],
+        shards: Sequence[_Shard] = (),
     ) -> None:
         self._shards = list(shards)
         self._base = sum(s.n for s in self._shards)  # rows held by the saved shards; ``index`` holds the rest
-        if self._base + index.ntotal != len(piece_ids):
-            raise ValueError(
-                f"index holds {self._base + index.ntotal} vectors but {len(piece_ids)} piece ids were given"
-            )
+        ids = _as_ids(piece_ids)
+        if self._base + index.ntotal != len(ids):
+            raise ValueError(f"index holds {self._base + index.ntotal} vectors but {len(ids)} piece ids were given")
+        _check_unique(ids)
         self.index = index
-        self.piece_ids = list(piece_ids)
+        self.ids = ids  # an Arrow string array, row order: no Python object per key (a Lakh lake has 500k tracks)
         self.kind = kind
         self.meta: dict[str, object] = {}
-        self._row = {pid: i for i, pid in enumerate(self.piece_ids)}
-        if len(self._row) != len(self.piece_ids):
-            raise ValueError("piece ids must be unique; got repeated ids")
 
     def __len__(self) -> int:
-        return len(self.piece_ids)
+        return len(self.ids)
+
+    @property
+    def piece_ids(self) -> list[str]:
+        """Every id in row order, as a Python list (hundreds of MB for a Lakh-sized lake's tracks:
+        prefer :attr:`ids`, :meth:`rows_of` and :meth:`keys_at`)."""
+        return self.ids.to_pylist()
+
+    def rows_of(self, keys: Sequence[str] | pa.Array) -> np.ndarray:
+        """The rows of ``keys`` (-1 for a key this index does not hold)."""
+        import pyarrow.compute as pc
+
+        found = pc.index_in(_as_ids(keys), value_set=self.ids).fill_null(-1)
+        return found.to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def keys_at(self, rows: Sequence[int] | np.ndarray) -> list[str]:
+        """The ids at ``rows``."""
+        return self.ids.take(np.asarray(rows, np.int64)).to_pylist()
 
     @property
     def dim(self) -> int:
@@ -418,7 +472,7 @@ class NearDupIndex:
     @classmethod
     def build(
         cls,
-        piece_ids: Sequence[str],
+        piece_ids: Sequence[str] | pa.Array,
         vectors: np.ndarray | Sequence[np.ndarray],
         *,
         kind: IndexKind = "auto",
@@ -427,7 +481,7 @@ class NearDupIndex:
     ) -> NearDupIndex:
         """Index ``vectors`` (one row per id); ``kind="auto"`` is flat up to ``exact_max_n`` pieces
         (EXACT_MAX_N by default)."""
-        ids = [str(p) for p in piece_ids]
+        ids = _as_ids(piece_ids)
         x = _as_matrix(vectors, len(ids)) if len(ids) else np.zeros((0, VECTOR_DIM), np.float32)
         return cls.build_from(
             ids, lambda rows: x[rows], x.shape[1], kind=kind, exact_max_n=exact_max_n, nprobe=nprobe, chunk=len(ids)
@@ -436,7 +490,7 @@ class NearDupIndex:
     @classmethod
     def build_from(
         cls,
-        piece_ids: Sequence[str],
+        piece_ids: Sequence[str] | pa.Array,
         rows_of: Callable[[np.ndarray], np.ndarray],
         dim: int,
         *,
@@ -451,7 +505,7 @@ class NearDupIndex:
         :meth:`build` of the whole matrix."""
         import faiss
 
-        ids = [str(p) for p in piece_ids]
+        ids = _as_ids(piece_ids)
         n = len(ids)
         exact_max_n = EXACT_MAX_N if exact_max_n is None else exact_max_n
         if kind not in ("auto", "flat", "ivf"):
@@ -473,31 +527,33 @@ class NearDupIndex:
             index.add(np.ascontiguousarray(rows_of(np.arange(lo, min(n, lo + chunk))), dtype=np.float32))
         return cls(index, ids, chosen)
 
-    def add(self, piece_ids: Sequence[str], vectors: np.ndarray | Sequence[np.ndarray]) -> list[int]:
+    def add(self, piece_ids: Sequence[str] | pa.Array, vectors: np.ndarray | Sequence[np.ndarray]) -> list[int]:
         """Append pieces (new ids only); their rows. A flat index that outgrows ``EXACT_MAX_N`` becomes IVF.
 
         An IVF index keeps the lists it was trained on: new vectors go to their nearest list, which
         is what k-means would mostly do again; ``curate`` rebuilds it when the lake has doubled.
         """
-        ids = [str(p) for p in piece_ids]
-        if not ids:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        ids = _as_ids(piece_ids)
+        if not len(ids):
             return []
-        dup = [p for p in ids if p in self._row]
-        if dup or len(set(ids)) != len(ids):
-            raise ValueError(f"piece ids already in the index or repeated: {(dup or ids)[:3]}")
+        dup = ids.filter(pc.is_in(ids, value_set=self.ids)).to_pylist()
+        if dup or pc.count_distinct(ids).as_py() != len(ids):
+            raise ValueError(f"piece ids already in the index or repeated: {(dup or ids.to_pylist())[:3]}")
         x = _as_matrix(vectors, len(ids))
         if x.shape[1] != self.dim:
             raise ValueError(f"vectors have dimension {x.shape[1]}; this index holds dimension {self.dim}")
-        start = len(self.piece_ids)
+        start = len(self.ids)
+        both = pa.concat_arrays([self.ids, ids])
         if self.kind == "flat" and start + len(ids) > EXACT_MAX_N:
             old = self.index.reconstruct_n(0, start) if start else np.zeros((0, x.shape[1]), np.float32)
-            rebuilt = NearDupIndex.build(self.piece_ids + ids, np.concatenate([old, x]))
+            rebuilt = NearDupIndex.build(both, np.concatenate([old, x]))
             self.index, self.kind = rebuilt.index, rebuilt.kind
         else:
             self.index.add(x)
-        for i, p in enumerate(ids):
-            self._row[p] = start + i
-        self.piece_ids.extend(ids)
+        self.ids = both
         return list(range(start, start + len(ids)))
 
     def vectors_of(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -545,8 +601,8 @@ class NearDupIndex:
 
     def vector(self, piece_id: str) -> np.ndarray:
         """The stored vector of ``piece_id``."""
-        row = self._row.get(piece_id)
-        if row is None:
+        row = int(self.rows_of([piece_id])[0])
+        if row < 0:
             raise KeyError(f"piece id {piece_id!r} is not in this index ({len(self)} pieces)")
         return self.vectors_of([row])[0]
 
@@ -597,7 +653,7 @@ class NearDupIndex:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         self_row = -1
         if isinstance(query, str):
-            self_row = self._row.get(query, -1)
+            self_row = int(self.rows_of([query])[0])
             if self_row < 0:
                 raise KeyError(f"piece id {query!r} is not in this index ({len(self)} pieces)")
             q = self.vector(query)
@@ -608,10 +664,9 @@ class NearDupIndex:
         if not np.any(q):
             return []
         scores, rows = self._knn(q[None, :], int(k) + (1 if self_row >= 0 else 0))
-        out = [
-            (self.piece_ids[r], float(s)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0 and r != self_row
-        ]
-        return out[: int(k)]
+        keep = [(int(r), float(s)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0 and r != self_row]
+        keep = keep[: int(k)]
+        return list(zip(self.keys_at([r for r, _ in keep]), [s for _, s in keep], strict=True))
 
     def pairs(self, threshold: float = DEFAULT_THRESHOLD, k: int = PAIR_K) -> list[tuple[int, int, float]]:
         """Row pairs ``(i, j, score)`` with i < j and score >= threshold, from each piece's k nearest.
@@ -630,7 +685,7 @@ class NearDupIndex:
     def save(
         self, path: str | Path, config: dict[str, object] | None = None, extra: dict[str, object] | None = None
     ) -> Path:
-        """Write ``path/ids.json``, ``path/meta.json`` (config, versions, ``extra``) and the index:
+        """Write ``path/ids.arrow`` (the ids, an Arrow IPC file), ``path/meta.json`` (config, versions, ``extra``) and the index:
         ``index.faiss`` (flat), or IVF shards ``shard-NNNN.faiss`` of SHARD_N vectors each (the
         saved shards of a loaded index linked or copied as they are, the vectors in memory written
         a shard at a time)."""
@@ -657,7 +712,7 @@ class NearDupIndex:
                 shard_sizes.append(0)
         else:
             faiss.write_index(self.index, str(folder / "index.faiss"))
-        (folder / "ids.json").write_text(json.dumps(self.piece_ids, ensure_ascii=False), encoding="utf-8")
+        _write_ids(folder / "ids.arrow", self.ids)
         config = dict(config or VECTOR_CONFIG)
         meta = {
             **(extra or {}),
@@ -685,13 +740,14 @@ class NearDupIndex:
         meta_path = folder / "meta.json"
         meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
         sizes = meta.get("shards")
-        names = ["ids.json", "meta.json"] + (
+        ids_name = "ids.json" if (folder / "ids.json").is_file() else "ids.arrow"  # ids.json: saved before 2026-12
+        names = [ids_name, "meta.json"] + (
             [f"shard-{i:04d}.faiss" for i in range(len(sizes))] if isinstance(sizes, list) else ["index.faiss"]
         )
         for name in names:
             if not (folder / name).is_file():
                 raise FileNotFoundError(
-                    f"{folder / name} not found; a saved NearDupIndex folder holds ids.json, meta.json and "
+                    f"{folder / name} not found; a saved NearDupIndex folder holds ids.arrow, meta.json and "
                     "index.faiss or shard-NNNN.faiss"
                 )
         want = config or VECTOR_CONFIG
@@ -700,7 +756,7 @@ class NearDupIndex:
             raise ValueError(
                 f"index at {folder} holds vector scheme {scheme!r} dim {meta.get('dim')}; this code makes {want['scheme']!r} dim {want['dim']}: rebuild it"
             )
-        ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
+        ids = read_ids((folder / ids_name).read_bytes(), ids_name)
         shards: list[_Shard] = []
         if isinstance(sizes, list):
             start = 0

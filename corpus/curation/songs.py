@@ -249,18 +249,20 @@ def candidates(
     its ``k`` nearest tracks of other pieces at cosine >= ``floor``, in query order then rank.
     Vectorized, 32,768 queries at a time: no Python object per candidate."""
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
-    if not query_keys or len(index) < 2:
+    if not len(query_keys) or len(index) < 2:
         return empty
-    # a code per piece (equal codes: one piece), without a fixed-width string array of every key
-    # (hundreds of MB for a Lakh-sized lake's tracks)
-    code_of: dict[str, int] = {}
-    piece_code = np.fromiter(
-        (code_of.setdefault(key.rpartition(":")[0], len(code_of)) for key in index.piece_ids),
-        np.int64,
-        len(index.piece_ids),
+    import pyarrow.compute as pc
+
+    # a code per piece (equal codes: one piece), in Arrow: no Python string per key (a Lakh-sized
+    # lake has 500k tracks)
+    piece_code = (
+        pc.dictionary_encode(pc.replace_substring_regex(index.ids, pattern=":[^:]*$", replacement=""))
+        .indices.to_numpy(zero_copy_only=False)
+        .astype(np.int64)
     )
-    del code_of
-    rows = np.asarray([index._row[q] for q in query_keys], np.int64)
+    rows = index.rows_of(query_keys)
+    if (rows < 0).any():
+        raise KeyError(f"{int((rows < 0).sum())} track keys are not in the index")
     out_q, out_o, out_s = [], [], []
     step = 32_768  # each query chunk reads every saved shard of the index once
     for lo in range(0, len(rows), step):
@@ -380,8 +382,8 @@ def match_tracks_table(
     # per indexed track: DuckDB joins them, under its memory limit, where they are needed
     keys = pa.table(
         {
-            "row": pa.array(np.arange(len(index.piece_ids), dtype=np.int32)),
-            "key": pa.array(index.piece_ids, pa.string()),
+            "row": pa.array(np.arange(len(index), dtype=np.int32)),
+            "key": index.ids,
         }
     )
     cand = pa.table(

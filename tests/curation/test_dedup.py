@@ -540,7 +540,8 @@ def test_a_saved_ivf_index_is_read_a_shard_at_a_time_and_answers_as_one_index(
 
 
 def test_an_ivf_index_saved_in_one_file_still_loads(tmp_path: Path) -> None:
-    """Lakes curated before shards hold ``index.faiss``: it loads whole and saves as shards."""
+    """Lakes curated before shards hold ``index.faiss`` and ``ids.json``: they load whole and save as
+    shards and ``ids.arrow``."""
     import faiss
 
     ids, x = planted(1500, 10, seed=5)
@@ -549,11 +550,13 @@ def test_an_ivf_index_saved_in_one_file_still_loads(tmp_path: Path) -> None:
     old = tmp_path / "old"
     old.mkdir()
     faiss.write_index(whole.index, str(old / "index.faiss"))
-    (old / "ids.json").write_text((folder / "ids.json").read_text())
+    (old / "ids.json").write_text(json.dumps(ids))  # ids as they were saved then
     meta = json.loads((folder / "meta.json").read_text())
     del meta["shards"]
     (old / "meta.json").write_text(json.dumps(meta))
     loaded = NearDupIndex.load(old)
     assert loaded.index.ntotal == 1500 and loaded.kind == "ivf"
     assert np.array_equal(loaded._knn(x[:50], 4)[1], whole._knn(x[:50], 4)[1])
-    assert "shards" in json.loads((loaded.save(tmp_path / "resaved") / "meta.json").read_text())
+    resaved = loaded.save(tmp_path / "resaved")
+    assert "shards" in json.loads((resaved / "meta.json").read_text()) and (resaved / "ids.arrow").is_file()
+    assert NearDupIndex.load(resaved).piece_ids == ids
