@@ -1028,14 +1028,22 @@ def _delta_decision(
         # DuckDB: a large group touches millions of stored pairs, which never become Python objects
         con.register("delta_matches", matches.select(["piece_a", "piece_b", "containment", "shared_ngrams"]))
         con.register("undecided_ids", pa.table({"piece_id": pa.array(sorted(undecided), pa.string())}))
+        con.register("fresh_pair_ids", pa.table({"piece_id": pa.array(sorted(fresh), pa.string())}))
         try:
             both_analysed = (
                 "a IN (SELECT piece_id FROM piece_analysis_t JOIN piece_facts_t USING (piece_id)) "
                 "AND b IN (SELECT piece_id FROM piece_analysis_t JOIN piece_facts_t USING (piece_id))"
             )
+            # only the stored pairs of fresh pieces: a pair of two older pieces passed at the last
+            # decision exactly when it passes now (no new match touches it), so it lies inside one old
+            # group, leaves the song-pair total as it was, and its piece's "melody" kind is in the
+            # joined_by kept below. (Stored pairs touching all of T grow with the lake: 314k for 6k
+            # pieces of the 176k synthetic lake.)
+            fresh_sql = "(SELECT piece_id FROM undecided_ids UNION SELECT piece_id FROM fresh_pair_ids)"
             stored = (
                 "SELECT piece_a AS a, piece_b AS b, max(containment) AS c, max(shared_ngrams) AS n FROM song_pairs_t "
-                f"WHERE scheme = '{songs.TRACK_SCHEME}' AND (piece_a IN {in_t_sql} OR piece_b IN {in_t_sql}) GROUP BY ALL"
+                f"WHERE scheme = '{songs.TRACK_SCHEME}' AND (piece_a IN {fresh_sql} OR piece_b IN {fresh_sql}) "
+                "GROUP BY ALL"
             )
             got = con.execute(
                 f"WITH st AS ({stored}), best AS (SELECT a, b, max({{'c': c, 'n': n}}) AS m, max(c) FILTER (WHERE s) AS sc, "
@@ -1053,6 +1061,7 @@ def _delta_decision(
         finally:
             con.unregister("delta_matches")
             con.unregister("undecided_ids")
+            con.unregister("fresh_pair_ids")
         holders: list[tuple[str, str]] = []  # (key, piece): every holder of a key a piece of T holds
         keyed = []
         if "msd_ids" in cols:
@@ -1096,7 +1105,7 @@ def _delta_decision(
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    in_pairs = pc.unique(pa.chunked_array([*passing.column("a").chunks, *passing.column("b").chunks]))
+    in_pairs = pc.unique(pa.chunked_array([*passing.column("a").chunks, *passing.column("b").chunks], pa.string()))
     melody_pieces = [str(p) for p in in_pairs.to_pylist()]
     n_pp = len(melody_pieces)
     ca, cb = (pc.index_in(passing.column(c), value_set=in_pairs).to_numpy() for c in ("a", "b"))
@@ -1124,7 +1133,13 @@ def _delta_decision(
     else:
         out_group = {}
 
-    kinds: dict[str, set[str]] = {p: set() for p in in_t}
+    # how each piece joined can only gain kinds (clusters, matches and shared keys only grow while the
+    # parameters stay), so an older piece starts from the kind it joined by (its melody matches with
+    # other older pieces are not read again)
+    kinds: dict[str, set[str]] = {
+        p: ({old_group[p][1]} if p in old_group and p not in fresh and old_group[p][1] != "self" else set())
+        for p in in_t
+    }
     parent: dict[tuple[str, str], tuple[str, str]] = {}
 
     def node(p: str) -> tuple[str, str]:
