@@ -847,6 +847,32 @@ def _batch_bounds(n_tokens: pa.ChunkedArray | pa.Array | None, n_rows: int) -> I
         i += n
 
 
+def _pad_tokens(batches: Iterable[pa.Array], pad: Sequence[int]) -> Iterator[pa.Array]:
+    """Multi-vocabulary token rows with every token ``len(pad)`` ids wide: a shorter token (MuMIDI's
+    Bar, Position and Program rows have no Velocity / Duration ids) is filled on the right with the
+    PAD id of each missing slot, so its ids stay in their sub-vocabularies' slots. Batches whose tokens
+    all have the width pass unchanged (every other scheme: the same bytes)."""
+    width = len(pad)
+    fill = np.asarray(pad, dtype=np.int64)
+    for batch in batches:
+        tokens = batch.flatten()
+        sizes = np.diff(np.asarray(tokens.offsets.to_numpy(), dtype=np.int64))
+        if (sizes == width).all():
+            yield batch
+            continue
+        if (sizes > width).any():
+            raise RuntimeError(f"a multi-vocabulary token holds {int(sizes.max())} ids, more than {width}")
+        out = np.tile(fill, (len(sizes), 1))
+        ids = np.asarray(tokens.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
+        col = np.arange(len(ids), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        out[np.repeat(np.arange(len(sizes)), sizes), col] = ids
+        inner = pa.ListArray.from_arrays(
+            pa.array(np.arange(0, out.size + 1, width, dtype=np.int32)), pa.array(out.reshape(-1))
+        )
+        row_offs = np.asarray(batch.offsets.to_numpy(), dtype=np.int64)
+        yield pa.ListArray.from_arrays(pa.array((row_offs - row_offs[0]).astype(np.int32)), inner)
+
+
 def _ids_batches(con: Any, rows: pa.Table, ids_col: str, tok_filter: str, params: list[Any]) -> Iterator[pa.Array]:
     """The ids of ``rows`` (columns piece_id, transpose, run_id, n_tokens; sorted by piece and
     shift), a batch at a time (:func:`_batch_bounds`), in their order: each batch is a join of the tokens on its
@@ -1254,6 +1280,8 @@ def build(
                 batches = _ids_batches(
                     con, rows.select(["piece_id", "transpose", "run_id", "n_tokens"]), ids_col, tok_filter, params
                 )
+                if multi:  # MuMIDI's tokens are not all as wide as its vocabularies: PAD fills them
+                    batches = _pad_tokens(batches, specials.get("PAD") or [0] * len(vocab_sizes))
                 if src is not None:
                     batches = _gather(batches, src)
                 files[f"{sp}/tokens.npy"] = _stream_tokens(

@@ -444,3 +444,19 @@ def test_mix_by_a_sql_label(lake) -> None:
     assert res.manifest["mix"]["by"] == "texture"
     got = set(pq.read_table(res.path / "train" / "sequences.parquet").column("mix_label").to_pylist())
     assert got <= {"monophonic", "polyphonic"} and got
+
+
+def test_mumidi_tokens_are_padded_to_the_vocabularies_width(lake) -> None:
+    """MuMIDI's Bar / Position / Program tokens hold fewer ids than its vocabularies: a snapshot fills
+    the missing slots with PAD, every other id stays where miditok put it."""
+    res = _create(lake, S.SnapshotSpec("mumidi-plain", "mumidi", split=SPLIT))
+    tok, _ = presets.build("mumidi")
+    pad = [v["PAD_None"] for v in tok.vocab]
+    got = lake.query("SELECT piece_id, ids_multi FROM tokens WHERE scheme = 'mumidi' AND transpose = 0").to_pylist()
+    rows = {r["piece_id"]: r["ids_multi"] for r in got}
+    short = 0
+    for s in _segment_table(res.path):
+        want = [t + pad[len(t) :] for t in rows[s["piece_id"]]]
+        short += sum(len(t) < len(pad) for t in rows[s["piece_id"]])
+        assert s["ids"].tolist() == want, s["piece_id"]
+    assert short > 0
