@@ -517,6 +517,13 @@ def _cut_on_bars(starts: Sequence[int], end: int, limit: int) -> tuple[list[tupl
     return parts, long_bars
 
 
+MMM_SEGMENT_POLICY = (
+    "; MMM: a window is across every track (as MMM trains on bar windows of all tracks), each track block's "
+    "Track_Start and Program, its bars of the window and its Track_End, in track order, an MMM sequence of its "
+    "own; cut at max_seq_len into parts that each keep every block's header and Track_End"
+)
+
+
 def _cut_slices(slices: list[tuple[int, int]], limit: int) -> list[list[tuple[int, int]]]:
     """The tokens of ``slices`` ((first, length) each, in order) cut into parts of ``limit`` tokens."""
     parts: list[list[tuple[int, int]]] = [[]]
@@ -1459,7 +1466,8 @@ def build(
             "policy": "per token row and track, windows of `bars` bars every `hop` bars from bar 0 (the last one "
             "the first that reaches the end), from the tokens table's bar_starts (corpus.tokenize.bars); a window "
             "longer than max_seq_len is cut at bar lines, a bar longer than max_seq_len at the token count "
-            "(long_bars_cut); windows without tokens are dropped (empty_segments); a segment stays in its piece's split",
+            "(long_bars_cut); windows without tokens are dropped (empty_segments); a segment stays in its piece's split"
+            + (MMM_SEGMENT_POLICY if tokinfo["tokenization"] == "MMM" else ""),
             **segment_counts,
         }
     if mix_info:
@@ -1620,11 +1628,13 @@ def _segment_lines(m: Mapping[str, Any]) -> list[str]:
     seg = m.get("segments")
     if not seg:
         return []
+    mmm = m.get("tokenizer", {}).get("tokenization") == "MMM"
     return [
         f"- segments: {seg['bars']} bars every {seg['hop']} bars (`--segment bars:{seg['bars']}:{seg['hop']}`): "
         f"{seg['segments']:,} windows over {seg['bars_total']:,} bars, "
         f"{seg['empty_segments']:,} empty windows dropped, {seg['long_bars_cut']:,} bars longer than max_seq_len "
-        "cut at the token count; columns segment_start_bar, segment_end_bar (sequences.parquet) and segment (Hugging Face)",
+        "cut at the token count; columns segment_start_bar, segment_end_bar (sequences.parquet) and segment (Hugging Face)"
+        + (MMM_SEGMENT_POLICY if mmm else ""),
     ]
 
 

@@ -220,6 +220,8 @@ def test_mmm_windows_take_their_bars_from_every_track(lake) -> None:
     res = _create(lake, S.SnapshotSpec("seg-mmm", "mmm", split=SPLIT, segment=(4, 2)))
     _check_mmm_windows(lake, res, 4, 2, None)
     seg = res.manifest["segments"]
+    assert "MMM: a window is across every track" in seg["policy"]
+    assert "MMM: a window is across every track" in (res.path / "README.md").read_text()
     assert len(_segment_table(res.path)) == seg["segments"] - seg["empty_segments"]
     # every bar of every piece is in a window
     rows = _rows(lake, "mmm")
