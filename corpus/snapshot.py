@@ -517,19 +517,118 @@ def _cut_on_bars(starts: Sequence[int], end: int, limit: int) -> tuple[list[tupl
     return parts, long_bars
 
 
+MMM_SEGMENT_POLICY = (
+    "; MMM: a window is across every track (as MMM trains on bar windows of all tracks), each track block's "
+    "Track_Start and Program, its bars of the window and its Track_End, in track order, an MMM sequence of its "
+    "own; cut at max_seq_len into parts that each keep every block's header and Track_End"
+)
+
+
+def _cut_slices(slices: list[tuple[int, int]], limit: int) -> list[list[tuple[int, int]]]:
+    """The tokens of ``slices`` ((first, length) each, in order) cut into parts of ``limit`` tokens."""
+    parts: list[list[tuple[int, int]]] = [[]]
+    room = limit
+    for first, n in slices:
+        while n > 0:
+            if room == 0:
+                parts.append([])
+                room = limit
+            take = min(n, room)
+            parts[-1].append((first, take))
+            first, n, room = first + take, n - take, room - take
+    return [p for p in parts if p]
+
+
+def _block_windows(
+    blocks: list[list[int]], bars: int, hop: int, max_seq_len: int | None, counts: dict[str, int]
+) -> Iterator[tuple[list[tuple[int, int]], int, int, int]]:
+    """MMM: the windows of a sequence of track blocks (``blocks``: per block, the index of each bar,
+    then its ``Track_End``; :func:`corpus.tokenize.bars.from_mmm`), each across every block: its
+    header, its bars of the window and its ``Track_End``. Yields (slices, first bar, end bar, part
+    number in its window) per part; a window longer than ``max_seq_len`` is cut at bar lines (every
+    part has every block's header and end), a bar longer than the limit with them at the token count
+    (counted)."""
+    n_bars = len(blocks[0]) - 1 if blocks else 0
+    heads = [(0 if j == 0 else blocks[j - 1][-1] + 1, bl[0]) for j, bl in enumerate(blocks)]
+    overhead = sum(h1 - h0 + 1 for h0, h1 in heads)
+    cost = [sum(bl[k + 1] - bl[k] for bl in blocks) for k in range(n_bars)]
+
+    def slices(a: int, b: int) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        for (h0, h1), bl in zip(heads, blocks, strict=True):
+            for first, n in ((h0, h1 - h0), (bl[a], bl[b] - bl[a]), (bl[-1], 1)):
+                if n > 0:
+                    if out and out[-1][0] + out[-1][1] == first:  # contiguous: one slice
+                        out[-1] = (out[-1][0], out[-1][1] + n)
+                    else:
+                        out.append((first, n))
+        return out
+
+    counts["bars_total"] += n_bars
+    for a, b in segment_windows(n_bars, bars, hop):
+        counts["segments"] += 1
+        if sum(cost[a:b]) == 0:
+            counts["empty_segments"] += 1
+            continue
+        if not max_seq_len or overhead + sum(cost[a:b]) <= max_seq_len:
+            yield slices(a, b), a, b, 0
+            continue
+        i, chunk = a, 0
+        while i < b:
+            j, size = i + 1, overhead + cost[i]
+            while j < b and size + cost[j] <= max_seq_len:
+                size += cost[j]
+                j += 1
+            if size > max_seq_len:  # bar i alone with the blocks' headers and ends: cut by tokens
+                counts["long_bars_cut"] += 1
+                for part in _cut_slices(slices(i, i + 1), max_seq_len):
+                    yield part, i, i + 1, chunk
+                    chunk += 1
+            else:
+                yield slices(i, j), i, j, chunk
+                chunk += 1
+            i = j
+
+
 def _segments(
-    rows: pa.Table, bars: int, hop: int, max_seq_len: int | None
+    rows: pa.Table, bars: int, hop: int, max_seq_len: int | None, blocks: bool = False
 ) -> tuple[pa.Table, np.ndarray, int, np.ndarray, dict[str, int]]:
     """:func:`_sequences` for ``--segment``: per row and track, bar-aligned windows (:func:`segment_windows`
     of its ``bar_starts``), each cut at bar lines at ``max_seq_len``; empty windows dropped (counted).
-    Returns the sequences table (``start`` is the position in tokens.npy, where the sequences lie one
-    after the other), the index offsets, the number of tokens, the source position of every sequence
-    in its row's ids (for :func:`_gather`) and the counts."""
+    ``blocks`` (MMM): a row's ``bar_starts`` are per track block of its one sequence, and a window takes
+    its bars from every block (:func:`_block_windows`). Returns the sequences table (``start`` is the
+    position in tokens.npy, where the sequences lie one after the other), the index offsets, the number
+    of tokens, the slices of every sequence in its row's ids (row, first token, length, sequence; for
+    :func:`_gather`) and the counts."""
     lengths_col = rows.column("seq_lengths").to_pylist()
     starts_col = rows.column("bar_starts").to_pylist()
-    rec: dict[str, list[int]] = {k: [] for k in ("row", "src", "length", "track", "chunk", "bar0", "bar1")}
+    rec: dict[str, list[int]] = {k: [] for k in ("row", "length", "track", "chunk", "bar0", "bar1")}
+    cuts: list[tuple[int, int, int, int]] = []
     counts = {"segments": 0, "empty_segments": 0, "long_bars_cut": 0, "bars_total": 0}
+
+    def add(r: int, slices: list[tuple[int, int]], track: int, chunk: int, bar0: int, bar1: int) -> None:
+        seq = len(rec["row"])
+        for first, n in slices:
+            cuts.append((r, first, n, seq))
+        for k, v in (
+            ("row", r),
+            ("length", sum(n for _, n in slices)),
+            ("track", track),
+            ("chunk", chunk),
+            ("bar0", bar0),
+            ("bar1", bar1),
+        ):
+            rec[k].append(v)
+
     for r, (lengths, bstarts) in enumerate(zip(lengths_col, starts_col, strict=True)):
+        if blocks:
+            if bstarts is None or len(lengths) != 1 or len({len(x) for x in bstarts}) > 1:
+                raise RuntimeError(
+                    f"row {r}: {len(bstarts or [])} track blocks of unequal bars or {len(lengths)} sequences"
+                )
+            for slices, a, b, chunk in _block_windows(bstarts, bars, hop, max_seq_len, counts):
+                add(r, slices, 0, chunk, a, b)
+            continue
         if bstarts is None or len(bstarts) != len(lengths):
             raise RuntimeError(f"row {r}: {len(bstarts or [])} bar lists for {len(lengths)} sequences")
         offset = 0
@@ -548,16 +647,7 @@ def _segments(
                 else:
                     parts = [(0, hi - lo, 0, b - a)]
                 for chunk, (p0, plen, pb0, pb1) in enumerate(p for p in parts if p[1] > 0):
-                    for k, v in (
-                        ("row", r),
-                        ("src", offset + lo + p0),
-                        ("length", plen),
-                        ("track", track),
-                        ("chunk", chunk),
-                        ("bar0", a + pb0),
-                        ("bar1", a + pb1),
-                    ):
-                        rec[k].append(v)
+                    add(r, [(offset + lo + p0, plen)], track, chunk, a + pb0, a + pb1)
             offset += n
     row = pa.array(np.asarray(rec["row"], dtype=np.int64))
     length = np.asarray(rec["length"], dtype=np.int64)
@@ -579,13 +669,14 @@ def _segments(
     )
     tbl = pa.Table.from_arrays([c.combine_chunks() for c in tbl.columns], names=tbl.column_names)
     offsets = np.concatenate([np.zeros(1, dtype=np.int64), start + length])
-    src = np.stack([np.asarray(rec["row"], dtype=np.int64), np.asarray(rec["src"], dtype=np.int64), length], axis=1)
-    return tbl, offsets, int(length.sum()), src.reshape(-1, 3), counts
+    src = np.asarray(cuts, dtype=np.int64).reshape(-1, 4)
+    return tbl, offsets, int(length.sum()), src, counts
 
 
 def _gather(batches: Iterable[pa.Array], src: np.ndarray) -> Iterator[pa.Array]:
-    """The ids of the segments (``src``: row, first token in the row's ids, length; rows ascending),
-    from the batches of whole rows: one list per segment, in order."""
+    """The ids of the segments (``src``: slices of row, first token in the row's ids, length, sequence;
+    rows ascending, a sequence's slices in one row), from the batches of whole rows: one list per
+    sequence, its slices joined, in order."""
     row0 = 0
     for batch in batches:
         row1 = row0 + len(batch)
@@ -597,7 +688,8 @@ def _gather(batches: Iterable[pa.Array], src: np.ndarray) -> Iterator[pa.Array]:
         n = part[:, 2]
         idx = np.repeat(first - (np.cumsum(n) - n), n) + np.arange(int(n.sum()), dtype=np.int64)
         taken = flat.take(pa.array(idx))
-        offs = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(n)]).astype(np.int32)
+        per_seq = np.bincount(part[:, 3] - part[0, 3], weights=n).astype(np.int64) if len(part) else n
+        offs = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(per_seq)]).astype(np.int32)
         yield pa.ListArray.from_arrays(pa.array(offs), taken)
         row0 = row1
 
@@ -760,6 +852,32 @@ def _batch_bounds(n_tokens: pa.ChunkedArray | pa.Array | None, n_rows: int) -> I
         n = max(1, int(np.searchsorted(ends, STREAM_BATCH_TOKENS, side="right")))
         yield i, n
         i += n
+
+
+def _pad_tokens(batches: Iterable[pa.Array], pad: Sequence[int]) -> Iterator[pa.Array]:
+    """Multi-vocabulary token rows with every token ``len(pad)`` ids wide: a shorter token (MuMIDI's
+    Bar, Position and Program rows have no Velocity / Duration ids) is filled on the right with the
+    PAD id of each missing slot, so its ids stay in their sub-vocabularies' slots. Batches whose tokens
+    all have the width pass unchanged (every other scheme: the same bytes)."""
+    width = len(pad)
+    fill = np.asarray(pad, dtype=np.int64)
+    for batch in batches:
+        tokens = batch.flatten()
+        sizes = np.diff(np.asarray(tokens.offsets.to_numpy(), dtype=np.int64))
+        if (sizes == width).all():
+            yield batch
+            continue
+        if (sizes > width).any():
+            raise RuntimeError(f"a multi-vocabulary token holds {int(sizes.max())} ids, more than {width}")
+        out = np.tile(fill, (len(sizes), 1))
+        ids = np.asarray(tokens.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
+        col = np.arange(len(ids), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        out[np.repeat(np.arange(len(sizes)), sizes), col] = ids
+        inner = pa.ListArray.from_arrays(
+            pa.array(np.arange(0, out.size + 1, width, dtype=np.int32)), pa.array(out.reshape(-1))
+        )
+        row_offs = np.asarray(batch.offsets.to_numpy(), dtype=np.int64)
+        yield pa.ListArray.from_arrays(pa.array((row_offs - row_offs[0]).astype(np.int32)), inner)
 
 
 def _ids_batches(con: Any, rows: pa.Table, ids_col: str, tok_filter: str, params: list[Any]) -> Iterator[pa.Array]:
@@ -1135,7 +1253,9 @@ def build(
             # sequences: per row by seq_lengths, cut at max_seq_len; or bar-aligned segments
             src = None
             if spec.segment:
-                seq_tbl, offsets, pos, src, seg_counts = _segments(rows, *spec.segment, spec.max_seq_len)
+                seq_tbl, offsets, pos, src, seg_counts = _segments(
+                    rows, *spec.segment, spec.max_seq_len, blocks=tokinfo["tokenization"] == "MMM"
+                )
                 for k2, v in seg_counts.items():
                     segment_counts[k2] = segment_counts.get(k2, 0) + v
             else:
@@ -1167,6 +1287,8 @@ def build(
                 batches = _ids_batches(
                     con, rows.select(["piece_id", "transpose", "run_id", "n_tokens"]), ids_col, tok_filter, params
                 )
+                if multi:  # MuMIDI's tokens are not all as wide as its vocabularies: PAD fills them
+                    batches = _pad_tokens(batches, specials.get("PAD") or [0] * len(vocab_sizes))
                 if src is not None:
                     batches = _gather(batches, src)
                 files[f"{sp}/tokens.npy"] = _stream_tokens(
@@ -1344,7 +1466,8 @@ def build(
             "policy": "per token row and track, windows of `bars` bars every `hop` bars from bar 0 (the last one "
             "the first that reaches the end), from the tokens table's bar_starts (corpus.tokenize.bars); a window "
             "longer than max_seq_len is cut at bar lines, a bar longer than max_seq_len at the token count "
-            "(long_bars_cut); windows without tokens are dropped (empty_segments); a segment stays in its piece's split",
+            "(long_bars_cut); windows without tokens are dropped (empty_segments); a segment stays in its piece's split"
+            + (MMM_SEGMENT_POLICY if tokinfo["tokenization"] == "MMM" else ""),
             **segment_counts,
         }
     if mix_info:
@@ -1505,11 +1628,13 @@ def _segment_lines(m: Mapping[str, Any]) -> list[str]:
     seg = m.get("segments")
     if not seg:
         return []
+    mmm = m.get("tokenizer", {}).get("tokenization") == "MMM"
     return [
         f"- segments: {seg['bars']} bars every {seg['hop']} bars (`--segment bars:{seg['bars']}:{seg['hop']}`): "
         f"{seg['segments']:,} windows over {seg['bars_total']:,} bars, "
         f"{seg['empty_segments']:,} empty windows dropped, {seg['long_bars_cut']:,} bars longer than max_seq_len "
-        "cut at the token count; columns segment_start_bar, segment_end_bar (sequences.parquet) and segment (Hugging Face)",
+        "cut at the token count; columns segment_start_bar, segment_end_bar (sequences.parquet) and segment (Hugging Face)"
+        + (MMM_SEGMENT_POLICY if mmm else ""),
     ]
 
 

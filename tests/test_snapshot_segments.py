@@ -2,14 +2,16 @@
 
 Bar lines are checked against the pieces themselves: the notes each segment's tokens carry are
 the notes of the piece (decoded with symusic, preprocessed by miditok) whose onsets lie between
-the segment's bar lines, computed here from the time signatures; for REMI and CPWord, each
-segment opens with miditok's own ``Bar`` token; for Octuple, every token of a segment carries a
-bar number of the segment.
+the segment's bar lines, computed here from the time signatures; for REMI, CPWord and MuMIDI,
+each segment opens with miditok's own ``Bar`` token; for Structured with a note's ``TimeShift``;
+for Octuple, every token of a segment carries a bar number of the segment. An MMM window holds the
+window's bars of every track block: decoded by miditok, it gives the piece's notes of those bars.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,9 @@ SPLIT = (0.6, 0.2, 0.2)
 def lake(tmp_path_factory: pytest.TempPathFactory):
     if not DATA.is_dir():
         pytest.skip(f"real test data not found at {DATA} (shared/ must sit beside the repository)")
-    return build_test_lake(tmp_path_factory.mktemp("seg") / "lake", ("tsd", "remi", "cpword", "octuple", "structured"))
+    return build_test_lake(
+        tmp_path_factory.mktemp("seg") / "lake", ("tsd", "remi", "cpword", "octuple", "structured", "mmm", "mumidi")
+    )
 
 
 def _create(lake, spec):
@@ -82,7 +86,15 @@ def _segment_table(path: Path) -> list[dict]:
 
 @pytest.mark.parametrize(
     ("scheme", "segment"),
-    [("tsd", (2, 2)), ("tsd", (16, 16)), ("remi", (16, 8)), ("cpword", (2, 2)), ("octuple", (2, 2))],
+    [
+        ("tsd", (2, 2)),
+        ("tsd", (16, 16)),
+        ("remi", (16, 8)),
+        ("cpword", (2, 2)),
+        ("octuple", (2, 2)),
+        ("structured", (2, 2)),
+        ("mumidi", (4, 2)),
+    ],
 )
 def test_segments_hold_the_notes_between_their_bar_lines(lake, scheme: str, segment: tuple[int, int]) -> None:
     res = _create(lake, S.SnapshotSpec(f"seg-{scheme}", scheme, split=SPLIT, segment=segment))
@@ -109,7 +121,10 @@ def test_segments_hold_the_notes_between_their_bar_lines(lake, scheme: str, segm
             a, b = s["segment_start_bar"], s["segment_end_bar"]
             assert 0 < b - a <= segment[0] and a % segment[1] == 0
             # a score whose tracks preprocessing emptied still has one sequence (its global events)
-            notes = score.tracks[s["track"]].notes if s["track"] < len(score.tracks) else []
+            if tok.one_token_stream:  # MuMIDI: one sequence of every track
+                notes = [n for t in score.tracks for n in t.notes]
+            else:
+                notes = score.tracks[s["track"]].notes if s["track"] < len(score.tracks) else []
             lo = ticks[a]
             hi = ticks[b] if b < len(ticks) else float("inf")
             want = sum(1 for n in notes if lo <= n.time < hi)
@@ -118,6 +133,8 @@ def test_segments_hold_the_notes_between_their_bar_lines(lake, scheme: str, segm
             if scheme == "octuple":  # every token carries its bar number, one of the segment's
                 names = [bar_names[int(i)] for i in s["ids"][:, slot]]
                 assert all(n.startswith("Bar_") and a <= int(n[4:]) < b for n in names), (pid, a, b, names)
+            elif scheme == "structured":  # a note's TimeShift: the first note at or after the bar line
+                assert tok[int(s["ids"][0])].startswith("TimeShift_"), (pid, a)
             elif bar_id is not None:
                 ids = s["ids"][:, slot] if multi else s["ids"]
                 assert ids[0] == bar_id  # REMI, CPWord: the segment opens on miditok's own bar line
@@ -144,6 +161,105 @@ def test_segments_hold_the_notes_between_their_bar_lines(lake, scheme: str, segm
                 k for k in range(len(bs)) if (bs[k + 1] if k + 1 < len(bs) else r["seq_lengths"][track]) > bs[k]
             }
             assert nonempty <= covered, (pid, track)
+
+
+def _mmm_notes(score: symusic.Score, lo: Fraction, hi: Fraction, shift: Fraction = Fraction(0)) -> Counter:
+    """(onset in quarters + shift, pitch, program or -1 for drums) of the notes with lo <= onset < hi."""
+    tpq = score.ticks_per_quarter
+    return Counter(
+        (Fraction(n.time, tpq) + shift, n.pitch, -1 if t.is_drum else t.program)
+        for t in score.tracks
+        for n in t.notes
+        if lo <= Fraction(n.time, tpq) + shift < hi
+    )
+
+
+def _check_mmm_windows(lake, res, bars: int, hop: int, limit: int | None) -> int:
+    """Every sequence of an MMM segment snapshot, decoded by miditok, gives the piece's notes of its
+    bars [start, end) (bar lines from the time signatures, written out here), in every track; it is
+    every track block's header, bars and Track_End. Returns the long-bar parts (cut by tokens)."""
+    import miditok
+
+    tok, _ = presets.build("mmm")
+    rows = _rows(lake, "mmm")
+    seqs = _segment_table(res.path)
+    cut_bars = set()
+    by_piece: dict[str, list[dict]] = {}
+    for s in seqs:
+        by_piece.setdefault(s["piece_id"], []).append(s)
+    for pid, ss in by_piece.items():
+        score = tok.preprocess_score(symusic.Score.from_midi(smf_bytes(lake.raw_path(pid).read_bytes())))
+        last = max([n.time for t in score.tracks for n in t.notes] + [t.time for t in score.time_signatures] + [0])
+        ticks = [Fraction(t, score.ticks_per_quarter) for t in _bar_ticks(score, last)]
+        n_blocks = [tok[int(i)] for i in rows[pid]["ids"]].count("Track_Start")
+        assert len(rows[pid]["bar_starts"]) == n_blocks and len(rows[pid]["seq_lengths"]) == 1
+        for s in ss:
+            a, b = s["segment_start_bar"], s["segment_end_bar"]
+            assert 0 < b - a <= bars and s["track"] == 0
+            names = [tok[int(i)] for i in s["ids"]]
+            if limit is not None:
+                assert 0 < len(names) <= limit
+            whole = names[0] == "Track_Start" and names[-1] == "Track_End" and names.count("Track_Start") == n_blocks
+            if limit is not None and not whole:  # a bar longer than the limit with the headers: cut by tokens
+                assert b - a == 1
+                cut_bars.add((pid, a))
+                continue
+            assert whole, (pid, a, b)
+            assert limit is not None or a % hop == 0
+            lo = ticks[a]
+            hi = ticks[b] if b < len(ticks) else Fraction(10**9)
+            dec = tok.decode(miditok.TokSequence(ids=[int(i) for i in s["ids"]]))
+            # the window decodes from its first bar line: shifted back there, its notes are the piece's
+            assert _mmm_notes(dec, Fraction(-1), Fraction(10**9), lo) == _mmm_notes(score, lo, hi), (pid, a, b)
+    seg = res.manifest["segments"]
+    assert len(seqs) > 20 and seg["bars"] == bars and seg["hop"] == hop
+    return len(cut_bars)
+
+
+def test_mmm_windows_take_their_bars_from_every_track(lake) -> None:
+    res = _create(lake, S.SnapshotSpec("seg-mmm", "mmm", split=SPLIT, segment=(4, 2)))
+    _check_mmm_windows(lake, res, 4, 2, None)
+    seg = res.manifest["segments"]
+    assert "MMM: a window is across every track" in seg["policy"]
+    assert "MMM: a window is across every track" in (res.path / "README.md").read_text()
+    assert len(_segment_table(res.path)) == seg["segments"] - seg["empty_segments"]
+    # every bar of every piece is in a window
+    rows = _rows(lake, "mmm")
+    covered: dict[str, set[int]] = {}
+    for s in _segment_table(res.path):
+        covered.setdefault(s["piece_id"], set()).update(range(s["segment_start_bar"], s["segment_end_bar"]))
+    for pid, r in rows.items():
+        blocks = r["bar_starts"]
+        nonempty = {k for k in range(len(blocks[0]) - 1) if any(bl[k + 1] > bl[k] for bl in blocks)}
+        assert nonempty <= covered.get(pid, set()), pid
+
+
+def test_mmm_windows_cut_at_bar_lines_keep_every_track(lake) -> None:
+    limit = 160
+    res = _create(lake, S.SnapshotSpec("seg-mmm-cut", "mmm", split=SPLIT, segment=(8, 8), max_seq_len=limit))
+    cut = _check_mmm_windows(lake, res, 8, 8, limit)
+    assert res.manifest["segments"]["long_bars_cut"] == cut
+    per_window = Counter((s["piece_id"], s["segment_start_bar"] // 8) for s in _segment_table(res.path))
+    assert max(per_window.values()) > 1  # some window was cut into several sequences
+
+
+def test_trained_vocabulary_is_refused_in_one_line(lake, capsys: pytest.CaptureFixture[str]) -> None:
+    """A trained vocabulary's merged tokens can cross a bar line: --segment refuses it in one line."""
+    from corpus.engine import Engine
+    from corpus.tokenize.stage import tokenize, train_tokenizer
+
+    with lake.lock():
+        reg = train_tokenizer(lake, "tsd", 400)
+        with Engine(workers=0) as e:
+            tokenize(lake, e, [reg.scheme])
+    capsys.readouterr()
+    argv = ["--lake", str(lake.root), "--workers", "0", "snapshot", "create", "bad", "--scheme", reg.scheme]
+    rc = main([*argv, "--segment", "bars:2"])
+    err = capsys.readouterr().err.strip()
+    errors = [x for x in err.splitlines() if x.startswith("midicorpus:")]
+    assert rc != 0 and len(errors) == 1 and err.splitlines()[-1] == errors[0], err
+    assert f"--segment cannot cut scheme {reg.scheme!r}" in errors[0] and "trained" in errors[0], err
+    assert "Traceback" not in err
 
 
 def test_max_seq_len_cuts_on_bar_lines(lake) -> None:
@@ -296,7 +412,6 @@ def test_mixture_proportions_over_an_epoch(lake) -> None:
         (["--mix", "magenta=1"], "--mix gives no weight to label(s) 'miditok'"),
         (["--mix", "a=1", "--mix-by", "no_such_column"], "--mix-by 'no_such_column' is not a valid expression"),
         (["--mix-by", "texture"], "--mix-by needs --mix"),
-        (["--scheme", "structured", "--segment", "bars:2"], "--segment cannot cut scheme 'structured'"),
     ],
     ids=[
         "zero",
@@ -309,7 +424,6 @@ def test_mixture_proportions_over_an_epoch(lake) -> None:
         "unweighted",
         "mix-by",
         "mix-by-alone",
-        "structured",
     ],
 )
 def test_bad_segment_and_mix_are_one_line(lake, capsys: pytest.CaptureFixture[str], argv, message) -> None:
@@ -332,3 +446,19 @@ def test_mix_by_a_sql_label(lake) -> None:
     assert res.manifest["mix"]["by"] == "texture"
     got = set(pq.read_table(res.path / "train" / "sequences.parquet").column("mix_label").to_pylist())
     assert got <= {"monophonic", "polyphonic"} and got
+
+
+def test_mumidi_tokens_are_padded_to_the_vocabularies_width(lake) -> None:
+    """MuMIDI's Bar / Position / Program tokens hold fewer ids than its vocabularies: a snapshot fills
+    the missing slots with PAD, every other id stays where miditok put it."""
+    res = _create(lake, S.SnapshotSpec("mumidi-plain", "mumidi", split=SPLIT))
+    tok, _ = presets.build("mumidi")
+    pad = [v["PAD_None"] for v in tok.vocab]
+    got = lake.query("SELECT piece_id, ids_multi FROM tokens WHERE scheme = 'mumidi' AND transpose = 0").to_pylist()
+    rows = {r["piece_id"]: r["ids_multi"] for r in got}
+    short = 0
+    for s in _segment_table(res.path):
+        want = [t + pad[len(t) :] for t in rows[s["piece_id"]]]
+        short += sum(len(t) < len(pad) for t in rows[s["piece_id"]])
+        assert s["ids"].tolist() == want, s["piece_id"]
+    assert short > 0

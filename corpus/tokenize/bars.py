@@ -15,16 +15,33 @@ Computed at tokenize time, from the event times the encoder already has: the fas
 miditok's own events (``TokSequence.events``, same ids) for single-vocabulary schemes it
 encodes.
 
-Two multi-vocabulary schemes get them from their ids alone (so the fast path and miditok, same
+Three multi-vocabulary schemes get them from their ids alone (so the fast path and miditok, same
 ids, give the same starts): CPWord, whose bar lines are tokens whose ``Bar`` sub-vocabulary
 (the Position/Bar slot) holds ``Bar_None`` (the k-th starts bar k, as REMI's ``Bar`` tokens);
-Octuple, whose every token carries its bar number (``Bar_k`` in its ``Bar`` sub-vocabulary):
-bar k starts at the first token whose bar number is k or more. An Octuple bar with no note has
-no token of its own, so it starts where the next token is (the next non-empty bar's first
-token, or the sequence's end): its span is empty and a window of only such bars holds no token
-(dropped and counted as ``empty_segments``, as for the other schemes). Every sequence of a
-piece gets as many bars as the one reaching furthest. Other multi-vocabulary schemes,
-Structured, MMM, the other fast paths and trained (BPE...) vocabularies get NULL:
+MuMIDI, the same with its first slot (Pitch/Position/Bar/Program), where miditok writes a
+``Bar_None`` for every bar from bar 0 to the last note's (4/4 bars: MuMIDI has no time
+signatures); Octuple, whose every token carries its bar number (``Bar_k`` in its ``Bar``
+sub-vocabulary): bar k starts at the first token whose bar number is k or more. An Octuple bar
+with no note has no token of its own, so it starts where the next token is (the next non-empty
+bar's first token, or the sequence's end): its span is empty and a window of only such bars holds
+no token (dropped and counted as ``empty_segments``, as for the other schemes). Every sequence of
+a piece gets as many bars as the one reaching furthest.
+
+Two single-vocabulary schemes are also read from their ids. Structured has no bar token and no
+time signature (miditok switches them off, so its bars are 4/4): a ``TimeShift`` before every
+note moves the time by its value from the previous note's onset, so each note's time is the sum
+of the shifts up to it (the time the decoder gives it; equal to the onset for every stored row,
+since the preset rejects lossy encodings), and a bar starts at the ``TimeShift`` of the first note
+at or after its bar line (per sequence; all sequences get the bars up to the piece's last note).
+MMM over REMI (the ``mmm`` preset) is one sequence of track blocks (``Track_Start``, ``Program``,
+the track's REMI tokens, ``Track_End``), each with its own ``Bar`` tokens; a window of bars must
+take those bars from every track (MMM trains on multi-track bar windows), so its row stores one
+list per track block, not per sequence: the index of each of the piece's bars in that block (its
+k-th ``Bar`` token; the block's ``Track_End`` for bars it has no token for), then the index of the
+block's ``Track_End``, so bar k of a block spans ``[l[k], l[k+1])``. The block's header is
+``[previous Track_End + 1, l[0])``. ``snapshot create --segment`` builds each window from every
+block's header, its bars and its ``Track_End`` (:func:`corpus.snapshot._segments`). MMM over TSD
+or MIDILike (no ``Bar`` token) and trained (BPE...) vocabularies get NULL:
 ``snapshot create --segment`` refuses them with one line.
 """
 
@@ -35,31 +52,33 @@ from typing import Any
 import numpy as np
 
 TIME_TOKENS = frozenset({"Bar", "Position", "TimeShift", "Rest"})
-MULTI_VOC = ("CPWord", "Octuple")
+MULTI_VOC = ("CPWord", "Octuple", "MuMIDI")
 UNSUPPORTED = (
-    "bar starts are stored for untrained REMI, TSD, MIDILike, CPWord and Octuple schemes and their presets "
-    "(not Structured, MMM, other multi-vocabulary schemes or trained vocabularies)"
+    "trained (BPE, Unigram, WordPiece) vocabularies have no bar starts (a merged token can cross a bar line), "
+    "nor has MMM over TSD or MIDILike (no Bar token in its track blocks); every other scheme and preset has them"
 )
 
 
 def supported(tok: Any) -> bool:
     """Whether ``tok``'s rows get bar starts: no trained merges (a merged token can cross a bar
-    line), and a time walk of bars (not Structured's per-note shifts, not MMM's track blocks); of
-    the multi-vocabulary schemes, CPWord and Octuple (bar lines readable from their ids)."""
+    line); MMM only over REMI (its ``Bar`` tokens mark each track block's bars); of the
+    multi-vocabulary schemes, CPWord, Octuple and MuMIDI (bar lines readable from their ids)."""
     if tok.is_trained:
         return False
     name = type(tok).__name__
     if tok.is_multi_voc:
         return name in MULTI_VOC
-    return name not in ("Structured", "MMM")
+    if name == "MMM":
+        return "Bar_None" in tok.vocab
+    return True
 
 
 def from_multi_voc(tok: Any, seqs: list[Any]) -> list[list[int]]:
-    """Per CPWord / Octuple sequence (tokens of sub-ids), the token index where each bar starts,
-    read from the ids (see the module's doc)."""
+    """Per CPWord / Octuple / MuMIDI sequence (tokens of sub-ids), the token index where each bar
+    starts, read from the ids (see the module's doc)."""
     slot = tok.vocab_types_idx["Bar"]
     cols = [np.array([t[slot] for t in s], dtype=np.int64) for s in seqs]
-    if type(tok).__name__ == "CPWord":
+    if type(tok).__name__ in ("CPWord", "MuMIDI"):
         return from_bar_tokens(cols, tok.vocab[slot]["Bar_None"])
     num = np.full(len(tok.vocab[slot]), -1, dtype=np.int64)  # sub-id -> bar number (-1: special tokens)
     for name, i in tok.vocab[slot].items():
@@ -148,4 +167,51 @@ def from_bar_tokens(seqs: list[Any], bar_id: int) -> list[list[int]]:
     return [
         np.concatenate([p, np.full(n_bars - len(p), len(s), dtype=np.int64)]).tolist()
         for p, s in zip(per, seqs, strict=True)
+    ]
+
+
+def from_structured(tok: Any, seqs: list[Any]) -> list[list[int]]:
+    """Per Structured sequence (ids), the token index where each bar starts: each note's time is
+    the sum of the ``TimeShift`` values up to its own (from 0 per sequence, as miditok decodes),
+    and bar k starts at the ``TimeShift`` of the first note at or after ``k`` 4/4 bars (Structured
+    has no time signature); a bar past a sequence's last note starts at its end. Every sequence
+    gets the bars up to the piece's last note (the latest of all sequences)."""
+    tpq = int(tok.time_division)
+    ticks = tok._tpb_tokens_to_ticks[tpq]  # noqa: SLF001 - miditok's own value -> ticks table, as its decoder
+    shift = np.full(len(tok.vocab), -1, dtype=np.int64)  # id -> ticks (-1: not a TimeShift)
+    for name, i in tok.vocab.items():
+        kind, _, val = name.partition("_")
+        if kind == "TimeShift":
+            shift[i] = 0 if val == "0.0.1" else ticks[val]
+    per: list[tuple[np.ndarray, np.ndarray]] = []
+    last = -1
+    for s in seqs:
+        sh = shift[np.asarray(s, dtype=np.int64)] if len(s) else np.zeros(0, np.int64)
+        at = np.flatnonzero(sh >= 0)  # each note's TimeShift token
+        times = np.cumsum(sh[at])
+        per.append((at, times))
+        if len(times):
+            last = max(last, int(times[-1]))
+    bars = np.arange(0, last + 1, 4 * tpq, dtype=np.int64) if last >= 0 else np.zeros(0, np.int64)
+    return [
+        np.append(at, len(s))[np.searchsorted(times, bars, side="left")].astype(np.int64).tolist()
+        for (at, times), s in zip(per, seqs, strict=True)
+    ]
+
+
+def from_mmm(tok: Any, ids: Any) -> list[list[int]]:
+    """For an MMM (over REMI) sequence, one list per track block (``Track_Start`` ... ``Track_End``):
+    the index in the sequence of each of the piece's bars in that block (its k-th ``Bar`` token; the
+    block's ``Track_End`` for the bars it has none for), then the index of its ``Track_End``. Bar k of
+    a block spans ``[l[k], l[k+1])``; its header (``Track_Start``, ``Program``) is
+    ``[previous Track_End + 1, l[0])`` (see the module's doc)."""
+    a = np.asarray(ids, dtype=np.int64)
+    ends = np.flatnonzero(a == tok.vocab["Track_End"])
+    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+    bar_at = np.flatnonzero(a == tok.vocab["Bar_None"])
+    per = [bar_at[(bar_at >= s) & (bar_at < e)] for s, e in zip(starts, ends, strict=True)]
+    n_bars = max((len(p) for p in per), default=0)
+    return [
+        np.concatenate([p, np.full(n_bars - len(p) + 1, e, dtype=np.int64)]).tolist()
+        for p, e in zip(per, ends, strict=True)
     ]

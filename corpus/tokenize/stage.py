@@ -271,22 +271,24 @@ def encode_piece_bars(
     tok: Any, fast: Any, score: Any
 ) -> tuple[Any, list[list[int]] | None, list[int], list[list[int]] | None]:
     """(ids, ids_multi, seq_lengths, bar_starts) for one score: bar_starts per sequence, the token
-    index where each bar starts (:mod:`corpus.tokenize.bars`), or None where the scheme has none
-    (Structured, MMM, other multi-vocabulary schemes, trained vocabularies)."""
+    index where each bar starts (:mod:`corpus.tokenize.bars`; for MMM one list per track block), or
+    None where the scheme has none (trained vocabularies, MMM over TSD / MIDILike)."""
     from corpus.tokenize import bars
 
     starts: list[list[int]] | None = None
     want = bars.supported(tok)
+    name = type(tok).__name__
+    from_ids = tok.is_multi_voc or name in ("Structured", "MMM")  # bar lines read from the ids alone
     if fast is not None:
         out = fast.encode_ids(score)
         seqs = [out] if tok.one_token_stream else out
         ev = fast.event_times
-        if ev is not None and want and not tok.is_multi_voc:
+        if ev is not None and want and not from_ids:
             t, sid, offsets, pre = ev
             lengths = [len(x) for x in seqs]
             last = int(t.max()) if len(t) else 0
             starts = bars.from_events(t, sid, offsets, lengths, bars.bar_ticks(pre, last))
-    elif want and not tok.is_multi_voc:
+    elif want and not from_ids:
         pre = tok.preprocess_score(score)
         res = tok.encode(pre, no_preprocess_score=True)
         toks = [res] if not isinstance(res, list) else res
@@ -295,9 +297,13 @@ def encode_piece_bars(
     else:
         res = tok.encode(score)
         seqs = [res.ids] if not isinstance(res, list) else [r.ids for r in res]
-    bar_id = tok.vocab.get("Bar_None") if want and not tok.is_multi_voc else None
-    if want and tok.is_multi_voc:  # CPWord / Octuple: from the ids alone
+    bar_id = tok.vocab.get("Bar_None") if want and not from_ids else None
+    if want and tok.is_multi_voc:  # CPWord / Octuple / MuMIDI: from the ids alone
         starts = bars.from_multi_voc(tok, seqs)
+    elif want and name == "Structured":  # the sum of the TimeShifts before each note, 4/4 bars
+        starts = bars.from_structured(tok, seqs)
+    elif want and name == "MMM":  # per track block, its Bar tokens and its Track_End
+        starts = bars.from_mmm(tok, seqs[0])
     elif bar_id is not None:  # REMI-like: a bar starts at its Bar token, miditok's own bar line
         starts = bars.from_bar_tokens(seqs, bar_id)
     return (*_pack(tok, seqs), starts)

@@ -292,15 +292,16 @@ def test_mmm_over_each_base_gives_miditok_ids(config_name, real_scores):
     _assert_identical(tokenizer, SYNTHETIC[:60] + real_scores[::4])
 
 
-@pytest.mark.parametrize("scheme", ["cpword", "octuple"])
+@pytest.mark.parametrize("scheme", ["cpword", "octuple", "mumidi"])
 def test_multi_voc_bar_starts_match_miditok_path(scheme, real_scores):
     """CPWord / Octuple bar starts (corpus.tokenize.bars) are the same through the fast path and
-    miditok's own encoder, and each lands on a bar line: a CPWord ``Bar`` token, or the first
-    Octuple token whose bar number reaches the bar (the one before it is of an earlier bar)."""
+    miditok's own encoder, and each lands on a bar line: a CPWord or MuMIDI ``Bar`` token (MuMIDI
+    has no fast path: miditok's ids only), or the first Octuple token whose bar number reaches the
+    bar (the one before it is of an earlier bar)."""
     from corpus.tokenize import presets, stage
 
     tok, _ = presets.build(scheme)
-    fast = fastpath.FastTokenizer(tok)
+    fast = fastpath.FastTokenizer(tok) if fastpath.supports(tok) else None
     slot = tok.vocab_types_idx["Bar"]
     names = {i: n for n, i in tok.vocab[slot].items()}
     checked = 0
@@ -316,11 +317,94 @@ def test_multi_voc_bar_starts_match_miditok_path(scheme, real_scores):
             for k, i in enumerate(starts):
                 if i == len(bar):
                     continue
-                if scheme == "cpword":
+                if scheme in ("cpword", "mumidi"):
                     assert bar[i] == "Bar_None" and sum(b == "Bar_None" for b in bar[:i]) == k, (name, k)
                 else:
                     assert int(bar[i][4:]) >= k and (
                         i == 0 or not bar[i - 1].startswith("Bar_") or int(bar[i - 1][4:]) < k
                     )
             checked += 1
+    assert checked > 30
+
+
+STRUCTURED_CONFIGS = {
+    "preset": None,  # the pipeline's structured preset: one sequence per track
+    "one-stream": {"use_programs": True, "one_token_stream_for_programs": True},
+}
+
+
+@pytest.mark.parametrize("config_name", sorted(STRUCTURED_CONFIGS))
+def test_structured_bar_starts_match_miditok_path_and_lie_on_bar_lines(config_name, real_scores):
+    """Structured bar starts are the same through the fast path and miditok's encoder, and bar k
+    starts at the TimeShift of the first note whose decoded onset (the sum of the shifts, as
+    miditok decodes) is at or after k 4/4 bars: the note before it is earlier."""
+    from corpus.tokenize import presets, stage
+
+    cfg = STRUCTURED_CONFIGS[config_name]
+    tok = presets.build("structured")[0] if cfg is None else miditok.Structured(miditok.TokenizerConfig(**cfg))
+    fast = fastpath.FastTokenizer(tok)
+    bar = 4 * tok.time_division
+    names = {i: n for n, i in tok.vocab.items()}
+    checked = 0
+    for name, score in real_scores[:: max(1, len(real_scores) // 60)]:
+        try:
+            want = stage.encode_piece_bars(tok, None, score)
+        except Exception:  # noqa: BLE001 - miditok refuses it: the stage rejects it, nothing to compare
+            continue
+        got = stage.encode_piece_bars(tok, fast, score)
+        assert list(got[0]) == list(want[0]) and got[3] == want[3], name
+        assert len({len(b) for b in got[3]}) <= 1  # every sequence gets the piece's bars
+        flat, pos = list(got[0]), 0
+        for n, starts in zip(got[2], got[3], strict=True):
+            seq, pos = flat[pos : pos + n], pos + n
+            # decoded onset of each token's note, written out from the token strings
+            onset, at = [], 0
+            for t in seq:
+                tname = names[t]
+                if tname.startswith("TimeShift_"):
+                    b, p, r = map(int, tname[10:].split("."))
+                    at += 0 if tname == "TimeShift_0.0.1" else (b * r + p) * tok.time_division // r
+                onset.append(at)
+            for k, i in enumerate(starts):
+                if i == len(seq):
+                    assert not onset or onset[-1] < k * bar, (name, k)
+                    continue
+                assert names[seq[i]].startswith("TimeShift_") and onset[i] >= k * bar, (name, k)
+                assert i == 0 or onset[i - 1] < k * bar, (name, k)
+            checked += 1
+    assert checked > 30
+
+
+def test_mmm_bar_starts_match_miditok_path_per_track_block(real_scores):
+    """MMM (the preset, over REMI): the fast path and miditok give the same bar starts, one list per
+    track block: the k-th Bar token of the block (its Track_End for the bars it lacks), then its
+    Track_End; the block's header is Track_Start, Program."""
+    from corpus.tokenize import presets, stage
+
+    tok, _ = presets.build("mmm")
+    fast = fastpath.FastTokenizer(tok)
+    names = {i: n for n, i in tok.vocab.items()}
+    checked = 0
+    for name, score in real_scores[:: max(1, len(real_scores) // 60)]:
+        try:
+            want = stage.encode_piece_bars(tok, None, score)
+        except Exception:  # noqa: BLE001 - miditok refuses it: the stage rejects it, nothing to compare
+            continue
+        got = stage.encode_piece_bars(tok, fast, score)
+        assert list(got[0]) == list(want[0]) and got[3] == want[3], name
+        seq = [names[i] for i in got[0]]
+        blocks = got[3]
+        assert len(blocks) == seq.count("Track_Start") and len({len(b) for b in blocks}) == 1, name
+        begin = 0
+        for bl in blocks:
+            end = bl[-1]
+            assert seq[begin] == "Track_Start" and seq[end] == "Track_End", name
+            if len(score.tracks):
+                assert seq[begin + 1].startswith("Program_"), name
+            bars_here = [i for i in range(begin, end) if seq[i] == "Bar_None"]
+            assert bl[: len(bars_here)] == bars_here and all(x == end for x in bl[len(bars_here) :]), name
+            assert bl[0] == begin + (2 if len(score.tracks) else 1) or not bars_here, name
+            begin = end + 1
+        assert begin == len(seq), name
+        checked += 1
     assert checked > 30
