@@ -240,16 +240,23 @@ def bench_key_accuracy(data_dir: Path | None, arrangements: Path | None, *, chor
     rows = [
         {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in key_labels.accuracy_table(scored)
     ]
-    sel = key_labels.select_weights(scored)
+    sel = (
+        key_labels.select_weights(scored)
+        if any(s.piece.half == "tune" and s.evidence is not None for s in scored)
+        else None
+    )
     return {
         "methods": list(key_labels.METHODS),
         "rows": rows,
-        "selection": {
+        "selection": None
+        if sel is None
+        else {
             "family": sel["family"],
             "weights": dataclasses.asdict(sel["weights"]),
             "is_default": sel["weights"] == DEFAULT_WEIGHTS,
             "best_cv": sel["best_cv"],
             "families": sel["families"],
+            "sets": sorted({s.piece.set for s in scored}),
         },
         "skipped": skipped,
         "seconds": round(time.perf_counter() - t0, 1),
@@ -284,7 +291,13 @@ def format_key_accuracy(acc: dict[str, Any]) -> str:
         out.append(f"  weights chosen on the tuning halves (5-fold CV by song): {fams}")
         out.append(
             f"  kept: {sel['family']} ({nonzero or 'histogram only'}), "
-            + ("= DEFAULT_WEIGHTS" if sel["is_default"] else "DIFFERENT from DEFAULT_WEIGHTS")
+            + (
+                "= DEFAULT_WEIGHTS"
+                if sel["is_default"]
+                else "DIFFERENT from DEFAULT_WEIGHTS (chosen on the tuning halves of every set; here: "
+                + ", ".join(sel["sets"])
+                + ")"
+            )
         )
     if acc["skipped"]:
         out.append(f"  left out (could not be loaded): {', '.join(n for n, _ in acc['skipped'])}")
