@@ -226,7 +226,10 @@ def bench_key_accuracy(data_dir: Path | None, arrangements: Path | None, *, chor
     Krumhansl-Schmuckler: exact and MIREX-weighted accuracy on the tuning half, the held-out
     half and both.
     """
+    import dataclasses
+
     from corpus.curation import key_labels
+    from corpus.curation.key_evidence import DEFAULT_WEIGHTS
 
     t0 = time.perf_counter()
     skipped: list[tuple[str, str]] = []
@@ -237,9 +240,24 @@ def bench_key_accuracy(data_dir: Path | None, arrangements: Path | None, *, chor
     rows = [
         {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in key_labels.accuracy_table(scored)
     ]
+    sel = (
+        key_labels.select_weights(scored)
+        if any(s.piece.half == "tune" and s.evidence is not None for s in scored)
+        else None
+    )
     return {
         "methods": list(key_labels.METHODS),
         "rows": rows,
+        "selection": None
+        if sel is None
+        else {
+            "family": sel["family"],
+            "weights": dataclasses.asdict(sel["weights"]),
+            "is_default": sel["weights"] == DEFAULT_WEIGHTS,
+            "best_cv": sel["best_cv"],
+            "families": sel["families"],
+            "sets": sorted({s.piece.set for s in scored}),
+        },
         "skipped": skipped,
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -257,6 +275,30 @@ def format_key_accuracy(acc: dict[str, Any]) -> str:
     widths = [max(len(x[i]) for x in lines) for i in range(len(head))]
     out = ["key accuracy vs human labels (default = key_evidence, music21 = ours, krumhansl):"]
     out += ["  " + "  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    if "songs_default_better" in (acc["rows"] or [{}])[0]:
+        out.append("  songs where default / music21 is right more often (held halves):")
+        out += [
+            f"    {r['set']}: {r['songs_default_better']} / {r['songs_music21_better']}"
+            for r in acc["rows"]
+            if r["half"] == "held"
+        ]
+    sel = acc.get("selection")
+    if sel:
+        fams = ", ".join(
+            f"{f} {v['cv']:.4f} ({v['n_weights']} w, se {v['se_vs_best']:.4f})" for f, v in sel["families"].items()
+        )
+        nonzero = ", ".join(f"{k}={v:g}" for k, v in sel["weights"].items() if v and k != "hist")
+        out.append(f"  weights chosen on the tuning halves (5-fold CV by song): {fams}")
+        out.append(
+            f"  kept: {sel['family']} ({nonzero or 'histogram only'}), "
+            + (
+                "= DEFAULT_WEIGHTS"
+                if sel["is_default"]
+                else "DIFFERENT from DEFAULT_WEIGHTS (chosen on the tuning halves of every set; here: "
+                + ", ".join(sel["sets"])
+                + ")"
+            )
+        )
     if acc["skipped"]:
         out.append(f"  left out (could not be loaded): {', '.join(n for n, _ in acc['skipped'])}")
     return "\n".join(out)

@@ -1263,7 +1263,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--key-accuracy",
         action="store_true",
-        help="only the key accuracy table against human labels (pop909, goldberg, chorales; about 20 s)",
+        help="only the key accuracy table against human labels (pop909, goldberg, chorales, monteverdi; about 90 s)",
     )
     b.add_argument(
         "--lakehouse",

@@ -15,9 +15,8 @@ assignment as a new version of ``dedup``; the ``features`` view shows the latest
 faiss index is saved under ``index/neardup`` for ``midicorpus similar``.
 
 The whole-piece key (``key_tonic``, ``key_tonic_pc``, ``key_mode``, ``key_correlation``,
-``key_confidence``, ``key_profile`` = ``evidence-v1``) is the default estimate of
-:mod:`corpus.curation.key_evidence` (histogram, bass, first and last harmony, agreeing key
-signature, sections); transposition (``--transpose normalize``) follows it. music21's estimate is
+``key_confidence``, ``key_profile`` = ``evidence-v2``) is the default estimate of
+:mod:`corpus.curation.key_evidence` (histogram, first and last bass, last harmony); transposition (``--transpose normalize``) follows it. music21's estimate is
 kept beside it in ``key_music21_*``. Key backend (``key_backend``), for those columns: ``"ours"``
 (default) is :func:`corpus.curation.key.estimate_key`, the fast emulation of music21;
 ``"music21"`` runs music21's own ``analyze('key')``
@@ -58,7 +57,9 @@ KEY_PROFILE = "aarden"
 WINDOW_BARS = 8
 DEDUP_THRESHOLD = 0.7
 DEDUP_PAIR_FLOOR = 0.5  # near-dup pairs at or above this are stored, so the threshold can move down to it
-CURATE_VERSION = "curate-v2"  # v2: expressive (nomml-v1), track roles (roles-v1); chords and key-v2 rows for lakes curated before them
+CURATE_VERSION = (
+    "curate-v3"  # v3: default key rule evidence-v2; v2: expressive (nomml-v1), track roles (roles-v1), chords
+)
 KEY_BACKENDS = ("ours", "music21")
 
 

@@ -105,7 +105,7 @@ TABLES: dict[str, pa.Schema] = {
             ("key_mode", pa.string()),
             ("key_correlation", pa.float64()),  # the histogram's Pearson r for that key
             ("key_confidence", pa.float64()),  # weighted-score margin to the runner-up key
-            ("key_profile", pa.string()),  # the method, e.g. evidence-v1
+            ("key_profile", pa.string()),  # the method, e.g. evidence-v2
             # music21's analyze('key') (AardenEssen histogram), by the backend in key_backend
             ("key_music21_tonic", pa.string()),
             ("key_music21_tonic_pc", pa.int32()),

@@ -79,8 +79,8 @@ def test_run_bench_reports_every_key(small_folder: Path, tmp_path: Path) -> None
     bpe = on_disk["stages"]["bpe"]
     assert bpe["identical_ids"] is True and bpe["base_tokens"] > 0 and on_disk["bpe_batched_tokens_per_s"] > 0
     assert 0 <= on_disk["key_agreement_music21"] <= 1
-    # no arrangements or Mutopia files in this folder: only the chorales of music21's corpus
-    assert {r["set"] for r in on_disk["stages"]["key_accuracy"]["rows"]} == {"chorales"}
+    # no arrangements or Mutopia files in this folder: only the chorales and madrigals of music21's corpus
+    assert {r["set"] for r in on_disk["stages"]["key_accuracy"]["rows"]} == {"chorales", "monteverdi"}
     assert on_disk["files"] == 22 and on_disk["stages"]["pipeline"]["ingest"]["inputs"] == 22
     table = "\n".join(lines)
     assert "parse+validate+facts" in table and "Lakh" in table
@@ -130,7 +130,7 @@ def test_bench_key_accuracy_table(tmp_path: Path, capsys: pytest.CaptureFixture[
     acc = json.loads(out.read_text())["key_accuracy"]
     assert acc["methods"] == ["default", "music21", "krumhansl"]
     sets = {r["set"] for r in acc["rows"]}
-    assert sets == {"pop909", "pop909_versions", "goldberg", "chorales"}
+    assert sets == {"pop909", "pop909_versions", "pop909_main", "goldberg", "chorales", "monteverdi"}
     for r in acc["rows"]:
         assert {r["half"]} <= {"tune", "held", "all"} and r["n"] > 0
         for m in acc["methods"]:
@@ -140,8 +140,14 @@ def test_bench_key_accuracy_table(tmp_path: Path, capsys: pytest.CaptureFixture[
     # the default beats music21's estimate on the pop songs and the Goldberg Variations
     for name in ("pop909", "goldberg"):
         assert by[(name, "all")]["default_exact"] > by[(name, "all")]["music21_exact"]
+    # song-level paired counts, and the weights chosen on the tuning halves are the default's
+    for r in acc["rows"]:
+        songs = r["songs_default_better"] + r["songs_music21_better"]
+        assert 0 <= songs <= r["n"], r
+    assert acc["selection"]["is_default"] and acc["selection"]["family"] in acc["selection"]["families"]
     printed = capsys.readouterr().out
     assert "key accuracy vs human labels" in printed and "pop909_versions" in printed
+    assert "= DEFAULT_WEIGHTS" in printed
 
 
 def test_bench_prints_the_curation_checks(data_dir: Path, arrangements_dir: Path) -> None:

@@ -294,3 +294,28 @@ def test_a_decision_with_new_parameters_reads_no_index_vectors(curated: Lake, tm
     assert s.scope == "full" and s.analysed == 0 and s.redecided == s.pieces
     assert [(root / "index" / n / "index.faiss").read_bytes() for n in ("neardup", "tracks")] == [b"not an index"] * 2
     assert not [p.name for p in (root / "index").iterdir() if p.name.startswith(".")]  # nothing staged is left
+
+
+def test_a_lake_with_the_older_key_rule_gets_the_new_key(tmp_path: Path, data_dir: Path) -> None:
+    """Pieces analysed by curate-v2 (default key rule evidence-v1) are analysed again: their key
+    becomes the current rule's (``key_profile`` = KEY_METHOD), the music21 columns are recomputed."""
+    from corpus.curate import CURATE_VERSION
+    from corpus.curation.key_evidence import KEY_METHOD
+
+    lake = Lake(tmp_path / "lake")
+    with lake.lock("t"), Engine(workers=1) as e:
+        ingest(lake, DirSource(data_dir / "midi" / "miditok", name="m"), e, IngestConfig())
+        first = curate(lake, e)
+    keys = "SELECT piece_id, key_tonic_pc, key_mode, key_profile FROM features WHERE key_mode IS NOT NULL ORDER BY 1"
+    fresh = q(lake, keys)
+    assert fresh and all(r[3] == KEY_METHOD for r in fresh)
+    with lake.lock("downgrade"), lake.transaction({"command": "test downgrade"}) as tx:
+        tx._con().execute(
+            "UPDATE lake.store.piece_analysis SET curate_version = 'curate-v2', key_profile = 'evidence-v1', "
+            "key_tonic_pc = (key_tonic_pc + 1) % 12 WHERE key_mode IS NOT NULL"
+        )
+    assert all(r[3] == "evidence-v1" for r in q(lake, keys))
+    with lake.lock("t"), Engine(workers=1) as e:
+        again = curate(lake, e)
+    assert again.reanalysed == first.analysed and again.stale_versions == {"curate-v2": first.analysed}
+    assert CURATE_VERSION != "curate-v2" and q(lake, keys) == fresh

@@ -19,9 +19,13 @@ relative major/minor and the fifth above or below, which the histogram alone can
   C major signature, which this test keeps out;
 * ``sections``: the share of 8-bar windows whose own (histogram) key is this key.
 
-The key is the argmax of the weighted sum (:data:`DEFAULT_WEIGHTS`, tuned on the tuning halves of
-the labelled sets in :mod:`corpus.curation.key_labels`; held-out halves are reported apart by
-``midicorpus bench``). ``confidence`` is the margin of the best score over the runner-up, in
+The key is the argmax of the weighted sum (:data:`DEFAULT_WEIGHTS`, chosen on the tuning halves of
+the labelled sets in :mod:`corpus.curation.key_labels` by cross-validation, see
+:func:`~corpus.curation.key_labels.select_weights`; held-out halves are reported apart by
+``midicorpus bench``). ``evidence-v2`` (this rule) keeps one weight, shared by the three tonic
+cues (``final_bass``, ``final_chord``, ``first_bass``); the other rows are still measured (and
+kept by callers that store the matrix) but weigh nothing: ``evidence-v1``'s six separately
+fitted weights cross-validated worse (see the README, "Key accuracy against human labels"). ``confidence`` is the margin of the best score over the runner-up, in
 the units of a correlation (the histogram weight is 1).
 """
 
@@ -47,7 +51,7 @@ from corpus.curation.key import (
 if TYPE_CHECKING:
     import symusic
 
-KEY_METHOD: Final = "evidence-v1"  # stored in piece_analysis.key_profile for the default estimate
+KEY_METHOD: Final = "evidence-v2"  # stored in piece_analysis.key_profile for the default estimate
 EVIDENCE: Final = ("hist", "bass", "final_bass", "final_chord", "first_bass", "declared", "sections")
 GRID_SHARE_NOTATED: Final = 0.95  # onsets on the 16th/triplet grid at or above this: notation-made
 TAIL_FRAMES: Final = 8  # two beats of 16ths: the "final" and "first" harmony
@@ -70,11 +74,10 @@ class KeyWeights:
         return np.array([getattr(self, f.name) for f in fields(self)], dtype=np.float64)
 
 
-# key_labels.tune_weights on the tuning halves (even ids) of pop909, goldberg and chorales:
-# the centre of the weights that tie for the best mean MIREX score there (0.970).
-DEFAULT_WEIGHTS: Final = KeyWeights(
-    hist=1.0, bass=0.05, final_bass=0.15, final_chord=0.15, first_bass=0.1, declared=0.15, sections=0.15
-)
+# key_labels.select_weights on the tuning halves (even ids) of every labelled set: the family with
+# one weight shared by the tonic cues (fewest weights within one standard error of the best
+# cross-validated family), fitted on all tuning halves.
+DEFAULT_WEIGHTS: Final = KeyWeights(final_bass=0.1, final_chord=0.1, first_bass=0.1)
 
 
 @dataclass(frozen=True, slots=True)

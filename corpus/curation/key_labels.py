@@ -1,13 +1,15 @@
 """Labelled key sets, the MIREX key score, and the accuracy of the key estimates on them.
 
-Three sets, each split once into a tuning half and a held-out half (fixed, by id parity, never
+Six sets, each split once into a tuning half and a held-out half (fixed, by id parity, never
 by result), with labels that are independent of what the estimators look at:
 
 * ``pop909``: ``../shared/arrangements/NNN/NNN.mid`` with the human key labels annotated from
   the *audio* (``key_audio.txt``); songs whose labels name one key only. Tuning half: even NNN.
 * ``pop909_versions``: the earlier arrangements of the same songs (``versions/NNN-vK.mid``), same
-  labels, the half of their song; not used for tuning (evaluation only: more pop arrangements,
-  not more songs).
+  labels, the half of their song (a song and its arrangements are always on one side).
+* ``pop909_main``: the songs with several labelled keys of which one covers at least two thirds
+  of the labelled time (most modulate for the last chorus), labelled with that main key; final
+  arrangements, half by song number as above.
 * ``goldberg``: the 30 Mutopia files of Bach's Goldberg Variations (``mutopia/ftp/BachJS/BWV988``),
   variation number from the RDF title ("Goldberg Variations - 15"); the label is the published
   key of the work, G major, except variations 15, 21 and 25 in G minor (BWV 988). Tuning half:
@@ -16,6 +18,12 @@ by result), with labels that are independent of what the estimators look at:
   (``bach/choraleAnalyses/riemenschneiderNNN.rntxt``, analyst named in the file); the label is
   the analysis' opening key, the MIDI is music21's conversion of the chorale's score (as
   ``ingest music21`` makes it). Tuning half: even Riemenschneider numbers.
+* ``monteverdi``: the madrigals of music21's corpus with a human roman-numeral analysis
+  (``monteverdi/madrigal.B.N.rntxt``, several analysts); the label is the first key the analysis
+  names, the MIDI music21's conversion of ``madrigal.B.N.mxl``. Tuning half: even N.
+
+The weights of the default estimate are chosen on the tuning halves only
+(:func:`select_weights`); ``midicorpus bench --key-accuracy`` reports every half apart.
 
 MIREX weighting follows ``mir_eval.key.weighted_score``: 1.0 same key, 0.5 same mode with the
 estimate a perfect fifth *above* the label, 0.3 relative major/minor, 0.2 parallel, else 0.
@@ -34,8 +42,7 @@ import numpy as np
 from corpus.curation.key import KeyEstimate, Mode, estimate_key_from_weights, note_weights, pc_name_to_pc
 
 Half = Literal["tune", "held"]
-SETS: Final = ("pop909", "pop909_versions", "goldberg", "chorales")
-TUNE_SETS: Final = ("pop909", "goldberg", "chorales")  # the sets whose tuning halves set the weights
+SETS: Final = ("pop909", "pop909_versions", "pop909_main", "goldberg", "chorales", "monteverdi")
 GOLDBERG_MINOR: Final = frozenset({15, 21, 25})  # BWV 988: these variations are in G minor
 
 
@@ -78,23 +85,48 @@ def _reader(path: Path) -> Callable[[], bytes]:
     return lambda: path.read_bytes()
 
 
-def pop909_set(arrangements: str | Path, *, versions: bool = False) -> list[LabelledPiece]:
+MAIN_KEY_SHARE: Final = 2 / 3  # pop909_main: the main key covers at least this share of the labelled time
+
+
+def _key_segments(lab: Path) -> list[tuple[float, tuple[int, Mode]]]:
+    """``key_audio.txt`` rows as (seconds, key)."""
+    out = []
+    for line in lab.read_text().splitlines():
+        if line.strip():
+            start, end, key = line.split("\t")[-3:]
+            out.append((max(0.0, float(end) - float(start)), parse_label(key)))
+    return out
+
+
+def pop909_set(arrangements: str | Path, *, versions: bool = False, main: bool = False) -> list[LabelledPiece]:
     """Songs with one key in ``key_audio.txt`` (see the module docstring).
 
     ``versions=True``: instead the earlier arrangements of those songs (``versions/NNN-vK.mid``,
     same melody and key, accompaniment arranged again), as the set ``pop909_versions`` with the
-    half of their song.
+    half of their song. ``main=True``: instead the songs with *several* labelled keys of which one
+    covers at least :data:`MAIN_KEY_SHARE` of the labelled time (typically a modulation for the
+    last chorus), labelled with that main key, as the set ``pop909_main`` (final arrangements).
     """
     out: list[LabelledPiece] = []
     for d in sorted(Path(arrangements).iterdir()):
         lab, mid = d / "key_audio.txt", d / f"{d.name}.mid"
         if not (d.name.isdigit() and lab.is_file() and mid.is_file()):
             continue
-        keys = {parse_label(line.split("\t")[-1]) for line in lab.read_text().splitlines() if line.strip()}
+        segments = _key_segments(lab)
+        keys = {k for _, k in segments}
+        half: Half = "tune" if int(d.name) % 2 == 0 else "held"
+        if main:
+            if len(keys) < 2:
+                continue
+            total = sum(t for t, _ in segments)
+            share = {k: sum(t for t, kk in segments if kk == k) / total for k in keys}
+            top = max(share, key=lambda k: share[k])
+            if total > 0 and share[top] >= MAIN_KEY_SHARE:
+                out.append(LabelledPiece("pop909_main", d.name, half, *top, _reader(mid)))
+            continue
         if len(keys) != 1:
             continue
         pc, mode = keys.pop()
-        half: Half = "tune" if int(d.name) % 2 == 0 else "held"
         if not versions:
             out.append(LabelledPiece("pop909", d.name, half, pc, mode, _reader(mid)))
             continue
@@ -125,6 +157,16 @@ def _chorale_midi(path: Path) -> Callable[[], bytes]:
         return translate.music21ObjectToMidiFile(converter.parse(path)).writestr()
 
     return load
+
+
+def _first_key(text: str) -> tuple[int, Mode] | None:
+    """The first key an rntxt analysis names in a measure line (``m4 b2 F: I6`` -> F major)."""
+    m = re.search(r"^m\d+[a-z]?\b[^\n]*?\s([A-Ga-g][#b-]*):", text, re.M)
+    if not m:
+        return None
+    tonic = m.group(1)
+    mode: Mode = "major" if tonic[0].isupper() else "minor"
+    return pc_name_to_pc(tonic[0].upper() + tonic[1:]), mode
 
 
 def chorale_set() -> list[LabelledPiece]:
@@ -161,6 +203,38 @@ def chorale_set() -> list[LabelledPiece]:
     return out
 
 
+def monteverdi_set() -> list[LabelledPiece]:
+    """Monteverdi madrigals (books 3-5) with a human roman-numeral analysis in music21's corpus.
+
+    The label is the first key the analysis names (an analysis of a madrigal whose opening bars
+    are monophonic starts later, at the first key it names); the MIDI is music21's conversion of
+    the madrigal's score. Tuning half: even madrigal numbers within the book.
+    """
+    from music21 import corpus
+
+    out: list[LabelledPiece] = []
+    for path in sorted(corpus.getPaths(fileExtensions=("rntxt",))):
+        p = Path(str(path))
+        m = re.fullmatch(r"madrigal\.(\d+)\.(\d+)\.rntxt", p.name)
+        score_file = p.with_suffix(".mxl")
+        if not m or p.parent.name != "monteverdi" or not score_file.is_file():
+            continue
+        key = _first_key(p.read_text(errors="replace"))
+        if key is None:
+            continue
+        book, n = int(m.group(1)), int(m.group(2))
+        out.append(
+            LabelledPiece(
+                "monteverdi",
+                f"madrigal{book}.{n:02d}",
+                "tune" if n % 2 == 0 else "held",
+                *key,
+                _chorale_midi(score_file),
+            )
+        )
+    return sorted(out, key=lambda x: x.id)
+
+
 def labelled_sets(
     data: str | Path | None, arrangements: str | Path | None, *, chorales: bool = True
 ) -> list[LabelledPiece]:
@@ -169,10 +243,12 @@ def labelled_sets(
     if arrangements is not None and Path(arrangements).is_dir():
         out += pop909_set(arrangements)
         out += pop909_set(arrangements, versions=True)
+        out += pop909_set(arrangements, main=True)
     if data is not None and Path(data).is_dir():
         out += goldberg_set(data)
     if chorales:
         out += chorale_set()
+        out += monteverdi_set()
     return out
 
 
@@ -241,6 +317,21 @@ def accuracy(scored: Sequence[Scored], method: str) -> dict[str, Any]:
     return {"n": len(scored), "exact": float(np.mean(ex)), "mirex": float(np.mean(mx))}
 
 
+def _paired_songs(scored: Sequence[Scored]) -> tuple[int, int]:
+    """Songs on which the default's exact accuracy (mean over the song's pieces) beats music21's,
+    and the reverse (a POP909 song's arrangements are one song: they are not independent)."""
+    by_song: dict[str, list[float]] = {}
+    for s in scored:
+        d, m = (s.estimates.get(k) for k in ("default", "music21"))
+        ref = (s.piece.tonic_pc, s.piece.mode)
+        diff = float(d is not None and (d.tonic_pc, d.mode) == ref) - float(
+            m is not None and (m.tonic_pc, m.mode) == ref
+        )
+        by_song.setdefault(song_of(s.piece), []).append(diff)
+    means = [float(np.mean(v)) for v in by_song.values()]
+    return sum(x > 0 for x in means), sum(x < 0 for x in means)
+
+
 def accuracy_table(scored: Sequence[Scored], methods: Sequence[str] = METHODS) -> list[dict[str, Any]]:
     """One row per (set, half) and per set (half ``all``): n, then exact and mirex per method."""
     rows: list[dict[str, Any]] = []
@@ -252,18 +343,48 @@ def accuracy_table(scored: Sequence[Scored], methods: Sequence[str] = METHODS) -
                 acc = accuracy(part, m)
                 row[f"{m}_exact"] = acc["exact"]
                 row[f"{m}_mirex"] = acc["mirex"]
+            if "default" in methods and "music21" in methods:
+                row["songs_default_better"], row["songs_music21_better"] = _paired_songs(part)
             rows.append(row)
     return rows
 
 
-TUNE_GRID: Final[dict[str, tuple[float, ...]]] = {
-    "bass": (0.0, 0.05, 0.1, 0.2),
-    "final_bass": (0.0, 0.05, 0.1, 0.2, 0.3, 0.5),
-    "final_chord": (0.0, 0.05, 0.1, 0.2, 0.3, 0.5),
-    "first_bass": (0.0, 0.05, 0.1),
-    "declared": (0.0, 0.1, 0.3),
-    "sections": (0.0, 0.1, 0.2, 0.3),
+# ---------------------------------------------------------------------------------------------
+# choosing the weights (tuning halves only)
+
+TONIC_CUES: Final = ("final_bass", "final_chord", "first_bass")
+_STEP: Final = tuple(round(0.01 * i, 2) for i in range(31))  # 0 .. 0.30
+# Candidate families of weights: each tuple of evidence names shares one weight; the values each
+# weight may take. ``hist`` is always 1, evidence not named is 0. ``each`` is evidence-v1's grid.
+FAMILIES: Final[dict[str, tuple[tuple[tuple[str, ...], tuple[float, ...]], ...]]] = {
+    "tonic": ((TONIC_CUES, _STEP),),
+    "tonic+declared": ((TONIC_CUES, _STEP), (("declared",), (0.0, 0.05, 0.1, 0.15, 0.2, 0.3))),
+    "tonic+declared+sections": (
+        (TONIC_CUES, _STEP[::2]),
+        (("declared",), (0.0, 0.05, 0.1, 0.2, 0.3)),
+        (("sections",), (0.0, 0.1, 0.2, 0.3)),
+    ),
+    "each": (
+        (("bass",), (0.0, 0.05, 0.1, 0.2)),
+        (("final_bass",), (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)),
+        (("final_chord",), (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)),
+        (("first_bass",), (0.0, 0.05, 0.1)),
+        (("declared",), (0.0, 0.1, 0.3)),
+        (("sections",), (0.0, 0.1, 0.2, 0.3)),
+    ),
 }
+CV_FOLDS: Final = 5
+CV_SEED: Final = 0
+
+
+def tune_group(set_name: str) -> str:
+    """The group a set counts in when weights are chosen: every POP909 set is one group, ``pop``."""
+    return "pop" if set_name.startswith("pop909") else set_name
+
+
+def song_of(piece: LabelledPiece) -> str:
+    """The song a piece belongs to (a POP909 song's final arrangement and its versions: one song)."""
+    return f"pop/{piece.id.split('-')[0]}" if piece.set.startswith("pop909") else f"{piece.set}/{piece.id}"
 
 
 def _mirex_table() -> np.ndarray:
@@ -273,34 +394,134 @@ def _mirex_table() -> np.ndarray:
     )
 
 
-def tune_weights(scored: Sequence[Scored], grid: dict[str, tuple[float, ...]] = TUNE_GRID) -> tuple[Any, float]:
-    """The evidence weights chosen on the *tuning* halves only (how ``DEFAULT_WEIGHTS`` was set).
-
-    Every combination of ``grid`` (``hist`` stays 1) is scored by the mean over sets of the MIREX
-    score on the tuning halves (each set counts equally, whatever its size). Many combinations
-    tie at the best value; the weights returned are the centroid of the tied ones, rounded to
-    0.05 (the middle of the plateau, not an edge picked by chance). Returns (weights, value).
-    """
+def family_combos(family: str) -> np.ndarray:
+    """Every weight vector of ``family`` (rows in ``EVIDENCE`` order)."""
     import itertools
 
+    from corpus.curation.key_evidence import EVIDENCE
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown weight family {family!r}; expected one of {', '.join(FAMILIES)}")
+    spec = FAMILIES[family]
+    rows = []
+    for values in itertools.product(*(vals for _, vals in spec)):
+        w = np.zeros(len(EVIDENCE))
+        w[0] = 1.0
+        for (names, _), v in zip(spec, values):
+            for n in names:
+                w[EVIDENCE.index(n)] = v
+        rows.append(w)
+    return np.array(rows)
+
+
+@dataclass(frozen=True, slots=True)
+class _Tuning:
+    """The tuning pieces as arrays: evidence, label index, group and song index of each."""
+
+    mats: np.ndarray  # (pieces, evidence, 24)
+    refs: np.ndarray  # (pieces,) label as key index
+    groups: tuple[str, ...]  # tune group per piece
+    songs: tuple[str, ...]  # song per piece
+
+
+def _tuning(scored: Sequence[Scored]) -> _Tuning:
+    tune = [s for s in scored if s.piece.half == "tune" and s.evidence is not None]
+    return _Tuning(
+        np.stack([s.evidence.matrix for s in tune]),
+        np.array([s.piece.tonic_pc + 12 * (s.piece.mode == "minor") for s in tune]),
+        tuple(tune_group(s.piece.set) for s in tune),
+        tuple(song_of(s.piece) for s in tune),
+    )
+
+
+def _song_scores(combos: np.ndarray, t: _Tuning, idx: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:
+    """MIREX score per song (mean over its pieces) for each combo: song -> (group, (combos,))."""
+    best = np.einsum("ce,nek->cnk", combos, t.mats[idx]).argmax(axis=2)
+    piece = _mirex_table()[best, t.refs[idx][None, :]]  # (combos, pieces)
+    by_song: dict[str, list[int]] = {}
+    for j, i in enumerate(idx):
+        by_song.setdefault(t.songs[i], []).append(j)
+    return {song: (t.groups[idx[js[0]]], piece[:, js].mean(axis=1)) for song, js in by_song.items()}
+
+
+def _objective(song_scores: dict[str, tuple[str, np.ndarray]]) -> np.ndarray:
+    """Mean over tune groups of the mean over songs: each group counts equally, each song once."""
+    groups = sorted({g for g, _ in song_scores.values()})
+    return np.mean([np.mean([v for g2, v in song_scores.values() if g2 == g], axis=0) for g in groups], axis=0)
+
+
+def _centre(combos: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The centroid of the combos that tie for the best value, rounded to 0.01."""
+    tied = combos[values >= values.max() - 1e-12]
+    return np.round(tied.mean(axis=0) / 0.01) * 0.01
+
+
+def fit_weights(scored: Sequence[Scored], family: str = "tonic") -> tuple[Any, float]:
+    """The weights of ``family`` that score best on the *tuning* halves (centre of the ties).
+
+    Objective: mean MIREX score per song (a POP909 song's arrangements together), averaged over
+    songs within each tune group and then over groups (each group counts equally, whatever its
+    size). Returns (KeyWeights, value).
+    """
     from corpus.curation.key_evidence import EVIDENCE, KeyWeights
 
-    tune = [s for s in scored if s.piece.half == "tune" and s.evidence is not None and s.piece.set in TUNE_SETS]
-    sets = sorted({s.piece.set for s in tune})
-    table = _mirex_table()
-    mats, refs = {}, {}
-    for n in sets:
-        part = [s for s in tune if s.piece.set == n]
-        mats[n] = np.stack([s.evidence.matrix for s in part])
-        refs[n] = np.array([s.piece.tonic_pc + 12 * (s.piece.mode == "minor") for s in part])
-    names = EVIDENCE[1:]
-    combos = np.array([(1.0, *c) for c in itertools.product(*(grid[n] for n in names))])
-    values = np.zeros(len(combos))
-    for n in sets:
-        best = np.einsum("ce,nek->cnk", combos, mats[n]).argmax(axis=2)  # (combos, pieces)
-        values += table[best, refs[n][None, :]].mean(axis=1)
-    values /= len(sets)
-    tied = combos[values >= values.max() - 1e-12]
-    centre = np.round(tied.mean(axis=0) / 0.05) * 0.05
-    w = KeyWeights(**{n: float(round(v, 2)) for n, v in zip(EVIDENCE, centre)})
-    return w, float(values.max())
+    t = _tuning(scored)
+    combos = family_combos(family)
+    values = _objective(_song_scores(combos, t, np.arange(len(t.refs))))
+    w = _centre(combos, values)
+    return KeyWeights(**{n: float(round(v, 2)) for n, v in zip(EVIDENCE, w)}), float(values.max())
+
+
+def cross_validate(scored: Sequence[Scored], family: str) -> dict[str, Any]:
+    """``CV_FOLDS``-fold cross-validation of :func:`fit_weights` over the tuning halves.
+
+    Folds are drawn by song (a song's pieces stay in one fold), with a fixed seed. Returns ``cv``
+    (the objective over the held-out songs of every fold) and ``per_song`` (held-out score of
+    each song, for paired comparisons between families).
+    """
+    t = _tuning(scored)
+    combos = family_combos(family)
+    songs = sorted(set(t.songs))
+    order = np.random.default_rng(CV_SEED).permutation(len(songs))
+    fold = {songs[j]: k % CV_FOLDS for k, j in enumerate(order)}
+    piece_fold = np.array([fold[s] for s in t.songs])
+    per_song: dict[str, tuple[str, float]] = {}
+    for k in range(CV_FOLDS):
+        train, test = np.flatnonzero(piece_fold != k), np.flatnonzero(piece_fold == k)
+        w = _centre(combos, _objective(_song_scores(combos, t, train)))
+        for song, (g, v) in _song_scores(w[None, :], t, test).items():
+            per_song[song] = (g, float(v[0]))
+    cv = float(_objective({s: (g, np.array([v])) for s, (g, v) in per_song.items()})[0])
+    return {"cv": cv, "per_song": per_song}
+
+
+def _paired_se(a: dict[str, tuple[str, float]], b: dict[str, tuple[str, float]]) -> float:
+    """Standard error of the objective difference a - b (songs paired, groups weighted equally)."""
+    groups = sorted({g for g, _ in a.values()})
+    var = 0.0
+    for g in groups:
+        d = np.array([a[s][1] - b[s][1] for s in a if a[s][0] == g])
+        if len(d) > 1:
+            var += float(d.var(ddof=1)) / len(d)
+    return float(np.sqrt(var)) / len(groups)
+
+
+def select_weights(scored: Sequence[Scored]) -> dict[str, Any]:
+    """How ``DEFAULT_WEIGHTS`` is chosen, on the tuning halves of every set only.
+
+    Each family of :data:`FAMILIES` is cross-validated (:func:`cross_validate`); the family kept
+    is the one with the fewest free weights whose CV score is within one standard error (paired by
+    song) of the best family's (the one-standard-error rule: more weights must earn their place);
+    its weights are then fitted on all tuning halves (:func:`fit_weights`). Returns ``family``,
+    ``weights`` (KeyWeights), ``value`` (fitted objective) and ``families`` (cv, se, n_weights).
+    """
+    cvs = {f: cross_validate(scored, f) for f in FAMILIES}
+    best = max(cvs, key=lambda f: cvs[f]["cv"])
+    table = {}
+    for f, r in cvs.items():
+        se = _paired_se(cvs[best]["per_song"], r["per_song"]) if f != best else 0.0
+        table[f] = {"cv": round(r["cv"], 4), "se_vs_best": round(se, 4), "n_weights": len(FAMILIES[f])}
+    ok = [f for f in FAMILIES if cvs[f]["cv"] >= cvs[best]["cv"] - table[f]["se_vs_best"]]
+    family = min(ok, key=lambda f: (len(FAMILIES[f]), -cvs[f]["cv"]))
+    weights, value = fit_weights(scored, family)
+    return {"family": family, "weights": weights, "value": value, "best_cv": best, "families": table}
