@@ -208,3 +208,46 @@ def compare(small: dict[str, Any], large: dict[str, Any]) -> str:
                 f"| {r['step']} | {r['wall_s'] / s['wall_s']:.2f}x | {r['driver_peak_rss_mb'] / s['driver_peak_rss_mb']:.2f}x |"
             )
     return "\n".join(lines)
+
+
+def run_nightly(lake: str, delta_dir: str, workers: int = 2, curate_args: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """One more night on an existing lake, each command its own process sampled from outside:
+    ``ingest dir DELTA_DIR``, ``curate`` (the delta), ``curate`` again (nothing new)."""
+    cli = [sys.executable, "-m", "corpus.cli", "--lake", lake, "--workers", str(workers)]
+    steps = [
+        (f"nightly delta: ingest {delta_dir}", ["ingest", "dir", delta_dir, "--source", "synthetic"]),
+        ("nightly delta: curate", ["curate", *curate_args]),
+        ("curate again with nothing new", ["curate", *curate_args]),
+    ]
+    rows = []
+    for step, argv in steps:
+        row = run_command(cli + argv, env=dict(os.environ))
+        row["step"] = step
+        rows.append(row)
+        if row["rc"]:
+            break
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m corpus.bench_lakehouse LAKE DELTA_DIR [-- CURATE ARGS]``: one more night on an
+    existing lake (a copy of a ``bench --lakehouse`` lake), printed as the bench's table rows."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m corpus.bench_lakehouse", description=main.__doc__)
+    ap.add_argument("lake")
+    ap.add_argument("delta_dir")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("curate_args", nargs=argparse.REMAINDER, help="after --: passed to curate")
+    a = ap.parse_args(argv)
+    extra = [x for x in a.curate_args if x != "--"]
+    rows = run_nightly(a.lake, a.delta_dir, a.workers, extra)
+    table = format_table({"n": 0, "workers": a.workers, "rows": rows}).splitlines()
+    print("\n".join([f"one more night on {a.lake}, {a.workers} workers", *table[1:]]))
+    for r in rows:
+        print(f"  {r['step']}: {r['last_line']}")
+    return max(r["rc"] for r in rows)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

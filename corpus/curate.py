@@ -836,10 +836,12 @@ def _song_rows(rows: list[tuple[str, str, str]], run_id: str, song_threshold: fl
 
 
 # analysed pieces without a cluster or a song group yet
+# a piece without any row in the tables (their *_latest views pick one row per piece with a window
+# over the whole table, which cost 3 s of a 176k nightly curate for the same answer)
 _UNDECIDED_SQL = (
     "SELECT piece_id FROM piece_analysis_t JOIN piece_facts_t USING (piece_id) "
-    "WHERE piece_id NOT IN (SELECT piece_id FROM dedup_latest) "
-    "OR piece_id NOT IN (SELECT piece_id FROM song_groups_latest)"
+    "WHERE piece_id NOT IN (SELECT piece_id FROM lake.store.dedup) "
+    "OR piece_id NOT IN (SELECT piece_id FROM lake.store.song_groups)"
 )
 
 

@@ -96,7 +96,7 @@ def test_bad_input(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_lakehouse_table_runs_every_command(tmp_path: Path) -> None:
+def test_lakehouse_table_runs_every_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``bench --lakehouse N`` on a tiny lake: every command of the table runs as its own process and
     exits 0, the delta's curate decides only what the new pieces touch, the no-op curate says so."""
     if not DATA.is_dir():
@@ -116,6 +116,13 @@ def test_lakehouse_table_runs_every_command(tmp_path: Path) -> None:
     assert "| nightly delta: curate |" in table and "| snapshot create |" in table
     ratios = compare(r, r).splitlines()
     assert len(ratios) == 2 + 11 and all("| 1.00x | 1.00x |" in ln for ln in ratios[2:])
+    # one more night on the same lake (python -m corpus.bench_lakehouse LAKE DIR): real files this time
+    from corpus.bench_lakehouse import main as nightly
+
+    assert nightly([str(tmp_path / "w" / "lake"), str(DATA / "lakh_derived"), "--workers", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "| nightly delta: curate |" in printed and "pieces decided again" in printed
+    assert "curate again with nothing new: curate: nothing new:" in printed
 
 
 @pytest.mark.timeout(600)

@@ -428,13 +428,16 @@ class NearDupIndex:
         piece_ids: Sequence[str] | pa.Array,
         kind: Literal["flat", "ivf"],
         shards: Sequence[_Shard] = (),
+        *,
+        check_unique: bool = True,
     ) -> None:
         self._shards = list(shards)
         self._base = sum(s.n for s in self._shards)  # rows held by the saved shards; ``index`` holds the rest
         ids = _as_ids(piece_ids)
         if self._base + index.ntotal != len(ids):
             raise ValueError(f"index holds {self._base + index.ntotal} vectors but {len(ids)} piece ids were given")
-        _check_unique(ids)
+        if check_unique:  # a loaded index was checked when it was built and extended
+            _check_unique(ids)
         self.index = index
         self.ids = ids  # an Arrow string array, row order: no Python object per key (a Lakh lake has 500k tracks)
         self.kind = kind
@@ -771,7 +774,7 @@ class NearDupIndex:
         if meta["kind"] == "ivf":
             ivf = faiss.extract_index_ivf(index)
             ivf.nprobe = min(IVF_NPROBE, ivf.nlist)
-        out = cls(index, ids, meta["kind"], shards)
+        out = cls(index, ids, meta["kind"], shards, check_unique=False)
         out.meta = meta
         return out
 
