@@ -238,9 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("lake")
     ap.add_argument("delta_dir")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("curate_args", nargs=argparse.REMAINDER, help="after --: passed to curate")
-    a = ap.parse_args(argv)
-    extra = [x for x in a.curate_args if x != "--"]
+    args = list(sys.argv[1:] if argv is None else argv)
+    cut = args.index("--") if "--" in args else len(args)
+    a = ap.parse_args(args[:cut])
+    extra = args[cut + 1 :]  # after --: passed to curate
     rows = run_nightly(a.lake, a.delta_dir, a.workers, extra)
     table = format_table({"n": 0, "workers": a.workers, "rows": rows}).splitlines()
     print("\n".join([f"one more night on {a.lake}, {a.workers} workers", *table[1:]]))
