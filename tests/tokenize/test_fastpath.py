@@ -292,26 +292,37 @@ def test_mmm_over_each_base_gives_miditok_ids(config_name, real_scores):
     _assert_identical(tokenizer, SYNTHETIC[:60] + real_scores[::4])
 
 
-@pytest.mark.parametrize("scheme", ["cpword", "octuple", "mumidi"])
-def test_multi_voc_bar_starts_match_miditok_path(scheme, real_scores):
-    """CPWord / Octuple bar starts (corpus.tokenize.bars) are the same through the fast path and
-    miditok's own encoder, and each lands on a bar line: a CPWord or MuMIDI ``Bar`` token (MuMIDI
-    has no fast path: miditok's ids only), or the first Octuple token whose bar number reaches the
-    bar (the one before it is of an earlier bar)."""
-    from corpus.tokenize import presets, stage
+def _bar_starts_both_ways(tok, fast, real_scores, compare: str):
+    """(name, score, encode_piece_bars through the fast path) for ~60 real files miditok encodes,
+    after asserting that miditok's path gives the same ids (``compare``: "ids", or "multi" for the
+    multi-vocabulary ids) and bar starts."""
+    from corpus.tokenize import stage
 
-    tok, _ = presets.build(scheme)
-    fast = fastpath.FastTokenizer(tok) if fastpath.supports(tok) else None
-    slot = tok.vocab_types_idx["Bar"]
-    names = {i: n for n, i in tok.vocab[slot].items()}
-    checked = 0
     for name, score in real_scores[:: max(1, len(real_scores) // 60)]:
         try:
             want = stage.encode_piece_bars(tok, None, score)
         except Exception:  # noqa: BLE001 - miditok refuses it: the stage rejects it, nothing to compare
             continue
         got = stage.encode_piece_bars(tok, fast, score)
-        assert got[1] == want[1] and got[3] == want[3], name
+        same = got[1] == want[1] if compare == "multi" else list(got[0]) == list(want[0])
+        assert same and got[3] == want[3], name
+        yield name, score, got
+
+
+@pytest.mark.parametrize("scheme", ["cpword", "octuple", "mumidi"])
+def test_multi_voc_bar_starts_match_miditok_path(scheme, real_scores):
+    """CPWord / Octuple bar starts (corpus.tokenize.bars) are the same through the fast path and
+    miditok's own encoder, and each lands on a bar line: a CPWord or MuMIDI ``Bar`` token (MuMIDI
+    has no fast path: miditok's ids only), or the first Octuple token whose bar number reaches the
+    bar (the one before it is of an earlier bar)."""
+    from corpus.tokenize import presets
+
+    tok, _ = presets.build(scheme)
+    fast = fastpath.FastTokenizer(tok) if fastpath.supports(tok) else None
+    slot = tok.vocab_types_idx["Bar"]
+    names = {i: n for n, i in tok.vocab[slot].items()}
+    checked = 0
+    for name, score, got in _bar_starts_both_ways(tok, fast, real_scores, "multi"):
         for seq, starts in zip(tok.encode(score) if not tok.one_token_stream else [tok.encode(score)], got[3]):
             bar = [names[t[slot]] for t in seq.ids]
             for k, i in enumerate(starts):
@@ -338,7 +349,7 @@ def test_structured_bar_starts_match_miditok_path_and_lie_on_bar_lines(config_na
     """Structured bar starts are the same through the fast path and miditok's encoder, and bar k
     starts at the TimeShift of the first note whose decoded onset (the sum of the shifts, as
     miditok decodes) is at or after k 4/4 bars: the note before it is earlier."""
-    from corpus.tokenize import presets, stage
+    from corpus.tokenize import presets
 
     cfg = STRUCTURED_CONFIGS[config_name]
     tok = presets.build("structured")[0] if cfg is None else miditok.Structured(miditok.TokenizerConfig(**cfg))
@@ -346,13 +357,7 @@ def test_structured_bar_starts_match_miditok_path_and_lie_on_bar_lines(config_na
     bar = 4 * tok.time_division
     names = {i: n for n, i in tok.vocab.items()}
     checked = 0
-    for name, score in real_scores[:: max(1, len(real_scores) // 60)]:
-        try:
-            want = stage.encode_piece_bars(tok, None, score)
-        except Exception:  # noqa: BLE001 - miditok refuses it: the stage rejects it, nothing to compare
-            continue
-        got = stage.encode_piece_bars(tok, fast, score)
-        assert list(got[0]) == list(want[0]) and got[3] == want[3], name
+    for name, _score, got in _bar_starts_both_ways(tok, fast, real_scores, "ids"):
         assert len({len(b) for b in got[3]}) <= 1  # every sequence gets the piece's bars
         flat, pos = list(got[0]), 0
         for n, starts in zip(got[2], got[3], strict=True):
@@ -379,19 +384,13 @@ def test_mmm_bar_starts_match_miditok_path_per_track_block(real_scores):
     """MMM (the preset, over REMI): the fast path and miditok give the same bar starts, one list per
     track block: the k-th Bar token of the block (its Track_End for the bars it lacks), then its
     Track_End; the block's header is Track_Start, Program."""
-    from corpus.tokenize import presets, stage
+    from corpus.tokenize import presets
 
     tok, _ = presets.build("mmm")
     fast = fastpath.FastTokenizer(tok)
     names = {i: n for n, i in tok.vocab.items()}
     checked = 0
-    for name, score in real_scores[:: max(1, len(real_scores) // 60)]:
-        try:
-            want = stage.encode_piece_bars(tok, None, score)
-        except Exception:  # noqa: BLE001 - miditok refuses it: the stage rejects it, nothing to compare
-            continue
-        got = stage.encode_piece_bars(tok, fast, score)
-        assert list(got[0]) == list(want[0]) and got[3] == want[3], name
+    for name, score, got in _bar_starts_both_ways(tok, fast, real_scores, "ids"):
         seq = [names[i] for i in got[0]]
         blocks = got[3]
         assert len(blocks) == seq.count("Track_Start") and len({len(b) for b in blocks}) == 1, name
