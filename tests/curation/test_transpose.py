@@ -171,8 +171,8 @@ def test_normalization_reaches_c_major_or_a_minor(rel: str):
 def test_normalize_follows_the_default_key_not_music21s(arrangements_dir: Path, tmp_path: Path) -> None:
     """tokenize --transpose normalize shifts by the default key (key_*), not by key_music21_*.
 
-    pop909 089 and 098: the human labels (F# minor, Ab major) are what the default key finds;
-    music21's estimate (D major, C# major) would shift them elsewhere.
+    pop909 089 and 090: the human labels (F# minor, G minor) are what the default key finds;
+    music21's estimate (D major, C minor) would shift them elsewhere.
     """
     from corpus.curate import curate
     from corpus.engine import Engine
@@ -184,7 +184,7 @@ def test_normalize_follows_the_default_key_not_music21s(arrangements_dir: Path, 
     lake = Lake(tmp_path / "lake")
     items = [
         SourceItem(source="pop", uri=s, data=(arrangements_dir / s / f"{s}.mid").read_bytes(), name=s)
-        for s in ("089", "098")
+        for s in ("089", "090")
     ]
     with lake.lock("test"), Engine(workers=0) as e:
         ingest(lake, items, e, IngestConfig())
@@ -198,8 +198,8 @@ def test_normalize_follows_the_default_key_not_music21s(arrangements_dir: Path, 
         ).fetchall()
     finally:
         con.close()
-    assert [r[0] for r in rows] == ["089", "098"]
-    labels = {"089": (6, "minor"), "098": (8, "major")}  # key_audio.txt: F#:min, Ab:maj
+    assert [r[0] for r in rows] == ["089", "090"]
+    labels = {"089": (6, "minor"), "090": (7, "minor")}  # key_audio.txt: F#:min, G:min
     for name, pc, mode, m21_pc, m21_mode, shift in rows:
         assert (pc, mode) == labels[name]
         assert shift == normalize_shift(pc, mode)
