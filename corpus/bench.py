@@ -341,6 +341,24 @@ def _preset_schemes() -> tuple[str, ...]:
     return tuple(names())
 
 
+def preset_batch(scheme: str, datas: Sequence[tuple[str, bytes]]) -> list[Any]:
+    """The tokenize stage's own batch task over ``datas`` (name, bytes) with ``scheme``'s preset,
+    untransposed, verified as the preset says: its (piece, shift, result) rows."""
+    from corpus.tokenize import presets
+    from corpus.tokenize.stage import tokenize_batch
+
+    tok, transform = presets.build(scheme)
+    text = presets.tokenizer_json(tok, transform)
+    return tokenize_batch(
+        [(name, data, [0]) for name, data in datas],
+        text,
+        presets.tokenizer_hash(text),
+        0,
+        127,
+        verify=presets.PRESETS[scheme].verify,
+    )
+
+
 def bench_kept(datas: Sequence[tuple[str, bytes]], schemes: Sequence[str] | None = None) -> dict[str, Any]:
     """Pieces kept / pieces parsed per preset scheme, through the stage's own batch task.
 
@@ -350,7 +368,6 @@ def bench_kept(datas: Sequence[tuple[str, bytes]], schemes: Sequence[str] | None
     the rejects per reason and every lost piece with its reason and detail.
     """
     from corpus.tokenize import presets
-    from corpus.tokenize.stage import tokenize_batch
 
     schemes = tuple(schemes) if schemes is not None else _preset_schemes()
     per: dict[str, Any] = {}
@@ -358,17 +375,8 @@ def bench_kept(datas: Sequence[tuple[str, bytes]], schemes: Sequence[str] | None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for scheme in schemes:
-            tok, transform = presets.build(scheme)
-            text = presets.tokenizer_json(tok, transform)
             t0 = time.perf_counter()
-            res = tokenize_batch(
-                [(name, data, [0]) for name, data in datas],
-                text,
-                presets.tokenizer_hash(text),
-                0,
-                127,
-                verify=presets.PRESETS[scheme].verify,
-            )
+            res = preset_batch(scheme, datas)
             reasons: dict[str, int] = {}
             lost[scheme] = []
             for name, _, r in res:

@@ -728,9 +728,10 @@ def _recluster(
                 if changed_rows is not None:
                     undecided = {str(p) for p in _column(con, _UNDECIDED_SQL)}
                     fresh = undecided | set(new_pieces) | set(_pieces_of_tracks(new_tracks))
-                    fresh |= changed_rows & set(ids)
+                    analysed = set(ids)
+                    fresh |= changed_rows & analysed
                     decision = _delta_decision(
-                        con, fresh, undecided, set(ids), new_dup_pairs, matches, threshold, song_threshold, cols, base
+                        con, fresh, undecided, analysed, new_dup_pairs, matches, threshold, song_threshold, cols, base
                     )
             if decision is None:  # first decision, other parameters, or the last one's lake version expired
                 got = _read_scope(con, None, cols)

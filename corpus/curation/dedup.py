@@ -564,15 +564,12 @@ class NearDupIndex:
         rows = np.asarray(rows, np.int64)
         out = np.zeros((len(rows), self.dim), np.float32)
         mine = np.nonzero(rows >= self._base)[0]
-        for i in mine.tolist():
-            out[i] = self.index.reconstruct(int(rows[i]) - self._base)
+        if len(mine):
+            out[mine] = self.index.reconstruct_batch(rows[mine] - self._base)
         for s in self._shards:
             at = np.nonzero((rows >= s.start) & (rows < s.start + s.n))[0]
             if len(at):
-                part = s.read()
-                for i in at.tolist():
-                    out[i] = part.reconstruct(int(rows[i]) - s.start)
-                del part
+                out[at] = s.read().reconstruct_batch(rows[at] - s.start)
         return out
 
     def pairs_of(self, rows: Sequence[int], threshold: float, k: int = PAIR_K) -> list[tuple[int, int, float]]:

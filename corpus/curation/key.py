@@ -423,14 +423,19 @@ def _best_key(corr: np.ndarray, profile: str) -> KeyEstimate:
         best, second = second, best
     if corr[best] - corr[second] < NEAR_TIE:
         best, second = _pick(corr.tolist())
-    mode = MODES[best // 12]
-    pc = best % 12
+    return key_at(best, float(corr[best]), float(corr[best] - corr[second]), profile)
+
+
+def key_at(index: int, correlation: float, confidence: float, profile: str) -> KeyEstimate:
+    """The key numbered ``index`` (0-11 major tonics C..B, 12-23 minor), spelt as music21 does."""
+    mode = MODES[index // 12]
+    pc = index % 12
     return KeyEstimate(
         tonic=TONIC_NAMES[mode][pc],
         tonic_pc=pc,
         mode=mode,
-        correlation=float(corr[best]),
-        confidence=float(corr[best] - corr[second]),
+        correlation=correlation,
+        confidence=confidence,
         profile=profile,
     )
 

@@ -38,11 +38,11 @@ import numpy as np
 
 from corpus.curation.key import (
     MODES,
-    TONIC_NAMES,
     KeyEstimate,
     Profile,
     WindowKey,
     declared_key,
+    key_at,
     key_correlations,
     note_weights,
     windowed_keys,
@@ -212,16 +212,7 @@ def key_from_evidence(ev: KeyEvidence, weights: KeyWeights = DEFAULT_WEIGHTS) ->
     score = weights.vector() @ ev.matrix
     order = np.lexsort((-ev.matrix[0], -score))
     best, second = int(order[0]), int(order[1])
-    mode = MODES[best // 12]
-    pc = best % 12
-    return KeyEstimate(
-        tonic=TONIC_NAMES[mode][pc],
-        tonic_pc=pc,
-        mode=mode,
-        correlation=float(ev.matrix[0, best]),
-        confidence=float(score[best] - score[second]),
-        profile=KEY_METHOD,
-    )
+    return key_at(best, float(ev.matrix[0, best]), float(score[best] - score[second]), KEY_METHOD)
 
 
 def estimate_key_v2(score: symusic.Score, weights: KeyWeights = DEFAULT_WEIGHTS) -> KeyEstimate | None:

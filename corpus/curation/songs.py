@@ -405,7 +405,7 @@ def match_tracks_table(
         con.execute(f"SET memory_limit = '{MATCH_MEMORY_LIMIT}'")
         if cand.num_rows < ONE_THREAD_CANDIDATES:
             # a nightly delta's few candidates: the scan of every track's n-grams dominates, and each
-            # thread decodes a row group of them at once (one thread held ~200 MB less at 176k pieces)
+            # thread decodes a whole row group of them at once
             con.execute("SET threads = 1")
         got = con.execute(
             f"""

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from corpus.bench import preset_batch
 from corpus.parse import Reject, analyse
 from corpus.tokenize import presets, roundtrip
-from corpus.tokenize.stage import encode_piece, tokenize_batch
+from corpus.tokenize.stage import encode_piece
 from tests.conftest import midi_files
 
 SHARED_FOLDERS = ("midi", "lakh", "lakh_derived", "mutopia")
@@ -30,16 +31,7 @@ def _parsed(data_dir: Path, folders: tuple[str, ...] = SHARED_FOLDERS) -> list[t
 
 def _kept(scheme: str, pieces: list[tuple[str, bytes]]) -> dict[str, str]:
     """piece -> "ok" or its reject reason, through the stage's own batch task (verify as the preset says)."""
-    tok, transform = presets.build(scheme)
-    text = presets.tokenizer_json(tok, transform)
-    res = tokenize_batch(
-        [(name, data, [0]) for name, data in pieces],
-        text,
-        presets.tokenizer_hash(text),
-        0,
-        127,
-        verify=presets.PRESETS[scheme].verify,
-    )
+    res = preset_batch(scheme, pieces)
     return {pid: r[0] if r[0] == "ok" else r[1] for pid, _, r in res}
 
 
