@@ -969,7 +969,7 @@ def _delta_decision(
         )
     finally:
         con.unregister("d0_ids")
-    got = _read_scope(con, sorted(in_d), cols)
+    got = _read_scope(con, sorted(in_d), cols, songs_too=False)
     pairs_d = [(a, b, sc) for a, b, sc in new_dup_pairs if a in in_d and b in in_d]
     after_d = _decide(got, pairs_d, [], threshold, song_threshold, songs_too=False)
     old_d = _decide(got, [], [], threshold, song_threshold, only_decided=True, songs_too=False)
@@ -981,12 +981,20 @@ def _delta_decision(
 
     # ---------------------------------------------------------------- song groups
     in_t = set(in_d) | set(matches.column("piece_a").to_pylist()) | set(matches.column("piece_b").to_pylist())
+    # Song pairs are stored only in the transaction of a decision, which decides both their pieces, so a
+    # piece that was never decided (new tonight, or analysed by a curate that stopped before deciding)
+    # has none stored: only the fresh pieces decided before are looked up in song_pairs, whose scan
+    # grows with the lake (2 s of a 176k nightly curate for 200 new pieces, none of them decided).
+    stored_of = sorted(fresh - undecided)
     reg("fresh_ids", fresh)
+    reg("stored_ids", set(stored_of))
     try:
-        peers = [
-            "SELECT piece_b FROM song_pairs_t WHERE piece_a IN (SELECT piece_id FROM fresh_ids)",
-            "SELECT piece_a FROM song_pairs_t WHERE piece_b IN (SELECT piece_id FROM fresh_ids)",
-        ]
+        peers = ["SELECT piece_id FROM fresh_ids"]
+        if stored_of:
+            peers += [
+                "SELECT piece_b FROM song_pairs_t WHERE piece_a IN (SELECT piece_id FROM stored_ids)",
+                "SELECT piece_a FROM song_pairs_t WHERE piece_b IN (SELECT piece_id FROM stored_ids)",
+            ]
         if "msd_ids" in cols:
             peers.append(
                 "SELECT p.piece_id FROM (SELECT piece_id, unnest(msd_ids) AS m FROM pieces WHERE status = 'ok') p "
@@ -1009,6 +1017,7 @@ def _delta_decision(
         in_t |= ids_of(" UNION ".join(peers))
     finally:
         con.unregister("fresh_ids")
+        con.unregister("stored_ids")
     in_t &= analysed
     reg("t_ids", in_t)
     in_t_sql = "(SELECT piece_id FROM t_ids)"
@@ -1032,7 +1041,7 @@ def _delta_decision(
         # DuckDB: a large group touches millions of stored pairs, which never become Python objects
         con.register("delta_matches", matches.select(["piece_a", "piece_b", "containment", "shared_ngrams"]))
         con.register("undecided_ids", pa.table({"piece_id": pa.array(sorted(undecided), pa.string())}))
-        con.register("fresh_pair_ids", pa.table({"piece_id": pa.array(sorted(fresh), pa.string())}))
+        con.register("fresh_pair_ids", pa.table({"piece_id": pa.array(stored_of, pa.string())}))
         try:
             both_analysed = (
                 "a IN (SELECT piece_id FROM piece_analysis_t JOIN piece_facts_t USING (piece_id)) "
@@ -1043,11 +1052,16 @@ def _delta_decision(
             # group, leaves the song-pair total as it was, and its piece's "melody" kind is in the
             # joined_by kept below. (Stored pairs touching all of T grow with the lake: 314k for 6k
             # pieces of the 176k synthetic lake.)
-            fresh_sql = "(SELECT piece_id FROM undecided_ids UNION SELECT piece_id FROM fresh_pair_ids)"
+            # (of those, the ones decided before: see stored_of)
+            fresh_sql = "(SELECT piece_id FROM fresh_pair_ids)"
             stored = (
-                "SELECT piece_a AS a, piece_b AS b, max(containment) AS c, max(shared_ngrams) AS n FROM song_pairs_t "
-                f"WHERE scheme = '{songs.TRACK_SCHEME}' AND (piece_a IN {fresh_sql} OR piece_b IN {fresh_sql}) "
-                "GROUP BY ALL"
+                (
+                    "SELECT piece_a AS a, piece_b AS b, max(containment) AS c, max(shared_ngrams) AS n FROM song_pairs_t "
+                    f"WHERE scheme = '{songs.TRACK_SCHEME}' AND (piece_a IN {fresh_sql} OR piece_b IN {fresh_sql}) "
+                    "GROUP BY ALL"
+                )
+                if stored_of
+                else "SELECT piece_a AS a, piece_b AS b, containment AS c, shared_ngrams AS n FROM delta_matches LIMIT 0"
             )
             got = con.execute(
                 f"WITH st AS ({stored}), best AS (SELECT a, b, max({{'c': c, 'n': n}}) AS m, max(c) FILTER (WHERE s) AS sc, "
@@ -1255,7 +1269,7 @@ def _passes_sql(containment: str, shared: str, threshold: float) -> str:
     )
 
 
-def _read_scope(con: Any, scope: list[str] | None, cols: set[str]) -> dict[str, Any]:
+def _read_scope(con: Any, scope: list[str] | None, cols: set[str], songs_too: bool = True) -> dict[str, Any]:
     """What a decision over ``scope`` (None: every piece) reads: hashes, stored pairs, Lakh md5s,
     external ids, lineage and the current assignments, restricted to pieces of the scope.
 
@@ -1306,12 +1320,18 @@ def _read_scope(con: Any, scope: list[str] | None, cols: set[str]) -> dict[str, 
                 np.asarray(near["s"], np.float64),
             )
             del near
-            sp = con.execute(
-                "SELECT ca.code AS a, cb.code AS b, max(containment) AS c, max(shared_ngrams) AS n FROM song_pairs_t "
-                "JOIN scope_codes ca ON ca.piece_id = piece_a JOIN scope_codes cb ON cb.piece_id = piece_b "
-                "WHERE scheme = ? GROUP BY ALL",
-                [songs.TRACK_SCHEME],
-            ).fetchnumpy()
+            # (not read for the dedup level of a delta decision, ``songs_too=False``: the join scans every
+            # stored song pair, 1 s at 176k)
+            sp = (
+                con.execute(
+                    "SELECT ca.code AS a, cb.code AS b, max(containment) AS c, max(shared_ngrams) AS n FROM song_pairs_t "
+                    "JOIN scope_codes ca ON ca.piece_id = piece_a JOIN scope_codes cb ON cb.piece_id = piece_b "
+                    "WHERE scheme = ? GROUP BY ALL",
+                    [songs.TRACK_SCHEME],
+                ).fetchnumpy()
+                if songs_too
+                else {k: np.zeros(0) for k in "abcn"}
+            )
             out["stored_songs"] = (
                 np.asarray(sp["a"], np.int32),
                 np.asarray(sp["b"], np.int32),

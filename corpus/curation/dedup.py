@@ -700,6 +700,11 @@ class NearDupIndex:
                 s.copy_to(folder / f"shard-{len(shard_sizes):04d}.faiss")
                 shard_sizes.append(s.n)
             have = int(self.index.ntotal)
+            if 0 < have <= SHARD_N:  # the held part is one shard as it is (adding its vectors again to an
+                # empty copy assigns each to its list again: 0.7 s a save for 32k vectors)
+                faiss.write_index(self.index, str(folder / f"shard-{len(shard_sizes):04d}.faiss"))
+                shard_sizes.append(have)
+                have = 0
             for lo in range(0, have, SHARD_N):
                 n = min(SHARD_N, have - lo)
                 part = _empty_like(self.index)
