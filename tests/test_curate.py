@@ -319,3 +319,62 @@ def test_a_lake_with_the_older_key_rule_gets_the_new_key(tmp_path: Path, data_di
         again = curate(lake, e)
     assert again.reanalysed == first.analysed and again.stale_versions == {"curate-v2": first.analysed}
     assert CURATE_VERSION != "curate-v2" and q(lake, keys) == fresh
+
+
+def test_a_nightly_reads_the_new_vectors_from_the_rows_inserted_since_the_index_was_saved(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """The index records the lake version whose keys it holds; the next night's new keys are all in
+    the rows inserted since, which give the same vectors as the whole table. Keys outside them, or a
+    version expired by ``lake maintain``, fall back to the whole table."""
+    import numpy as np
+
+    from corpus.curate import _fetch_vectors, _inserted_since
+    from corpus.curation import dedup
+
+    lake = Lake(tmp_path / "lake")
+    full = "SELECT piece_id AS key, dedup_vector AS vector FROM piece_analysis_t"
+    with lake.lock("t"), Engine(workers=1) as e:
+        ingest(lake, DirSource(data_dir / "lakh" / "lmd_full", name="first"), e, IngestConfig())
+        curate(lake, e)
+        saved = json.loads((lake.root / "index" / "neardup" / "meta.json").read_text())["lake_version"]
+        ingest(lake, DirSource(data_dir / "lakh_derived", name="second"), e, IngestConfig())
+        curate(lake, e)
+    after = json.loads((lake.root / "index" / "neardup" / "meta.json").read_text())["lake_version"]
+    assert after > saved
+    con = lake.connect()
+    try:
+        new = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT piece_id FROM pieces WHERE source = 'second' AND status = 'ok' "
+                "AND piece_id NOT IN (SELECT piece_id FROM pieces WHERE source = 'first') ORDER BY 1"
+            ).fetchall()
+        ]
+        old = [
+            r[0]
+            for r in con.execute("SELECT DISTINCT piece_id FROM pieces WHERE source = 'first' ORDER BY 1").fetchall()
+        ]
+        assert len(new) > 10 and len(old) > 10
+        now = con.execute("SELECT id FROM ducklake_current_snapshot('lake')").fetchone()[0]
+        recent = _inserted_since("piece_analysis", "piece_id AS key, dedup_vector AS vector", "true", saved, now)
+        # the premise: every new key once among the rows inserted since, no old key there
+        got = {r[0] for r in con.execute(f"SELECT key FROM ({recent})").fetchall()}
+        assert set(new) <= got and not (set(old) & got)
+        whole = _fetch_vectors(con, full, new, dedup.VECTOR_DIM)
+        assert whole.shape == (len(new), dedup.VECTOR_DIM) and np.abs(whole).sum() > 0
+        assert np.array_equal(_fetch_vectors(con, full, new, dedup.VECTOR_DIM, recent), whole)
+        mixed = new[:5] + old[:5]
+        assert np.array_equal(
+            _fetch_vectors(con, full, mixed, dedup.VECTOR_DIM, recent),
+            _fetch_vectors(con, full, mixed, dedup.VECTOR_DIM),
+        )
+    finally:
+        con.close()
+    with lake.lock("t"):
+        lake.maintain(keep_days=0)
+    con = lake.connect()
+    try:
+        assert np.array_equal(_fetch_vectors(con, full, new, dedup.VECTOR_DIM, recent), whole)
+    finally:
+        con.close()
