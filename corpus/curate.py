@@ -57,9 +57,7 @@ KEY_PROFILE = "aarden"
 WINDOW_BARS = 8
 DEDUP_THRESHOLD = 0.7
 DEDUP_PAIR_FLOOR = 0.5  # near-dup pairs at or above this are stored, so the threshold can move down to it
-CURATE_VERSION = (
-    "curate-v3"  # v3: default key rule evidence-v2; v2: expressive (nomml-v1), track roles (roles-v1), chords
-)
+CURATE_VERSION = "curate-v4"  # v4: default key rule evidence-v3; v3: evidence-v2; v2: expressive (nomml-v1), track roles (roles-v1), chords
 KEY_BACKENDS = ("ours", "music21")
 
 
@@ -153,7 +151,12 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
     alt = key.estimate_key_from_weights(pitches, weights, "krumhansl") if m21 is not None else None
     declared = key.declared_key(score)
     windows = key.windowed_keys(score, WINDOW_BARS, KEY_PROFILE) if m21 is not None else []
-    ev = key_evidence.key_evidence(score, weights_cache=(pitches, weights), windows=windows) if m21 else None
+    segs = chords.score_segments(score)  # chord labels: key evidence, then the chords table
+    ev = (
+        key_evidence.key_evidence(score, weights_cache=(pitches, weights), windows=windows, chord_segments=segs)
+        if m21
+        else None
+    )
     est = key_evidence.key_from_evidence(ev) if ev is not None else None
     sig = dedup.signature(score)
     track_sigs = songs.track_signatures(score, piece_id)
@@ -208,7 +211,7 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
         }
         for t in track_tex
     ]
-    chord_rows, chord_summary = chords.piece_chords(score, piece_id, row["key_tonic_pc"], row["key_mode"])
+    chord_rows, chord_summary = chords.piece_chords(score, piece_id, row["key_tonic_pc"], row["key_mode"], segs=segs)
     row.update(chord_summary)
     out: dict[str, Any] = {"row": row, "tracks": tracks, "track_signatures": track_sigs, "chords": chord_rows}
     if fallback is not None:

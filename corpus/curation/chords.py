@@ -417,13 +417,29 @@ def tick_seconds(score: symusic.Score, ticks: np.ndarray) -> np.ndarray:
     return at[i] + (t - times[i]) * sec_per_tick[i]
 
 
-def piece_chords(
-    score: symusic.Score, piece_id: str, tonic_pc: int | None, mode: str | None, params: Params = Params()
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The ``chords`` rows of a piece (one per harmonic change) and its summary columns."""
+def score_segments(score: symusic.Score, params: Params = Params()) -> list[Segment]:
+    """The harmonic changes of a score on its beat grid (:func:`beat_bounds`), bounds in ticks."""
     start, end, pitch = pitched_notes(score)
     bounds = beat_bounds(score, start)
-    segs = chords_from_notes(start, end, pitch, bounds, params) if len(bounds) > 1 else []
+    return chords_from_notes(start, end, pitch, bounds, params) if len(bounds) > 1 else []
+
+
+def piece_chords(
+    score: symusic.Score,
+    piece_id: str,
+    tonic_pc: int | None,
+    mode: str | None,
+    params: Params = Params(),
+    segs: list[Segment] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The ``chords`` rows of a piece (one per harmonic change) and its summary columns.
+
+    ``segs``: :func:`score_segments` of ``score`` with ``params`` when the caller has them already.
+    """
+    start, _, _ = pitched_notes(score)
+    bounds = beat_bounds(score, start)
+    if segs is None:
+        segs = score_segments(score, params)
     secs = tick_seconds(score, np.array([[s.start, s.end] for s in segs]).reshape(-1)) if segs else []
     rows = []
     for i, s in enumerate(segs):
