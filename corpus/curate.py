@@ -151,9 +151,9 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
     alt = key.estimate_key_from_weights(pitches, weights, "krumhansl") if m21 is not None else None
     declared = key.declared_key(score)
     windows = key.windowed_keys(score, WINDOW_BARS, KEY_PROFILE) if m21 is not None else []
-    segs = chords.score_segments(score)  # chord labels: key evidence, then the chords table
+    segmented = chords.score_segments(score)  # chord labels: key evidence, then the chords table
     ev = (
-        key_evidence.key_evidence(score, weights_cache=(pitches, weights), windows=windows, chord_segments=segs)
+        key_evidence.key_evidence(score, weights_cache=(pitches, weights), windows=windows, chord_segments=segmented[0])
         if m21
         else None
     )
@@ -211,7 +211,9 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
         }
         for t in track_tex
     ]
-    chord_rows, chord_summary = chords.piece_chords(score, piece_id, row["key_tonic_pc"], row["key_mode"], segs=segs)
+    chord_rows, chord_summary = chords.piece_chords(
+        score, piece_id, row["key_tonic_pc"], row["key_mode"], segmented=segmented
+    )
     row.update(chord_summary)
     out: dict[str, Any] = {"row": row, "tracks": tracks, "track_signatures": track_sigs, "chords": chord_rows}
     if fallback is not None:

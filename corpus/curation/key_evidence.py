@@ -301,7 +301,7 @@ def key_evidence(
 
     ``weights_cache``: ``(pitches, weights)`` from :func:`corpus.curation.key.note_weights`, and
     ``windows`` from :func:`corpus.curation.key.windowed_keys`, and ``chord_segments`` from
-    :func:`corpus.curation.chords.score_segments`, when the caller has them already.
+    :func:`corpus.curation.chords.score_segments` (its segments), when the caller has them already.
     """
     if weights_cache is None:
         pitches, _, w = note_weights(score)
@@ -351,7 +351,7 @@ def key_evidence(
     if chord_segments is None:
         from corpus.curation.chords import score_segments
 
-        chord_segments = score_segments(score)
+        chord_segments = score_segments(score)[0]
     m[12:16] = chord_evidence(chord_segments, bar_starts(score)[::PHRASE_BARS])
     return KeyEvidence(matrix=m, notated=notated, declared_agrees=agrees)
 
