@@ -194,7 +194,8 @@ def chord_evidence(segs: Sequence[Segment], phrase_ticks: np.ndarray | None = No
       ``phrase_ticks`` (every ``PHRASE_BARS``-th bar line: phrase starts and ends);
     * ``chord_diatonic``: share of the labelled beats on the key's primary chords (:data:`DIATONIC`);
     * ``cadence``: share of the V -> I moves (a :data:`DOMINANT` chord whose root is a fifth above
-      the next chord's, that chord a major or minor tonic chord) that land on the key's tonic.
+      the next chord's, that chord a major or minor tonic chord) that land on the key's tonic
+      (I -> IV falls a fifth too, so it counts for the key of IV: the row is noisy in pop).
     A key and its relative share their notes but not their tonic chord, primary chords or cadences.
     """
     out = np.zeros((4, 24))
