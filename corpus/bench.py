@@ -290,7 +290,8 @@ def format_key_accuracy(acc: dict[str, Any]) -> str:
             " SE of the difference to the best, * within one SE):"
         )
         out += [
-            f"    {f:32s} {v['cv']:.4f}  {v['n_weights']} p  se {v['se_vs_best']:.4f}{' *' if v.get('within_se') else ''}"
+            f"    {f:32s} {v['cv']:.4f}  {v['n_weights']} p  se {v['se_vs_best']:.4f}"
+            + (" *" if v.get("within_se") else "")
             for f, v in sel["families"].items()
         ]
         out.append(

@@ -32,8 +32,8 @@ the labelled sets in :mod:`corpus.curation.key_labels` by cross-validation, see
 ``midicorpus bench``). ``evidence-v3`` (this rule) keeps one weight shared by the three tonic cues
 (``final_bass``, ``final_chord``, ``first_bass``) and one on ``chord_diatonic``: a pop song that
 ends (or starts) on vi still spends most of its time on I IV V vi of its key, of which the
-relative minor's primary chords (i iv v V VI) hold only vi and IV. The other rows are measured (the bench compares them as families)
-but weigh nothing. ``evidence-v2`` was the tonic cues alone; ``evidence-v1``'s six separately
+relative minor's primary chords (i iv v V VI) hold only vi and IV. The other rows are measured
+(the bench compares them as families) but weigh nothing. ``evidence-v2`` was the tonic cues alone; ``evidence-v1``'s six separately
 fitted weights cross-validated worse (see the README, "Key accuracy against human labels").
 ``confidence`` is the margin of the best score over the runner-up, in the units of a correlation
 (the histogram weight is 1).

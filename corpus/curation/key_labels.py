@@ -553,7 +553,8 @@ def select_weights(scored: Sequence[Scored]) -> dict[str, Any]:
 
     Each family of :data:`FAMILIES` is cross-validated (:func:`cross_validate`); the family kept
     is the one with the fewest free parameters (:func:`n_free`) whose CV score is within one
-    standard error (paired by song) of the best family's (the one-standard-error rule: more weights must earn their place);
+    standard error (paired by song) of the best family's (the one-standard-error rule: more
+    weights must earn their place);
     its weights are then fitted on all tuning halves (:func:`fit_weights`). Returns ``family``,
     ``weights`` (KeyWeights), ``value`` (fitted objective) and ``families`` (cv, se_vs_best,
     n_weights, within_se).
