@@ -284,11 +284,16 @@ def format_key_accuracy(acc: dict[str, Any]) -> str:
         ]
     sel = acc.get("selection")
     if sel:
-        fams = ", ".join(
-            f"{f} {v['cv']:.4f} ({v['n_weights']} w, se {v['se_vs_best']:.4f})" for f, v in sel["families"].items()
-        )
         nonzero = ", ".join(f"{k}={v:g}" for k, v in sel["weights"].items() if v and k != "hist")
-        out.append(f"  weights chosen on the tuning halves (5-fold CV by song): {fams}")
+        out.append(
+            "  weights chosen on the tuning halves (5-fold CV by song; family: CV, free parameters,"
+            " SE of the difference to the best, * within one SE):"
+        )
+        out += [
+            f"    {f:32s} {v['cv']:.4f}  {v['n_weights']} p  se {v['se_vs_best']:.4f}"
+            + (" *" if v.get("within_se") else "")
+            for f, v in sel["families"].items()
+        ]
         out.append(
             f"  kept: {sel['family']} ({nonzero or 'histogram only'}), "
             + (

@@ -15,12 +15,13 @@ assignment as a new version of ``dedup``; the ``features`` view shows the latest
 faiss index is saved under ``index/neardup`` for ``midicorpus similar``.
 
 The whole-piece key (``key_tonic``, ``key_tonic_pc``, ``key_mode``, ``key_correlation``,
-``key_confidence``, ``key_profile`` = ``evidence-v2``) is the default estimate of
-:mod:`corpus.curation.key_evidence` (histogram, first and last bass, last harmony); transposition (``--transpose normalize``) follows it. music21's estimate is
-kept beside it in ``key_music21_*``. Key backend (``key_backend``), for those columns: ``"ours"``
-(default) is :func:`corpus.curation.key.estimate_key`, the fast emulation of music21;
-``"music21"`` runs music21's own ``analyze('key')``
-(:func:`corpus.curation.key.estimate_key_music21`, about 2.5 s per file). The windowed keys,
+``key_confidence``, ``key_profile`` = ``evidence-v3``) is the default estimate of
+:mod:`corpus.curation.key_evidence` (histogram, first and last bass, last harmony, primary chords
+of the chord labels, computed once for the key and the ``chords`` table); transposition
+(``--transpose normalize``) follows it. music21's estimate is kept beside it in
+``key_music21_*``. Key backend (``key_backend``), for those columns: ``"ours"`` (default) is
+:func:`corpus.curation.key.estimate_key`, the fast emulation of music21; ``"music21"`` runs
+music21's own ``analyze('key')`` (:func:`corpus.curation.key.estimate_key_music21`, about 2.5 s per file). The windowed keys,
 ``key_krumhansl`` and the default key always come from ours. The backend that produced
 ``key_music21_*`` is the row's ``key_backend`` (NULL when the piece has no key); when music21 raises on a piece, ours
 is used for it and recorded as such (counted in ``CurateSummary.key_fallbacks``). The backend
@@ -57,9 +58,8 @@ KEY_PROFILE = "aarden"
 WINDOW_BARS = 8
 DEDUP_THRESHOLD = 0.7
 DEDUP_PAIR_FLOOR = 0.5  # near-dup pairs at or above this are stored, so the threshold can move down to it
-CURATE_VERSION = (
-    "curate-v3"  # v3: default key rule evidence-v2; v2: expressive (nomml-v1), track roles (roles-v1), chords
-)
+# v4: default key rule evidence-v3; v3: evidence-v2; v2: expressive (nomml-v1), track roles (roles-v1), chords
+CURATE_VERSION = "curate-v4"
 KEY_BACKENDS = ("ours", "music21")
 
 
@@ -153,7 +153,12 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
     alt = key.estimate_key_from_weights(pitches, weights, "krumhansl") if m21 is not None else None
     declared = key.declared_key(score)
     windows = key.windowed_keys(score, WINDOW_BARS, KEY_PROFILE) if m21 is not None else []
-    ev = key_evidence.key_evidence(score, weights_cache=(pitches, weights), windows=windows) if m21 else None
+    segmented = chords.score_segments(score)  # chord labels: key evidence, then the chords table
+    ev = (
+        key_evidence.key_evidence(score, weights_cache=(pitches, weights), windows=windows, chord_segments=segmented[0])
+        if m21
+        else None
+    )
     est = key_evidence.key_from_evidence(ev) if ev is not None else None
     sig = dedup.signature(score)
     track_sigs = songs.track_signatures(score, piece_id)
@@ -208,7 +213,9 @@ def analyse_piece(piece_id: str, data: bytes, key_backend: str = "ours") -> dict
         }
         for t in track_tex
     ]
-    chord_rows, chord_summary = chords.piece_chords(score, piece_id, row["key_tonic_pc"], row["key_mode"])
+    chord_rows, chord_summary = chords.piece_chords(
+        score, piece_id, row["key_tonic_pc"], row["key_mode"], segmented=segmented
+    )
     row.update(chord_summary)
     out: dict[str, Any] = {"row": row, "tracks": tracks, "track_signatures": track_sigs, "chords": chord_rows}
     if fallback is not None:

@@ -98,14 +98,14 @@ TABLES: dict[str, pa.Schema] = {
             ("max_onset_polyphony", pa.int32()),
             ("share_poly", pa.float64()),
             ("n_monophonic_tracks", pa.int32()),
-            # the default key (corpus.curation.key_evidence: histogram + bass + final/first harmony
-            # + agreeing key signature + sections)
+            # the default key (corpus.curation.key_evidence: histogram + final/first bass + final
+            # harmony + primary chords of the chord labels; more evidence measured, weighing 0)
             ("key_tonic", pa.string()),
             ("key_tonic_pc", pa.int32()),
             ("key_mode", pa.string()),
             ("key_correlation", pa.float64()),  # the histogram's Pearson r for that key
             ("key_confidence", pa.float64()),  # weighted-score margin to the runner-up key
-            ("key_profile", pa.string()),  # the method, e.g. evidence-v2
+            ("key_profile", pa.string()),  # the method, e.g. evidence-v3
             # music21's analyze('key') (AardenEssen histogram), by the backend in key_backend
             ("key_music21_tonic", pa.string()),
             ("key_music21_tonic_pc", pa.int32()),

@@ -417,13 +417,27 @@ def tick_seconds(score: symusic.Score, ticks: np.ndarray) -> np.ndarray:
     return at[i] + (t - times[i]) * sec_per_tick[i]
 
 
-def piece_chords(
-    score: symusic.Score, piece_id: str, tonic_pc: int | None, mode: str | None, params: Params = Params()
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The ``chords`` rows of a piece (one per harmonic change) and its summary columns."""
+def score_segments(score: symusic.Score, params: Params = Params()) -> tuple[list[Segment], int]:
+    """The harmonic changes of a score on its beat grid (:func:`beat_bounds`, ticks), and its beats."""
     start, end, pitch = pitched_notes(score)
     bounds = beat_bounds(score, start)
     segs = chords_from_notes(start, end, pitch, bounds, params) if len(bounds) > 1 else []
+    return segs, max(len(bounds) - 1, 0)
+
+
+def piece_chords(
+    score: symusic.Score,
+    piece_id: str,
+    tonic_pc: int | None,
+    mode: str | None,
+    params: Params = Params(),
+    segmented: tuple[list[Segment], int] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The ``chords`` rows of a piece (one per harmonic change) and its summary columns.
+
+    ``segmented``: :func:`score_segments` of ``score`` with ``params``, when the caller has it.
+    """
+    segs, n_beats = score_segments(score, params) if segmented is None else segmented
     secs = tick_seconds(score, np.array([[s.start, s.end] for s in segs]).reshape(-1)) if segs else []
     rows = []
     for i, s in enumerate(segs):
@@ -447,5 +461,5 @@ def piece_chords(
                 "score": round(s.score, 6),
             }
         )
-    summary = summarize([r["degree"] for r in rows], max(len(bounds) - 1, 0), len(rows))
+    summary = summarize([r["degree"] for r in rows], n_beats, len(rows))
     return rows, summary

@@ -353,12 +353,27 @@ def accuracy_table(scored: Sequence[Scored], methods: Sequence[str] = METHODS) -
 # choosing the weights (tuning halves only)
 
 TONIC_CUES: Final = ("final_bass", "final_chord", "first_bass")
+CHORD_ROWS: Final = ("chord_tonic", "chord_phrase", "chord_diatonic", "cadence")
 _STEP: Final = tuple(round(0.01 * i, 2) for i in range(31))  # 0 .. 0.30
+_CHORD_STEP: Final = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # weights of chord evidence
+_TONIC: Final = (TONIC_CUES, _STEP)
+_DIATONIC: Final = (("chord_diatonic",), _CHORD_STEP)
+
+
+def _profile(row: str) -> tuple[tuple[tuple[str, ...], tuple[float, ...]], ...]:
+    """A histogram with another profile in place of Aarden-Essen (one choice, not a weight)."""
+    return ((("hist",), (0.0,)), ((row,), (1.0,)))
+
+
 # Candidate families of weights: each tuple of evidence names shares one weight; the values each
-# weight may take. ``hist`` is always 1, evidence not named is 0. ``each`` is evidence-v1's grid.
+# weight may take. ``hist`` is 1 unless a family sets it (a profile swap: ``_profile``), evidence
+# not named is 0. ``each`` is evidence-v1's grid. The issue-18 families: chord evidence (one row,
+# or the four sharing a weight, with or without the tonic cues), the section key covering the most
+# time, other profiles (Temperley-Kostka-Payne, Bellman-Budge, Albrecht-Shanahan) and a
+# bass-weighted histogram in place of Aarden-Essen, and the best of these combined.
 FAMILIES: Final[dict[str, tuple[tuple[tuple[str, ...], tuple[float, ...]], ...]]] = {
-    "tonic": ((TONIC_CUES, _STEP),),
-    "tonic+declared": ((TONIC_CUES, _STEP), (("declared",), (0.0, 0.05, 0.1, 0.15, 0.2, 0.3))),
+    "tonic": (_TONIC,),
+    "tonic+declared": (_TONIC, (("declared",), (0.0, 0.05, 0.1, 0.15, 0.2, 0.3))),
     "tonic+declared+sections": (
         (TONIC_CUES, _STEP[::2]),
         (("declared",), (0.0, 0.05, 0.1, 0.2, 0.3)),
@@ -372,7 +387,34 @@ FAMILIES: Final[dict[str, tuple[tuple[tuple[str, ...], tuple[float, ...]], ...]]
         (("declared",), (0.0, 0.1, 0.3)),
         (("sections",), (0.0, 0.1, 0.2, 0.3)),
     ),
+    "tonic+cadence": (_TONIC, (("cadence",), _CHORD_STEP)),
+    "tonic+chord_tonic": (_TONIC, (("chord_tonic",), _CHORD_STEP)),
+    "tonic+chord_phrase": (_TONIC, (("chord_phrase",), _CHORD_STEP)),
+    "tonic+chord_diatonic": (_TONIC, _DIATONIC),
+    "tonic+chords": (_TONIC, (CHORD_ROWS, _CHORD_STEP)),
+    "tonic+sections_top": (_TONIC, (("sections_top",), _CHORD_STEP)),
+    "cadence": ((("cadence",), (*_CHORD_STEP, 0.7, 1.0)),),
+    "chord_tonic": ((("chord_tonic",), (*_CHORD_STEP, 0.7, 1.0)),),
+    "chords": ((CHORD_ROWS, _CHORD_STEP),),
+    "temperley+tonic": (*_profile("hist_temperley"), _TONIC),
+    "bellman+tonic": (*_profile("hist_bellman"), _TONIC),
+    "albrecht+tonic": (*_profile("hist_albrecht"), _TONIC),
+    "bassw+tonic": (*_profile("hist_bassw"), _TONIC),
+    "tonic+chord_diatonic+cadence": (_TONIC, _DIATONIC, (("cadence",), _CHORD_STEP)),
+    "tonic+chord_diatonic+sections": (_TONIC, _DIATONIC, (("sections",), (0.0, 0.1, 0.2, 0.3))),
+    "temperley+tonic+chord_diatonic": (*_profile("hist_temperley"), _TONIC, _DIATONIC),
+    "bellman+tonic+chord_diatonic": (*_profile("hist_bellman"), _TONIC, _DIATONIC),
+    "albrecht+tonic+chord_diatonic": (*_profile("hist_albrecht"), _TONIC, _DIATONIC),
 }
+
+
+def n_free(family: str) -> int:
+    """The free parameters of a family: its weights with more than one value, plus one for a
+    fixed choice made on the data (a profile in place of Aarden-Essen)."""
+    spec = FAMILIES[family]
+    return sum(len(v) > 1 for _, v in spec) + int(any(len(v) == 1 for _, v in spec))
+
+
 CV_FOLDS: Final = 5
 CV_SEED: Final = 0
 
@@ -510,18 +552,21 @@ def select_weights(scored: Sequence[Scored]) -> dict[str, Any]:
     """How ``DEFAULT_WEIGHTS`` is chosen, on the tuning halves of every set only.
 
     Each family of :data:`FAMILIES` is cross-validated (:func:`cross_validate`); the family kept
-    is the one with the fewest free weights whose CV score is within one standard error (paired by
-    song) of the best family's (the one-standard-error rule: more weights must earn their place);
+    is the one with the fewest free parameters (:func:`n_free`) whose CV score is within one
+    standard error (paired by song) of the best family's (the one-standard-error rule: more
+    weights must earn their place);
     its weights are then fitted on all tuning halves (:func:`fit_weights`). Returns ``family``,
-    ``weights`` (KeyWeights), ``value`` (fitted objective) and ``families`` (cv, se, n_weights).
+    ``weights`` (KeyWeights), ``value`` (fitted objective) and ``families`` (cv, se_vs_best,
+    n_weights, within_se).
     """
     cvs = {f: cross_validate(scored, f) for f in FAMILIES}
     best = max(cvs, key=lambda f: cvs[f]["cv"])
     table = {}
     for f, r in cvs.items():
         se = _paired_se(cvs[best]["per_song"], r["per_song"]) if f != best else 0.0
-        table[f] = {"cv": round(r["cv"], 4), "se_vs_best": round(se, 4), "n_weights": len(FAMILIES[f])}
-    ok = [f for f in FAMILIES if cvs[f]["cv"] >= cvs[best]["cv"] - table[f]["se_vs_best"]]
-    family = min(ok, key=lambda f: (len(FAMILIES[f]), -cvs[f]["cv"]))
+        within = cvs[best]["cv"] - r["cv"] <= se + 1e-12  # unrounded: display rounding decides nothing
+        table[f] = {"cv": round(r["cv"], 4), "se_vs_best": round(se, 4), "n_weights": n_free(f), "within_se": within}
+    ok = [f for f in FAMILIES if table[f]["within_se"]]
+    family = min(ok, key=lambda f: (n_free(f), -cvs[f]["cv"]))
     weights, value = fit_weights(scored, family)
     return {"family": family, "weights": weights, "value": value, "best_cv": best, "families": table}

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import symusic
 
 from corpus.curation import key_labels
+from corpus.curation.chords import Segment, piece_chords, score_segments
 from corpus.curation.key import estimate_key
 from corpus.curation.key_evidence import (
+    ALBRECHT_SHANAHAN,
+    DEFAULT_WEIGHTS,
     EVIDENCE,
     KEY_METHOD,
     KeyWeights,
+    chord_evidence,
     estimate_key_v2,
     key_evidence,
     key_from_evidence,
+    profile_correlations,
 )
 from corpus.curation.key_labels import mirex_score, parse_label
 
@@ -215,3 +221,80 @@ def test_default_weights_are_the_selected_ones(data_dir: Path, arrangements_dir:
     sel = key_labels.select_weights(key_labels.score_pieces(pieces))
     assert sel["weights"] == DEFAULT_WEIGHTS
     assert sel["value"] > 0.8
+
+
+# ------------------------------------------------------------------------------- chord and profile evidence
+def _seg(beat: int, n: int, root: int | None, quality: str) -> Segment:
+    return Segment(beat, n, float(beat * TPQ), float((beat + n) * TPQ), root, quality, root, 1.0)
+
+
+def test_chord_evidence_on_a_hand_progression() -> None:
+    """C F G7 C | Am (N between): tonic, primary chords and the V -> I cadence of C major vs A minor."""
+    segs = [
+        _seg(0, 4, 0, "maj"),
+        _seg(4, 4, 5, "maj"),
+        _seg(8, 4, 7, "7"),
+        _seg(12, 4, 0, "maj"),
+        _seg(16, 2, None, "N"),
+        _seg(18, 4, 9, "min"),
+    ]
+    phrase = np.array([0, 16 * TPQ])  # bar lines of bars 1 and 5 (4/4)
+    ev = chord_evidence(segs, phrase)
+    tonic, at_phrase, diatonic, cadence = ev
+    c_major, a_minor = 0, 12 + 9
+    assert tonic[c_major] == pytest.approx(8 / 20) and tonic[a_minor] == pytest.approx(4 / 20)
+    assert tonic.sum() == pytest.approx(16 / 20)  # each triad is some key's tonic chord, G7 none; N left out
+    # at tick 0: C; at 16 beats: N (not counted) and just before it: C
+    assert at_phrase[c_major] == 1.0 and at_phrase[a_minor] == 0.0
+    assert diatonic[c_major] == 1.0  # I IV V7 I vi
+    assert diatonic[a_minor] == pytest.approx(8 / 20)  # only F (VI) and Am (i) are A minor's
+    # G7 -> C, and C -> F (I -> IV falls a fifth too: it reads as V -> I of F); F -> G7 does not
+    assert cadence[c_major] == 0.5 and cadence[5] == 0.5 and cadence.sum() == 1.0
+    assert not chord_evidence([_seg(0, 4, None, "N")], phrase).any()
+
+
+def test_chord_and_profile_evidence_turn_with_the_music(arrangements_dir: Path) -> None:
+    """A real POP909 song played 3 semitones higher: every row but ``declared`` turns by 3 keys."""
+    s = symusic.Score.from_midi((arrangements_dir / "001" / "001.mid").read_bytes())
+    a, b = key_evidence(s), key_evidence(s.shift_pitch(3))
+    assert a is not None and b is not None
+    rows_a, rows_b = dict(zip(EVIDENCE, a.matrix)), dict(zip(EVIDENCE, b.matrix))
+    turned = np.r_[(np.arange(12) + 3) % 12, 12 + (np.arange(12) + 3) % 12]
+    for name in EVIDENCE:
+        if name == "declared":
+            continue
+        want = np.zeros(24)
+        want[turned] = rows_a[name]
+        assert rows_b[name] == pytest.approx(want, abs=1e-9), name
+    for name in ("chord_tonic", "chord_diatonic", "cadence", "chord_phrase"):
+        assert rows_a[name].any() and (rows_a[name] >= 0).all() and (rows_a[name] <= 1 + 1e-12).all(), name
+    assert rows_a["cadence"].sum() == pytest.approx(1.0)
+
+
+def test_albrecht_shanahan_correlations_are_pearson() -> None:
+    hist = np.array([5.0, 0.1, 3.0, 0.2, 4.0, 2.5, 0.3, 4.5, 0.1, 2.0, 0.4, 1.5])
+    r = profile_correlations(hist, *ALBRECHT_SHANAHAN)
+    for k in range(24):
+        prof = np.roll(ALBRECHT_SHANAHAN[k // 12], k % 12)
+        assert r[k] == pytest.approx(np.corrcoef(hist, prof)[0, 1]), k
+    assert int(r.argmax()) == 0  # C major
+    assert not profile_correlations(np.ones(12), *ALBRECHT_SHANAHAN).any()
+
+
+def test_curate_reuses_the_chord_segments(arrangements_dir: Path) -> None:
+    """piece_chords on segments computed once (as curate does) = piece_chords computing them."""
+    s = symusic.Score.from_midi((arrangements_dir / "002" / "002.mid").read_bytes())
+    segmented = score_segments(s)
+    assert segmented[0] and segmented[1] >= len(segmented[0])
+    assert piece_chords(s, "x", 0, "major", segmented=segmented) == piece_chords(s, "x", 0, "major")
+    ev = key_evidence(s)
+    assert ev is not None and np.array_equal(ev.matrix, key_evidence(s, chord_segments=segmented[0]).matrix)
+
+
+def test_families_count_free_parameters() -> None:
+    assert key_labels.n_free("tonic") == 1
+    assert key_labels.n_free("tonic+chord_diatonic") == 2
+    assert key_labels.n_free("bellman+tonic") == 2  # a profile in place of Aarden-Essen is a choice
+    combos = key_labels.family_combos("bellman+tonic")
+    assert (combos[:, EVIDENCE.index("hist")] == 0).all() and (combos[:, EVIDENCE.index("hist_bellman")] == 1).all()
+    assert DEFAULT_WEIGHTS.chord_diatonic > 0 and KEY_METHOD == "evidence-v3"
