@@ -600,6 +600,32 @@ def _open_index(lake: Lake, name: str, config: dict[str, object], known: Any) ->
     return index
 
 
+def _saved_keys(lake: Lake, name: str, config: dict[str, object]) -> tuple[dict[str, Any], Any] | None:
+    """The ``meta.json`` and keys (Arrow) of the saved index ``name`` when it was built with this
+    config by a run that stored the pairs of its keys, else None. Its vectors are not read."""
+    from corpus.curation import dedup
+
+    if lake.remote:
+        folder = _index_pointer(lake, name)
+        if folder is None:
+            return None
+    else:
+        folder = f"index/{name}"
+    try:
+        meta = json.loads(lake.read_bytes(f"{folder}/meta.json"))
+        if not meta.get("pairs_stored") or meta.get("dim") != config["dim"]:
+            return None
+        if meta.get("vector_config", {}).get("scheme") != config["scheme"]:
+            return None
+        try:
+            ids = dedup.read_ids(lake.read_bytes(f"{folder}/ids.arrow"))
+        except FileNotFoundError:  # saved before ids.arrow
+            ids = dedup.read_ids(lake.read_bytes(f"{folder}/ids.json"), "ids.json")
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        return None
+    return (meta, ids) if meta.get("n") == len(ids) else None
+
+
 def _index_current(lake: Lake, name: str, config: dict[str, object], known: Any) -> bool:
     """Whether the saved index ``name`` holds exactly the keys ``known`` (an Arrow string array),
     built with this config by a run that stored their pairs: then there is nothing to add or query,
@@ -607,28 +633,57 @@ def _index_current(lake: Lake, name: str, config: dict[str, object], known: Any)
     ids are."""
     import pyarrow.compute as pc
 
-    from corpus.curation import dedup
-
-    if lake.remote:
-        folder = _index_pointer(lake, name)
-        if folder is None:
-            return False
-    else:
-        folder = f"index/{name}"
-    try:
-        meta = json.loads(lake.read_bytes(f"{folder}/meta.json"))
-        if not meta.get("pairs_stored") or meta.get("dim") != config["dim"]:
-            return False
-        if meta.get("vector_config", {}).get("scheme") != config["scheme"] or meta.get("n") != len(known):
-            return False
-        try:
-            ids = dedup.read_ids(lake.read_bytes(f"{folder}/ids.arrow"))
-        except FileNotFoundError:  # saved before ids.arrow
-            ids = dedup.read_ids(lake.read_bytes(f"{folder}/ids.json"), "ids.json")
-        # the same keys: as many, all of them held (each side's keys are unique)
-        return len(ids) == len(known) and bool(pc.all(pc.is_in(known, value_set=ids)).as_py())
-    except (FileNotFoundError, OSError, ValueError, KeyError):
+    saved = _saved_keys(lake, name, config)
+    if saved is None:
         return False
+    ids = saved[1]
+    # the same keys: as many, all of them held (each side's keys are unique)
+    return len(ids) == len(known) and bool(pc.all(pc.is_in(known, value_set=ids)).as_py())
+
+
+def _new_keys_since_saved(
+    con: Any, lake: Lake, name: str, config: dict[str, object], table: str, key: str, order: str, where: str, now: int
+) -> Any | None:
+    """The keys of ``table`` (``key`` of its rows where ``where``) that the saved index ``name`` lacks,
+    in the order of the columns ``order`` (as curate reads every key), found among the rows inserted since the index was saved, without reading every key: on a
+    Lakh-sized lake the identity-track keys alone are 370k strings, and reading them sorted held
+    150 MB. None when that answer is not certain, and the caller reads every key: no saved index or
+    no recorded version, a row deleted since (a re-analysed piece), an IVF index the lake has
+    outgrown (rebuilt from every key), or a count of the keys that differs from the index's plus the
+    new ones. An empty array: the index holds every key."""
+    import duckdb
+    import pyarrow.compute as pc
+
+    saved = _saved_keys(lake, name, config)
+    if saved is None:
+        return None
+    meta, ids = saved
+    since = meta.get("lake_version")
+    if not isinstance(since, int):
+        return None
+    try:
+        # as many rows as the index's keys and the new ones: then the keys are exactly those (the index's
+        # keys were all there when it was saved and none was deleted since, the new ones are there, and
+        # both are distinct), and the count needs no hash table of every key
+        total = int(con.execute(f"SELECT count(*) FROM {table}_t WHERE {where}").fetchone()[0])
+        if meta.get("kind") == "ivf" and total > 2 * int(meta.get("trained_n") or len(ids) or 1):
+            return None
+        if since >= now:
+            return _arrow_column(con, f"SELECT {key} FROM {table}_t WHERE false") if total == len(ids) else None
+        deleted = con.execute(
+            f"SELECT count(*) FROM ducklake_table_deletions('lake', 'store', '{table}', {since + 1}, {now})"
+        ).fetchone()[0]
+        if deleted:
+            return None
+        inserted = _arrow_column(
+            con,
+            f"SELECT k FROM (SELECT DISTINCT {key} AS k, {order} FROM ducklake_table_insertions('lake', 'store', "
+            f"'{table}', {since + 1}, {now}) WHERE {where}) ORDER BY {order}",
+        )
+    except duckdb.Error:  # a version expired since (lake maintain)
+        return None
+    new = inserted.filter(pc.invert(pc.is_in(inserted, value_set=ids)))
+    return new if len(ids) + len(new) == total else None
 
 
 def _update_index(index: Any, known: Any, vectors: Any, dim: int) -> tuple[Any, Any]:
@@ -645,17 +700,22 @@ def _update_index(index: Any, known: Any, vectors: Any, dim: int) -> tuple[Any, 
         index = None
     import pyarrow.compute as pc
 
-    from corpus.curation.dedup import BUILD_CHUNK
-
     if index is None:  # the vectors are read a chunk at a time, never all at once beside the index
         index = NearDupIndex.build_from(known, lambda rows: vectors(known.take(rows).to_pylist()), dim)
         index.meta = {"trained_n": len(known)}
         return index, known
     new = known.filter(pc.invert(pc.is_in(known, value_set=index.ids)))
+    return _add_keys(index, new, vectors), new
+
+
+def _add_keys(index: Any, new: Any, vectors: Any) -> Any:
+    """``index`` with the keys ``new`` (an Arrow string array) added, a chunk of vectors at a time."""
+    from corpus.curation.dedup import BUILD_CHUNK
+
     for lo in range(0, len(new), BUILD_CHUNK):
         chunk = new.slice(lo, BUILD_CHUNK)
         index.add(chunk, vectors(chunk.to_pylist()))
-    return index, new
+    return index
 
 
 def _recluster(
@@ -735,39 +795,54 @@ def _recluster(
                 pidx.close()
                 del pidx
             # --- track index: new identity tracks against every identity track
-            # an Arrow array: a Lakh-sized lake has 500k identity tracks, no Python string each
-            track_keys = _arrow_column(
-                con,
-                "SELECT piece_id || ':' || track_index FROM track_signatures_t WHERE has_identity "
-                f"AND scheme = '{songs.TRACK_SCHEME}' ORDER BY piece_id, track_index",
-            )
-            tsql = (
-                "SELECT piece_id || ':' || track_index AS key, vector FROM track_signatures_t "
-                f"WHERE has_identity AND scheme = '{songs.TRACK_SCHEME}'"
-            )
+            twhere = f"has_identity AND scheme = '{songs.TRACK_SCHEME}'"
+            tkey = "piece_id || ':' || track_index"
+            tsql = f"SELECT {tkey} AS key, vector FROM track_signatures_t WHERE {twhere}"
             new_tracks = pa.array([], pa.string())
             matches = songs.empty_matches()  # an Arrow table (songs.match_tracks_table)
-            if not _index_current(lake, "tracks", songs.TRACK_CONFIG, track_keys):
-                opened = _open_index(lake, "tracks", songs.TRACK_CONFIG, track_keys)
-                tidx, new_tracks = _update_index(
-                    opened,
-                    track_keys,
-                    lambda keys, since=_saved_at(opened): _fetch_vectors(
-                        con,
-                        tsql,
-                        keys,
-                        songs.TRACK_DIM,
-                        _inserted_since(
-                            "track_signatures",
-                            "piece_id || ':' || track_index AS key, vector",
-                            f"has_identity AND scheme = '{songs.TRACK_SCHEME}'",
-                            since,
-                            start_version,
-                        ),
-                    ),
-                    songs.TRACK_DIM,
+            # the new keys from the rows inserted since the index was saved; else every key, as one Arrow
+            # array (a Lakh-sized lake has 370k identity tracks: no Python string each)
+            delta_tracks = _new_keys_since_saved(
+                con,
+                lake,
+                "tracks",
+                songs.TRACK_CONFIG,
+                "track_signatures",
+                tkey,
+                "piece_id, track_index",
+                twhere,
+                start_version,
+            )
+            opened = None
+            if delta_tracks is not None and len(delta_tracks):
+                try:
+                    opened = load_index(lake, "tracks", songs.TRACK_CONFIG)
+                except (ValueError, OSError):
+                    opened = None
+                if opened is None:
+                    delta_tracks = None
+            track_keys = (
+                _arrow_column(
+                    con, f"SELECT {tkey} FROM track_signatures_t WHERE {twhere} ORDER BY piece_id, track_index"
                 )
-                del opened
+                if delta_tracks is None
+                else None
+            )
+            if track_keys is not None and not _index_current(lake, "tracks", songs.TRACK_CONFIG, track_keys):
+                opened = _open_index(lake, "tracks", songs.TRACK_CONFIG, track_keys)
+            elif track_keys is not None:
+                track_keys = None  # the saved index holds every key: nothing to add or query
+            if track_keys is not None or opened is not None:
+
+                def fetch(keys: list[str], since: int | None = _saved_at(opened)) -> np.ndarray:
+                    recent = _inserted_since("track_signatures", f"{tkey} AS key, vector", twhere, since, start_version)
+                    return _fetch_vectors(con, tsql, keys, songs.TRACK_DIM, recent)
+
+                if track_keys is not None:
+                    tidx, new_tracks = _update_index(opened, track_keys, fetch, songs.TRACK_DIM)
+                else:
+                    tidx, new_tracks = _add_keys(opened, delta_tracks, fetch), delta_tracks
+                del opened, track_keys
                 if len(new_tracks):
                     matches = songs.match_tracks_table(
                         con,
@@ -945,6 +1020,27 @@ def _pieces_changed_since(con: Any, version: int) -> set[str] | None:
     import duckdb
 
     try:
+        if not con.execute(
+            f"SELECT count(*) FROM ducklake_snapshots('lake') WHERE snapshot_id = {int(version)}"
+        ).fetchone()[0]:
+            return None  # expired
+        now = int(con.execute("SELECT id FROM ducklake_current_snapshot('lake')").fetchone()[0])
+        if now <= int(version):
+            return set()
+        # ``pieces`` only grows (ingest appends): then the rows it did not have are those inserted
+        # since, read from the files added since rather than by comparing the whole table at two
+        # versions (which held 110 MB at 176k pieces)
+        if not con.execute(
+            f"SELECT count(*) FROM ducklake_table_deletions('lake', 'store', 'pieces', {int(version) + 1}, {now})"
+        ).fetchone()[0]:
+            return {
+                str(p)
+                for p in _column(
+                    con,
+                    "SELECT DISTINCT piece_id FROM ducklake_table_insertions('lake', 'store', 'pieces', "
+                    f"{int(version) + 1}, {now}) WHERE status = 'ok' AND piece_id IS NOT NULL",
+                )
+            }
         return {
             str(p)
             for p in _column(

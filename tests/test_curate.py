@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -321,7 +322,7 @@ def test_a_lake_with_the_older_key_rule_gets_the_new_key(tmp_path: Path, data_di
     assert CURATE_VERSION != "curate-v2" and q(lake, keys) == fresh
 
 
-def test_a_nightly_reads_the_new_vectors_from_the_rows_inserted_since_the_index_was_saved(
+def test_a_nightly_reads_new_keys_and_vectors_from_the_rows_inserted_since_the_index_was_saved(
     tmp_path: Path, data_dir: Path
 ) -> None:
     """The index records the lake version whose keys it holds; the next night's new keys are all in
@@ -329,8 +330,8 @@ def test_a_nightly_reads_the_new_vectors_from_the_rows_inserted_since_the_index_
     version expired by ``lake maintain``, fall back to the whole table."""
     import numpy as np
 
-    from corpus.curate import _fetch_vectors, _inserted_since
-    from corpus.curation import dedup
+    from corpus.curate import _arrow_column, _fetch_vectors, _inserted_since, _new_keys_since_saved
+    from corpus.curation import dedup, songs
 
     lake = Lake(tmp_path / "lake")
     full = "SELECT piece_id AS key, dedup_vector AS vector FROM piece_analysis_t"
@@ -338,6 +339,7 @@ def test_a_nightly_reads_the_new_vectors_from_the_rows_inserted_since_the_index_
         ingest(lake, DirSource(data_dir / "lakh" / "lmd_full", name="first"), e, IngestConfig())
         curate(lake, e)
         saved = json.loads((lake.root / "index" / "neardup" / "meta.json").read_text())["lake_version"]
+        shutil.copytree(lake.root / "index" / "tracks", tmp_path / "tracks-first")
         ingest(lake, DirSource(data_dir / "lakh_derived", name="second"), e, IngestConfig())
         curate(lake, e)
     after = json.loads((lake.root / "index" / "neardup" / "meta.json").read_text())["lake_version"]
@@ -369,6 +371,18 @@ def test_a_nightly_reads_the_new_vectors_from_the_rows_inserted_since_the_index_
             _fetch_vectors(con, full, mixed, dedup.VECTOR_DIM, recent),
             _fetch_vectors(con, full, mixed, dedup.VECTOR_DIM),
         )
+        # the new identity-track keys for the first night's index, found from the rows inserted since,
+        # are those of every key it lacks, in the same order
+        shutil.rmtree(lake.root / "index" / "tracks")
+        shutil.copytree(tmp_path / "tracks-first", lake.root / "index" / "tracks")
+        where = f"has_identity AND scheme = '{songs.TRACK_SCHEME}'"
+        key = "piece_id || ':' || track_index"
+        every = _arrow_column(con, f"SELECT {key} FROM track_signatures_t WHERE {where} ORDER BY piece_id, track_index")
+        held = set(dedup.NearDupIndex.load(lake.root / "index" / "tracks", songs.TRACK_CONFIG).ids.to_pylist())
+        lacking = [k for k in every.to_pylist() if k not in held]
+        args = ("tracks", songs.TRACK_CONFIG, "track_signatures", key, "piece_id, track_index", where, now)
+        found = _new_keys_since_saved(con, lake, *args)
+        assert found is not None and len(lacking) > 10 and found.to_pylist() == lacking
     finally:
         con.close()
     with lake.lock("t"):
@@ -376,5 +390,6 @@ def test_a_nightly_reads_the_new_vectors_from_the_rows_inserted_since_the_index_
     con = lake.connect()
     try:
         assert np.array_equal(_fetch_vectors(con, full, new, dedup.VECTOR_DIM, recent), whole)
+        assert _new_keys_since_saved(con, lake, *args) is None  # the version is expired: every key is read
     finally:
         con.close()

@@ -380,13 +380,10 @@ def match_tracks_table(
     if not len(q_rows):
         return empty_matches()
     # the candidates go in as row codes (16 bytes each, millions at a first curate), the keys once
-    # per indexed track: DuckDB joins them, under its memory limit, where they are needed
-    keys = pa.table(
-        {
-            "row": pa.array(np.arange(len(index), dtype=np.int32)),
-            "key": index.ids,
-        }
-    )
+    # per track they name: DuckDB joins them, under its memory limit, where they are needed
+    rows = np.unique(np.concatenate([q_rows, o_rows])).astype(np.int64)
+    keys = pa.table({"row": pa.array(rows.astype(np.int32)), "key": index.ids.take(pa.array(rows))})
+    del rows
     cand = pa.table(
         {
             "q": pa.array(q_rows.astype(np.int32)),
@@ -417,7 +414,8 @@ def match_tracks_table(
             need AS (SELECT a AS key FROM c UNION SELECT b FROM c),
             s AS (
                 SELECT piece_id || ':' || track_index AS key, ngrams FROM ({signatures})
-                WHERE piece_id || ':' || track_index IN (SELECT key FROM need)
+                WHERE piece_id IN (SELECT DISTINCT split_part(key, ':', 1) FROM need)
+                AND piece_id || ':' || track_index IN (SELECT key FROM need)
             ),
             v AS (
                 SELECT split_part(c.a, ':', 1) AS pa, CAST(split_part(c.a, ':', 2) AS INTEGER) AS ta,
