@@ -393,3 +393,43 @@ def test_a_nightly_reads_new_keys_and_vectors_from_the_rows_inserted_since_the_i
         assert _new_keys_since_saved(con, lake, *args) is None  # the version is expired: every key is read
     finally:
         con.close()
+
+
+def test_pieces_analysed_by_a_curate_that_stopped_before_deciding_are_decided_by_the_next(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The undecided pieces are looked up among those analysed since the last decision; a curate that
+    stops after the analysis leaves them, and the next one (a delta) decides them as one run would."""
+    import corpus.curate as cur
+
+    once, nightly = Lake(tmp_path / "once"), Lake(tmp_path / "nightly")
+    first = DirSource(data_dir / "lakh" / "lmd_full", name="first")
+    second = DirSource(data_dir / "lakh_derived", name="second")
+    with Engine(workers=1) as e:
+        with once.lock("t"):
+            ingest(once, first, e, IngestConfig())
+            ingest(once, second, e, IngestConfig())
+            curate(once, e)
+        with nightly.lock("t"):
+            ingest(nightly, first, e, IngestConfig())
+            curate(nightly, e)
+            ingest(nightly, second, e, IngestConfig())
+
+            def stop(*args: object, **kwargs: object) -> None:
+                raise RuntimeError("stopped before deciding")
+
+            with monkeypatch.context() as m:
+                m.setattr(cur, "_recluster", stop)
+                with pytest.raises(RuntimeError):
+                    curate(nightly, e)
+            con = nightly.connect()
+            try:
+                (base,) = con.execute(
+                    "SELECT lake_version FROM curate_decisions ORDER BY decided_at DESC LIMIT 1"
+                ).fetchone()
+                undecided = cur._undecided(con, base)
+                assert len(undecided) > 10 and undecided == set(cur._column(con, cur._UNDECIDED_SQL))
+            finally:
+                con.close()
+            last = curate(nightly, e)
+    assert last.scope == "delta" and _decided(nightly) == _decided(once)
