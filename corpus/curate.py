@@ -361,21 +361,13 @@ def _analyse_pending(
     :func:`_stale_pieces`)."""
     con = lake.connect()
     try:
-        # every piece parsed before the last decision was analysed (or rejected) by the curate that made
-        # it: only the pieces parsed since are looked up (the whole tables' anti-join held 46 MB at 176k)
-        since = _inserted_since_decision(con, "piece_facts")
-        mine = "" if since is None else " WHERE piece_id IN (SELECT piece_id FROM recent_ids)"
         todo = [
             r[0]
             for r in con.execute(
-                f"SELECT f.piece_id FROM (SELECT piece_id FROM piece_facts_t{mine}) f "
-                f"ANTI JOIN (SELECT piece_id FROM piece_analysis_t{mine}) a USING (piece_id) "
-                f"ANTI JOIN (SELECT piece_id FROM rejects WHERE stage = 'curate'{mine.replace('WHERE', 'AND')}) r "
-                "USING (piece_id) ORDER BY 1"
+                "SELECT f.piece_id FROM piece_facts_t f ANTI JOIN piece_analysis_t a USING (piece_id) "
+                "ANTI JOIN (SELECT piece_id FROM rejects WHERE stage = 'curate') r USING (piece_id) ORDER BY 1"
             ).fetchall()
         ]
-        if since is not None:
-            con.unregister("recent_ids")
         stale = _stale_pieces(con, s)
     finally:
         con.close()
@@ -448,41 +440,6 @@ def _analyse_pending(
         if progress:
             progress(s)
     flush()
-
-
-def _inserted_since_decision(con: Any, table: str) -> int | None:
-    """The lake version of the last decision of clusters and groups when it is still readable; then
-    the piece ids of ``table``'s rows inserted since are registered on ``con`` as ``recent_ids``
-    (the caller unregisters them). None (nothing registered): no decision yet, or its version was
-    expired by ``lake maintain``."""
-    import duckdb
-    import pyarrow as pa
-
-    try:
-        row = con.execute(
-            "SELECT lake_version FROM curate_decisions ORDER BY decided_at DESC, run_id DESC LIMIT 1"
-        ).fetchone()
-        if row is None or row[0] is None:
-            return None
-        version = int(row[0])
-        if not con.execute(f"SELECT count(*) FROM ducklake_snapshots('lake') WHERE snapshot_id = {version}").fetchone()[
-            0
-        ]:
-            return None
-        now = int(con.execute("SELECT id FROM ducklake_current_snapshot('lake')").fetchone()[0])
-        recent = (
-            _arrow_column(
-                con,
-                f"SELECT DISTINCT piece_id FROM ducklake_table_insertions('lake', 'store', '{table}', {version + 1}, {now}) "
-                "WHERE piece_id IS NOT NULL",
-            )
-            if now > version
-            else pa.array([], pa.string())
-        )
-    except duckdb.Error:
-        return None
-    con.register("recent_ids", pa.table({"piece_id": recent.cast(pa.string())}))
-    return version
 
 
 def _stale_pieces(con: Any, s: CurateSummary) -> list[str]:
