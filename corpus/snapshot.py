@@ -445,9 +445,26 @@ def _split_codes(
     return chosen[unit_of], hashed
 
 
+SEQ_COLUMNS = ("seq", "piece_id", "transpose", "track", "chunk", "start", "length", "song_group", "dedup_cluster")
+SEGMENT_COLUMNS = ("segment_start_bar", "segment_end_bar")
+# the columns a sequence takes from its token row, with their type in sequences.parquet
+_ROW_COLUMNS = {
+    "piece_id": pa.string(),
+    "transpose": pa.int32(),
+    "song_group": pa.string(),
+    "dedup_cluster": pa.string(),
+    "source": pa.string(),
+    "license": pa.string(),
+    "mix_label": pa.string(),
+}
+
+
 def _sequences(rows: pa.Table, max_seq_len: int | None) -> tuple[pa.Table, np.ndarray, int]:
-    """The sequences of a split's token rows (sequences.parquet's table), the offsets of index.npy and
-    the number of tokens: per row its ``seq_lengths`` (one per track), each cut at ``max_seq_len``."""
+    """The sequences of a split's token rows, the offsets of index.npy and the number of tokens: per
+    row its ``seq_lengths`` (one per track), each cut at ``max_seq_len``. The sequences come as numbers
+    only (seq, row, track, chunk, start, length; ``row`` indexes ``rows``): :func:`_seq_columns` adds
+    what a sequence takes from its row, for the slice that needs it, so a split's strings are not held
+    once per sequence while its tokens are written."""
     lists = rows.column("seq_lengths").combine_chunks()
     per_row = np.asarray(pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
     lengths = np.asarray(pc.list_flatten(lists).to_numpy(zero_copy_only=False), dtype=np.int64)
@@ -461,23 +478,65 @@ def _sequences(rows: pa.Table, max_seq_len: int | None) -> tuple[pa.Table, np.nd
     s0 = chunk * step[of]
     start = track_start[of] + s0
     length = np.minimum(step[of], lengths[of] - s0)
-    row = pa.array(row_of[of])
     tbl = pa.table(
         {
             "seq": pa.array(np.arange(len(of), dtype=np.int64)),
-            "piece_id": rows.column("piece_id").take(row).cast(pa.string()),
-            "transpose": rows.column("transpose").take(row).cast(pa.int32()),
+            "row": pa.array(row_of[of]),
             "track": pa.array(track[of].astype(np.int32)),
             "chunk": pa.array(chunk.astype(np.int32)),
             "start": pa.array(start),
             "length": pa.array(length),
-            "song_group": rows.column("song_group").take(row).cast(pa.string()),
-            "dedup_cluster": rows.column("dedup_cluster").take(row).cast(pa.string()),
         }
     )
-    tbl = pa.Table.from_arrays([c.combine_chunks() for c in tbl.columns], names=tbl.column_names)
     offsets = np.concatenate([np.zeros(1, dtype=np.int64), start + length])
     return tbl, offsets, int(lengths.sum())
+
+
+def _seq_columns(seqs: pa.Table, rows: pa.Table, names: Sequence[str]) -> dict[str, pa.Array]:
+    """Columns ``names`` of the sequences ``seqs`` (a slice of :func:`_sequences`' or :func:`_segments`'
+    table), each one array: a sequence's own, or its token row's (``rows``, by ``row``) cast to its
+    type in sequences.parquet (:data:`_ROW_COLUMNS`)."""
+    row = seqs.column("row").combine_chunks()
+    out: dict[str, pa.Array] = {}
+    for name in names:
+        if name in _ROW_COLUMNS:
+            col = rows.column(name).take(row).cast(_ROW_COLUMNS[name])
+        else:
+            col = seqs.column(name)
+        out[name] = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return out
+
+
+def _seq_table(seqs: pa.Table, rows: pa.Table, mix: bool) -> pa.Table:
+    """sequences.parquet's table: :data:`SEQ_COLUMNS`, the segment bars (``--segment``) and ``mix_label``
+    (``--mix``), every column one array (the bytes do not depend on how the rows were read)."""
+    names = [*SEQ_COLUMNS]
+    if "segment_start_bar" in seqs.column_names:
+        names += SEGMENT_COLUMNS
+    if mix:
+        names.append("mix_label")
+    cols = _seq_columns(seqs, rows, names)
+    return pa.Table.from_arrays([cols[n] for n in names], names=names)
+
+
+def _hf_meta(seqs: pa.Table, rows: pa.Table) -> Callable[[int, int], pa.Table]:
+    """What the Hugging Face file of a split needs of its sequences [g0, g1): the columns of
+    sequences.parquet and the piece's ``source``, ``license`` (and the ``segment`` struct), built
+    for one row group at a time (:class:`corpus.snapshot_hf.HFWriter`)."""
+    names = ["seq", "piece_id", "transpose", "track", "chunk", "song_group", "dedup_cluster", "source", "license"]
+    segment = "segment_start_bar" in seqs.column_names
+    if segment:
+        names += SEGMENT_COLUMNS
+
+    def meta(g0: int, g1: int) -> pa.Table:
+        cols = _seq_columns(seqs.slice(g0, g1 - g0), rows, names)
+        if segment:
+            cols["segment"] = pa.StructArray.from_arrays(
+                [cols.pop("segment_start_bar"), cols.pop("segment_end_bar")], names=["start_bar", "end_bar"]
+            )
+        return pa.table(cols)
+
+    return meta
 
 
 def segment_windows(n_bars: int, bars: int, hop: int) -> list[tuple[int, int]]:
@@ -596,9 +655,9 @@ def _segments(
     """:func:`_sequences` for ``--segment``: per row and track, bar-aligned windows (:func:`segment_windows`
     of its ``bar_starts``), each cut at bar lines at ``max_seq_len``; empty windows dropped (counted).
     ``blocks`` (MMM): a row's ``bar_starts`` are per track block of its one sequence, and a window takes
-    its bars from every block (:func:`_block_windows`). Returns the sequences table (``start`` is the
-    position in tokens.npy, where the sequences lie one after the other), the index offsets, the number
-    of tokens, the slices of every sequence in its row's ids (row, first token, length, sequence; for
+    its bars from every block (:func:`_block_windows`). Returns the sequences as numbers, as :func:`_sequences`
+    does, with their bars (``start`` is the position in tokens.npy, where the sequences lie one after the
+    other), the index offsets, the number of tokens, the slices of every sequence in its row's ids (row, first token, length, sequence; for
     :func:`_gather`) and the counts."""
     lengths_col = rows.column("seq_lengths").to_pylist()
     starts_col = rows.column("bar_starts").to_pylist()
@@ -649,25 +708,20 @@ def _segments(
                 for chunk, (p0, plen, pb0, pb1) in enumerate(p for p in parts if p[1] > 0):
                     add(r, [(offset + lo + p0, plen)], track, chunk, a + pb0, a + pb1)
             offset += n
-    row = pa.array(np.asarray(rec["row"], dtype=np.int64))
     length = np.asarray(rec["length"], dtype=np.int64)
     start = np.cumsum(length) - length
     tbl = pa.table(
         {
             "seq": pa.array(np.arange(len(length), dtype=np.int64)),
-            "piece_id": rows.column("piece_id").take(row).cast(pa.string()),
-            "transpose": rows.column("transpose").take(row).cast(pa.int32()),
+            "row": pa.array(np.asarray(rec["row"], dtype=np.int64)),
             "track": pa.array(np.asarray(rec["track"], dtype=np.int32)),
             "chunk": pa.array(np.asarray(rec["chunk"], dtype=np.int32)),
             "start": pa.array(start),
             "length": pa.array(length),
-            "song_group": rows.column("song_group").take(row).cast(pa.string()),
-            "dedup_cluster": rows.column("dedup_cluster").take(row).cast(pa.string()),
             "segment_start_bar": pa.array(np.asarray(rec["bar0"], dtype=np.int32)),
             "segment_end_bar": pa.array(np.asarray(rec["bar1"], dtype=np.int32)),
         }
     )
-    tbl = pa.Table.from_arrays([c.combine_chunks() for c in tbl.columns], names=tbl.column_names)
     offsets = np.concatenate([np.zeros(1, dtype=np.int64), start + length])
     src = np.asarray(cuts, dtype=np.int64).reshape(-1, 4)
     return tbl, offsets, int(length.sum()), src, counts
@@ -989,6 +1043,59 @@ def _write_parquet(path: Path, tbl: pa.Table) -> dict[str, Any]:
     return {"sha256": _sha256_file(path), "bytes": path.stat().st_size}
 
 
+def _attribution(path: Path, chosen: pa.Table) -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
+    """Write ATTRIBUTION.tsv of the pieces ``chosen`` (piece_id, split, sources, licenses, source_uri),
+    a batch of pieces at a time; its sha256 and size, the pieces per licence (with its terms and
+    sources) and per source."""
+    lic_counts: dict[str, dict[str, Any]] = {}
+    src_counts: dict[str, int] = {}
+    terms_of: dict[str, str] = {}
+    attr_path = path
+    h = hashlib.sha256()
+    with open(attr_path, "wb") as fh:
+        head = b"piece_id\tsplit\tsources\tlicenses\tsource_uri\tterms\n"
+        fh.write(head)
+        h.update(head)
+        for batch in chosen.select(["piece_id", "split", "sources", "licenses", "source_uri"]).to_batches(8192):
+            lines = []
+            for r in batch.to_pylist():  # Python objects for one batch of pieces at a time
+                lics = r["licenses"]
+                for x in lics:
+                    if x not in terms_of:
+                        terms_of[x] = license_terms(x)
+                lines.append(
+                    "\t".join(
+                        [
+                            r["piece_id"],
+                            r["split"],
+                            ",".join(r["sources"]),
+                            ",".join(lics),
+                            r["source_uri"] or "",
+                            " | ".join(terms_of[x] for x in lics),
+                        ]
+                    )
+                    + "\n"
+                )
+                for lic in lics:
+                    e = lic_counts.setdefault(
+                        lic, {"pieces": 0, "terms": license_terms(None if lic == "unknown" else lic), "sources": set()}
+                    )
+                    e["pieces"] += 1
+                    e["sources"].update(r["sources"])
+                for s in r["sources"]:
+                    src_counts[s] = src_counts.get(s, 0) + 1
+            blob = "".join(lines).encode()
+            fh.write(blob)
+            h.update(blob)
+        fh.flush()
+        os.fsync(fh.fileno())
+    licenses = {
+        k2: {"pieces": v["pieces"], "terms": v["terms"], "sources": sorted(v["sources"])}
+        for k2, v in sorted(lic_counts.items())
+    }
+    return {"sha256": h.hexdigest(), "bytes": attr_path.stat().st_size}, licenses, src_counts
+
+
 PIECES_FILE = ".pieces.parquet"  # a build's snapshot_pieces rows, for registration; removed before rename
 
 
@@ -1106,6 +1213,9 @@ def build(
         # the sort of the token lists spills to disk past this, so the driver's memory does not grow with the corpus
         con.execute(f"SET memory_limit = '{BUILD_MEMORY_LIMIT}'")
         con.execute(f"SET temp_directory = '{spill}'")
+        # DuckDB's allocator hands memory freed after a query back to the system in the background: the
+        # selection's joins and windows (hundreds of MB at 176k pieces) do not stay resident under the tokens
+        con.execute("SET allocator_background_threads = true")
         tokinfo = _resolve_tokenizer(con, spec.scheme, spec.tokenizer_hash)
         cols = {r[0] for r in con.execute("DESCRIBE pieces").fetchall()}
         mix_by = (spec.mix_by or "source") if spec.mix else None
@@ -1221,67 +1331,94 @@ def build(
             dtype=bool,
         )
 
+        # attribution, licences and leakage of the pieces in the snapshot, before the tokens, so that the
+        # selection is not held while they are written
+        files: dict[str, dict[str, Any]] = {}
+        chosen = pa.table(
+            {
+                "piece_id": pids,
+                "split": split_str,
+                "sources": sel.column("sources"),
+                "licenses": sel.column("licenses"),
+                "source_uri": sel.column("source_uri"),
+                "song_group": sel.column("song_group").cast(pa.string()),
+                "dedup_cluster": sel.column("dedup_cluster").cast(pa.string()),
+            }
+        ).filter(pa.array(in_snapshot))
+        done_so_far.what = "writing the attribution"
+        progress(done_so_far)
+        files["ATTRIBUTION.tsv"], licenses, src_counts = _attribution(
+            out_dir / "ATTRIBUTION.tsv", chosen.select(["piece_id", "split", "sources", "licenses", "source_uri"])
+        )
+        leakage = _leakage(chosen.select(["split", "song_group", "dedup_cluster"]))
+        n_in_snapshot = chosen.num_rows
+        del chosen, sel, pids, split_str, in_snapshot
+        # each split's rows (only the columns the shards need), and not the whole table beside them
+        keep = [c for c in rows_tbl.column_names if c != "split"]
+        by_split = {sp: rows_tbl.filter(pc.equal(rows_tbl.column("split"), sp)).select(keep) for sp in SPLITS}
+        del rows_tbl
+        # a statement after the last one that read registered Arrow tables: without it the selection's
+        # tables (107 MB at 176k pieces) stayed referenced through the tokens in about half the runs
+        con.execute("SELECT 1").fetchall()
+
         # the ids are read batch by batch: one DuckDB thread reads one row group of the token files at a
         # time (two threads hold two), and DuckDB's allocator hands freed memory back soon
         for setting in DUCKDB_STREAM_SETTINGS:
             con.execute(f"SET {setting}")
 
-        files: dict[str, dict[str, Any]] = {}
         split_counts: dict[str, dict[str, int]] = {}
         segment_counts: dict[str, int] = {}
         snap_pieces: list[pa.Table] = []
         ids_col = "ids_multi" if multi else "ids"
-        lengths = pc.list_flatten(rows_tbl.column("seq_lengths"))
-        done_so_far.total = int(pc.sum(lengths).as_py() or 0)
+        done_so_far.total = sum(
+            int(pc.sum(pc.list_flatten(t.column("seq_lengths"))).as_py() or 0) for t in by_split.values()
+        )
         if spec.segment and spec.segment[1] < spec.segment[0]:
             done_so_far.total = None  # overlapping windows write some tokens more than once: no total known
         for sp in SPLITS:
             done_so_far.what = f"writing {sp}"
             progress(done_so_far)
-            # the rows chosen (first run per piece and shift); their ids are read batch by batch (_ids_batches)
-            rows = rows_tbl.filter(pc.equal(rows_tbl.column("split"), sp))
+            # the rows chosen (first run per piece and shift), each column one array; their ids are read
+            # batch by batch (_ids_batches)
+            rows = by_split.pop(sp)
+            rows = pa.Table.from_arrays([c.combine_chunks() for c in rows.columns], names=rows.column_names)
             snap_pieces.append(
                 pa.table(
                     {
                         "piece_id": rows.column("piece_id").cast(pa.string()),
-                        "split": rows.column("split").cast(pa.string()),
+                        "split": pa.array([sp] * rows.num_rows, pa.string()),
                         "transpose": rows.column("transpose").cast(pa.int32()),
                         "n_tokens": rows.column("n_tokens").cast(pa.int64()),
                     }
                 )
             )
-            # sequences: per row by seq_lengths, cut at max_seq_len; or bar-aligned segments
+            # sequences: per row by seq_lengths, cut at max_seq_len; or bar-aligned segments. As numbers:
+            # their strings are taken from their rows one Parquet row group at a time (_hf_meta), and for
+            # sequences.parquet once the tokens are written (_seq_table)
             src = None
             if spec.segment:
-                seq_tbl, offsets, pos, src, seg_counts = _segments(
+                seqs, offsets, pos, src, seg_counts = _segments(
                     rows, *spec.segment, spec.max_seq_len, blocks=tokinfo["tokenization"] == "MMM"
                 )
                 for k2, v in seg_counts.items():
                     segment_counts[k2] = segment_counts.get(k2, 0) + v
             else:
-                seq_tbl, offsets, pos = _sequences(rows, spec.max_seq_len)
-            if mix_by:
-                at = pc.index_in(seq_tbl.column("piece_id"), value_set=rows.column("piece_id").combine_chunks())
-                seq_tbl = seq_tbl.append_column("mix_label", rows.column("mix_label").take(at).combine_chunks())
-            hf_seqs = seq_tbl
-            if spec.segment:
-                hf_seqs = seq_tbl.append_column(
-                    "segment",
-                    pa.StructArray.from_arrays(
-                        [
-                            seq_tbl.column("segment_start_bar").combine_chunks(),
-                            seq_tbl.column("segment_end_bar").combine_chunks(),
-                        ],
-                        names=["start_bar", "end_bar"],
-                    ),
-                )
+                seqs, offsets, pos = _sequences(rows, spec.max_seq_len)
             shape = (pos, len(vocab_sizes)) if multi else (pos,)
             # the Hugging Face file of the split, written from the same batches as tokens.npy
+            midi_sizes = None
+            if spec.with_midi:
+                sizes = pc.fill_null(rows.column("size_bytes"), 0).take(seqs.column("row"))
+                midi_sizes = np.asarray(sizes.to_numpy(zero_copy_only=False), dtype=np.int64)
             hf_out = hf.HFWriter(
                 out_dir / sp / hf.HF_FILE,
-                hf.per_sequence(hf_seqs, rows.select(["piece_id", "source", "license", "size_bytes"])),
+                np.asarray(seqs.column("start").to_numpy(), dtype=np.int64),
+                np.asarray(seqs.column("length").to_numpy(), dtype=np.int64),
+                _hf_meta(seqs, rows),
                 len(vocab_sizes) if multi else None,
                 lake.get_raws if spec.with_midi else None,
+                midi_sizes=midi_sizes,
+                segment=spec.segment is not None,
             )
             try:
                 batches = _ids_batches(
@@ -1301,7 +1438,10 @@ def build(
                 files[f"{sp}/{hf.HF_FILE}"] = hf_out.close()
             finally:
                 hf_out.abort()
+            del hf_out, batches, src
             files[f"{sp}/index.npy"] = _write_npy(out_dir / sp / "index.npy", offsets)
+            seq_tbl = _seq_table(seqs, rows, mix_by is not None)
+            del seqs
             files[f"{sp}/sequences.parquet"] = _write_parquet(out_dir / sp / "sequences.parquet", seq_tbl)
             split_counts[sp] = {
                 "pieces": int(pc.count_distinct(rows.column("piece_id")).as_py()),
@@ -1310,7 +1450,6 @@ def build(
                 "tokens": int(pos),
             }
             del rows, seq_tbl, offsets
-        del rows_tbl
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
@@ -1320,69 +1459,6 @@ def build(
     progress(done_so_far)
     _write(out_dir / "tokenizer.json", tok_text.encode())
     files["tokenizer.json"] = {"sha256": hashlib.sha256(tok_text.encode()).hexdigest(), "bytes": len(tok_text.encode())}
-    kept = pa.array(in_snapshot)
-    chosen = pa.table(
-        {
-            "piece_id": pids,
-            "split": split_str,
-            "sources": sel.column("sources"),
-            "licenses": sel.column("licenses"),
-            "source_uri": sel.column("source_uri"),
-            "song_group": sel.column("song_group").cast(pa.string()),
-            "dedup_cluster": sel.column("dedup_cluster").cast(pa.string()),
-        }
-    ).filter(kept)
-    lic_counts: dict[str, dict[str, Any]] = {}
-    src_counts: dict[str, int] = {}
-    terms_of: dict[str, str] = {}
-    attr_path = out_dir / "ATTRIBUTION.tsv"
-    h = hashlib.sha256()
-    with open(attr_path, "wb") as fh:
-        head = b"piece_id\tsplit\tsources\tlicenses\tsource_uri\tterms\n"
-        fh.write(head)
-        h.update(head)
-        for batch in chosen.select(["piece_id", "split", "sources", "licenses", "source_uri"]).to_batches(8192):
-            lines = []
-            for r in batch.to_pylist():  # Python objects for one batch of pieces at a time
-                lics = r["licenses"]
-                for x in lics:
-                    if x not in terms_of:
-                        terms_of[x] = license_terms(x)
-                lines.append(
-                    "\t".join(
-                        [
-                            r["piece_id"],
-                            r["split"],
-                            ",".join(r["sources"]),
-                            ",".join(lics),
-                            r["source_uri"] or "",
-                            " | ".join(terms_of[x] for x in lics),
-                        ]
-                    )
-                    + "\n"
-                )
-                for lic in lics:
-                    e = lic_counts.setdefault(
-                        lic, {"pieces": 0, "terms": license_terms(None if lic == "unknown" else lic), "sources": set()}
-                    )
-                    e["pieces"] += 1
-                    e["sources"].update(r["sources"])
-                for s in r["sources"]:
-                    src_counts[s] = src_counts.get(s, 0) + 1
-            blob = "".join(lines).encode()
-            fh.write(blob)
-            h.update(blob)
-        fh.flush()
-        os.fsync(fh.fileno())
-    files["ATTRIBUTION.tsv"] = {"sha256": h.hexdigest(), "bytes": attr_path.stat().st_size}
-    licenses = {
-        k2: {"pieces": v["pieces"], "terms": v["terms"], "sources": sorted(v["sources"])}
-        for k2, v in sorted(lic_counts.items())
-    }
-
-    leakage = _leakage(chosen.select(["split", "song_group", "dedup_cluster"]))
-    n_in_snapshot = chosen.num_rows
-    del chosen, sel, pids, split_str
     recipe = {
         "format": FORMAT,
         "selection": {

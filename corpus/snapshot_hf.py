@@ -128,27 +128,33 @@ class HFWriter:
     """Writes one split's Hugging Face Parquet file from the batches of token rows that fill
     ``tokens.npy`` (:meth:`tee` passes them on unchanged).
 
-    ``seqs``: the split's sequences.parquet table (start, length, piece_id, ...) plus ``source``,
-    ``license`` and, with MIDI, ``size_bytes`` per sequence (:func:`per_sequence`). ``read_midi``: the raw bytes of piece ids (``Lake.get_raws``), or None
-    for no ``midi`` column.
+    ``starts`` and ``lengths``: each sequence's first token in the split's tokens and its length.
+    ``meta(g0, g1)``: the other columns of sequences [g0, g1) (piece_id, song_group, ... as in
+    :func:`hf_schema`), asked for one row group at a time, so the split's strings are never held once
+    per sequence. ``read_midi``: the raw bytes of piece ids (``Lake.get_raws``), or None for no ``midi``
+    column; ``midi_sizes``: then each sequence's piece size, which bounds the row groups.
     """
 
     def __init__(
         self,
         path: Path,
-        seqs: pa.Table,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        meta: Callable[[int, int], pa.Table],
         width: int | None,
         read_midi: Callable[[Sequence[str]], list[bytes]] | None = None,
+        *,
+        midi_sizes: np.ndarray | None = None,
+        segment: bool = False,
     ) -> None:
         self.path = path
-        self.seqs = seqs
+        self.meta = meta
+        self.n = len(starts)
         self.width = width
         self.read_midi = read_midi
-        self.schema = hf_schema(width is not None, read_midi is not None, "segment" in seqs.column_names)
-        self.starts = np.asarray(seqs.column("start").to_numpy(), dtype=np.int64)
-        lengths = np.asarray(seqs.column("length").to_numpy(), dtype=np.int64)
-        sizes = np.asarray(pc.fill_null(seqs.column("size_bytes"), 0).to_numpy(), dtype=np.int64) if read_midi else None
-        self.groups = row_groups(lengths, sizes)
+        self.schema = hf_schema(width is not None, read_midi is not None, segment)
+        self.starts = starts
+        self.groups = row_groups(lengths, midi_sizes if read_midi else None)
         self.pos = 0  # tokens seen
         self.next_seq = 0  # first sequence not yet in pending
         self.pending: list[pa.Array] = []  # input_ids of sequences [written, next_seq)
@@ -193,7 +199,7 @@ class HFWriter:
             ids = pa.concat_arrays(self.pending) if len(self.pending) > 1 else self.pending[0]
             take, rest = ids.slice(0, g1 - g0), ids.slice(g1 - g0)
             self.pending = [rest] if len(rest) else []
-            meta = self.seqs.slice(g0, g1 - g0)
+            meta = self.meta(g0, g1)
             cols: dict[str, pa.Array] = {"input_ids": take}
             for name in self.schema.names[1:]:
                 if name == "midi":
@@ -212,8 +218,8 @@ class HFWriter:
 
     def close(self) -> dict[str, Any]:
         """Finish the file; its sha256 and size. Every sequence must have been written."""
-        if self.written != self.seqs.num_rows or self.pending:
-            raise RuntimeError(f"{self.written} of {self.seqs.num_rows} sequences written to {self.path.name}")
+        if self.written != self.n or self.pending:
+            raise RuntimeError(f"{self.written} of {self.n} sequences written to {self.path.name}")
         self._writer.close()
         self._fh.flush()
         os.fsync(self._fh.fileno())
@@ -227,16 +233,6 @@ class HFWriter:
     def abort(self) -> None:
         if not self._fh.closed:
             self._fh.close()
-
-
-def per_sequence(seqs: pa.Table, pieces: pa.Table) -> pa.Table:
-    """``seqs`` with the ``source``, ``license`` (and ``size_bytes`` when ``pieces`` has it) of each
-    sequence's piece (``pieces``: piece_id and those columns; one row per piece at least)."""
-    at = pc.index_in(seqs.column("piece_id"), value_set=pieces.column("piece_id").combine_chunks())
-    for col in ("source", "license", "size_bytes"):
-        if col in pieces.column_names:
-            seqs = seqs.append_column(col, pieces.column(col).take(at))
-    return seqs
 
 
 # ----------------------------------------------------------------------------- card

@@ -164,3 +164,58 @@ def test_show_prints_the_card_without_its_front_matter() -> None:
     card = "---\nconfigs:\n- config_name: default\n---\n\n# Snapshot a@b\n\ntext\n"
     assert H.strip_front_matter(card) == "# Snapshot a@b\n\ntext\n"
     assert H.strip_front_matter("# Snapshot a@b\n") == "# Snapshot a@b\n"
+
+
+def test_sequence_strings_are_built_one_row_group_at_a_time(lake, tmp_path: Path, monkeypatch) -> None:
+    """While the tokens are written, a split's sequences are numbers: the Hugging Face file asks for
+    the strings of one row group at a time, in order, and sequences.parquet is built once, after the
+    split's tokens; the files are those of a build with the default row groups."""
+    spec = S.SnapshotSpec("hfmeta", "remi_multitrack", transpose="augment:1", max_seq_len=200, split=(0.6, 0.2, 0.2))
+    events: list[tuple] = []
+    hf_meta, seq_table, stream = S._hf_meta, S._seq_table, S._stream_tokens
+
+    def recording_meta(seqs, rows):
+        meta = hf_meta(seqs, rows)
+
+        def call(g0: int, g1: int):
+            tbl = meta(g0, g1)
+            events.append(("meta", g0, g1, tbl.num_rows, tbl.column("seq").to_pylist()))
+            return tbl
+
+        return call
+
+    def recording_table(seqs, rows, mix):
+        events.append(("table", seqs.num_rows))
+        return seq_table(seqs, rows, mix)
+
+    def recording_stream(*args, **kwargs):
+        out = stream(*args, **kwargs)
+        events.append(("tokens",))
+        return out
+
+    monkeypatch.setattr(H, "ROW_GROUP_ROWS", 5)
+    monkeypatch.setattr(S, "_hf_meta", recording_meta)
+    monkeypatch.setattr(S, "_seq_table", recording_table)
+    monkeypatch.setattr(S, "_stream_tokens", recording_stream)
+    m = S.build(lake, spec, tmp_path / "small")
+    per_split: list[list[tuple]] = [[]]
+    for e in events:
+        per_split[-1].append(e)
+        if e[0] == "table":
+            per_split.append([])
+    assert per_split[-1] == [] and len(per_split) == len(S.SPLITS) + 1
+    for sp, evs in zip(S.SPLITS, per_split, strict=False):
+        n = m["counts"][sp]["sequences"]
+        assert evs[-2:] == [("tokens",), ("table", n)]  # sequences.parquet after the tokens, once
+        spans = [(e[1], e[2]) for e in evs if e[0] == "meta"]
+        assert all(e[3] == e[2] - e[1] <= 5 and e[4] == list(range(e[1], e[2])) for e in evs if e[0] == "meta")
+        assert [a for a, _ in spans] == [0] + [b for _, b in spans[:-1]] and spans[-1][1] == n
+        assert len(spans) == pq.ParquetFile(tmp_path / "small" / sp / H.HF_FILE).metadata.num_row_groups
+    monkeypatch.undo()
+    whole = S.build(lake, spec, tmp_path / "default")
+    for sp in S.SPLITS:  # the row groups differ, not the rows nor the other files
+        assert m["files"][f"{sp}/sequences.parquet"] == whole["files"][f"{sp}/sequences.parquet"]
+        assert m["files"][f"{sp}/tokens.npy"] == whole["files"][f"{sp}/tokens.npy"]
+        a = pq.read_table(tmp_path / "small" / sp / H.HF_FILE)
+        b = pq.read_table(tmp_path / "default" / sp / H.HF_FILE)
+        assert a.equals(b)
