@@ -631,12 +631,13 @@ def _index_current(lake: Lake, name: str, config: dict[str, object], known: Any)
         return False
 
 
-def _update_index(index: Any, known: Any, vectors: Any, dim: int) -> tuple[Any, Any]:
+def _update_index(index: Any, known: Any, vectors: Any, dim: int, spill: Path | None = None) -> tuple[Any, Any]:
     """Add the keys of ``known`` (an Arrow string array) that ``index`` lacks (``vectors(keys)`` gives
     their matrix); (index, the new keys as an Arrow array).
 
     Without an index, or once the lake has grown past twice what an IVF index was trained on,
-    the index is built anew from every key (then every key is new: its pairs are collected again).
+    the index is built anew from every key (then every key is new: its pairs are collected again);
+    an IVF one is written to ``spill`` a shard at a time as it is built (``NearDupIndex.build_from``).
     """
     from corpus.curation.dedup import NearDupIndex
 
@@ -648,7 +649,7 @@ def _update_index(index: Any, known: Any, vectors: Any, dim: int) -> tuple[Any, 
     from corpus.curation.dedup import BUILD_CHUNK
 
     if index is None:  # the vectors are read a chunk at a time, never all at once beside the index
-        index = NearDupIndex.build_from(known, lambda rows: vectors(known.take(rows).to_pylist()), dim)
+        index = NearDupIndex.build_from(known, lambda rows: vectors(known.take(rows).to_pylist()), dim, spill=spill)
         index.meta = {"trained_n": len(known)}
         return index, known
     new = known.filter(pc.invert(pc.is_in(known, value_set=index.ids)))
@@ -685,6 +686,14 @@ def _recluster(
     song_threshold = songs.check_threshold(song_threshold)
     params_json = json.dumps(_decision_params(threshold, song_threshold), sort_keys=True)
     staged: dict[str, Path] = {}  # index name -> its staged folder
+    # an IVF index built anew is written here a shard at a time (then linked into its staged folder):
+    # beside the index folder for a local lake (a killed run's is removed by the next, under the lock)
+    if lake.remote:
+        spill = Path(tempfile.mkdtemp(prefix="midicorpus-build-"))
+    else:
+        for stale in (lake.root / "index").glob(".build-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        spill = lake.root / "index" / f".build-{uuid.uuid4().hex[:8]}"
     try:
         con = lake.connect()
         try:
@@ -699,7 +708,7 @@ def _recluster(
                 return
             # --- piece index: new pieces against everything
             new_pieces: list[str] = []
-            new_dup_pairs: list[tuple[str, str, float]] = []
+            new_dup_pairs = _DupPairs.empty()
             if not _index_current(lake, "neardup", dedup.VECTOR_CONFIG, piece_keys):
                 opened = _open_index(lake, "neardup", dedup.VECTOR_CONFIG, piece_keys)
                 pidx, new_arr = _update_index(
@@ -715,19 +724,12 @@ def _recluster(
                         ),
                     ),
                     dedup.VECTOR_DIM,
+                    spill / "neardup",
                 )
                 del opened
                 new_pieces = new_arr.to_pylist()
-                found = pidx.pairs_of(pidx.rows_of(new_arr).tolist(), DEDUP_PAIR_FLOOR)
-                new_dup_pairs = list(
-                    zip(
-                        pidx.keys_at([i for i, _, _ in found]),
-                        pidx.keys_at([j for _, j, _ in found]),
-                        [sc for _, _, sc in found],
-                        strict=True,
-                    )
-                )
-                del found, new_arr
+                new_dup_pairs = _DupPairs(pidx.ids, *pidx.pair_arrays(pidx.rows_of(new_arr), DEDUP_PAIR_FLOOR))
+                del new_arr
                 # written now and dropped from memory (one index at a time); published after the pairs commit
                 if new_pieces:
                     pidx.meta = {**pidx.meta, "pairs_stored": True, "lake_version": start_version}
@@ -766,6 +768,7 @@ def _recluster(
                         ),
                     ),
                     songs.TRACK_DIM,
+                    spill / "tracks",
                 )
                 del opened
                 if len(new_tracks):
@@ -792,7 +795,16 @@ def _recluster(
                     analysed = set(ids)
                     fresh |= changed_rows & analysed
                     decision = _delta_decision(
-                        con, fresh, undecided, analysed, new_dup_pairs, matches, threshold, song_threshold, cols, base
+                        con,
+                        fresh,
+                        undecided,
+                        analysed,
+                        new_dup_pairs.tuples(),
+                        matches,
+                        threshold,
+                        song_threshold,
+                        cols,
+                        base,
                     )
             if decision is None:  # first decision, other parameters, or the last one's lake version expired
                 got = _read_scope(con, None, cols)
@@ -820,10 +832,8 @@ def _recluster(
             setattr(s, k, int(v))
 
         with lake.transaction({"command": "curate dedup", "run_id": run_id}) as tx:
-            tx.write(
-                "dedup_pairs",
-                [{"piece_a": a, "piece_b": b, "score": round(sc, 6), "run_id": run_id} for a, b, sc in new_dup_pairs],
-            )
+            for part in new_dup_pairs.tables(run_id):
+                tx.write("dedup_pairs", part)
             tx.write("song_pairs", songs.match_rows(matches, run_id))
             # only the rows that changed are replaced (one row per piece): work in proportion to the change
             tx.replace_rows("dedup", "piece_id", _dedup_rows(decision["dedup_rows"], run_id, threshold))
@@ -849,9 +859,53 @@ def _recluster(
         for path in staged.values():
             _discard_staged(lake, path)
         raise
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)  # the staged folders hold their own links (or copies)
     # the indexes last: one that holds a piece promises that the piece's pairs are stored
     for name, path in staged.items():
         _publish_index(lake, name, path)
+
+
+@dataclass
+class _DupPairs:
+    """Near-duplicate pairs found by this run: rows ``a``, ``b`` (int64) of ``keys`` (the index's ids,
+    an Arrow string array) and their scores (float64), sorted by (a, b). NumPy arrays, not a Python
+    tuple per pair: a first curate of a Lakh-sized lake finds millions."""
+
+    keys: Any
+    a: np.ndarray
+    b: np.ndarray
+    s: np.ndarray
+
+    @classmethod
+    def empty(cls) -> _DupPairs:
+        import pyarrow as pa
+
+        return cls(pa.array([], pa.string()), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def tuples(self) -> list[tuple[str, str, float]]:
+        """(key a, key b, score) per pair (a delta's few)."""
+        return list(
+            zip(self.keys.take(self.a).to_pylist(), self.keys.take(self.b).to_pylist(), self.s.tolist(), strict=True)
+        )
+
+    def tables(self, run_id: str, chunk: int = 262_144) -> Any:
+        """``dedup_pairs`` rows as Arrow tables of ``chunk`` rows (each key a string only for its chunk)."""
+        import pyarrow as pa
+
+        for lo in range(0, len(self), chunk):
+            hi = min(len(self), lo + chunk)
+            yield pa.table(
+                {
+                    "piece_a": self.keys.take(self.a[lo:hi]),
+                    "piece_b": self.keys.take(self.b[lo:hi]),
+                    "score": pa.array([round(x, 6) for x in self.s[lo:hi].tolist()], pa.float64()),
+                    "run_id": pa.array([run_id] * (hi - lo), pa.string()),
+                }
+            )
 
 
 def _dedup_rows(rows: list[tuple[str, str]], run_id: str, threshold: float) -> Any:
@@ -1459,7 +1513,7 @@ def _codes(row_of: dict[str, int], a: Any, b: Any) -> tuple[np.ndarray, np.ndarr
 
 def _decide(
     got: dict[str, Any],
-    new_dup_pairs: list[tuple[str, str, float]],
+    new_dup_pairs: list[tuple[str, str, float]] | _DupPairs,
     matches: Any,  # songs.match_tracks_table
     threshold: float,
     song_threshold: float,
@@ -1493,7 +1547,24 @@ def _decide(
     # near-duplicate pairs: stored and new, one per unordered pair at its best score
     sa, sb, ok = recode(got["stored"][0], got["stored"][1])
     near_a, near_b, near_s = [sa[ok]], [sb[ok]], [got["stored"][2][ok]]
-    if new_dup_pairs:
+    if isinstance(new_dup_pairs, _DupPairs) and len(new_dup_pairs):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        # each index key's code here (-1: not decided): no Python string per pair
+        at = (
+            pc.index_in(new_dup_pairs.keys, value_set=pa.array(ids, pa.string()))
+            .fill_null(-1)
+            .to_numpy(zero_copy_only=False)
+            .astype(np.int64)
+        )
+        na, nb = at[new_dup_pairs.a], at[new_dup_pairs.b]
+        ok = (na >= 0) & (nb >= 0)
+        near_a.append(na[ok])
+        near_b.append(nb[ok])
+        near_s.append(new_dup_pairs.s[ok])
+        del at, na, nb
+    elif new_dup_pairs:
         na, nb, ok = _codes(row_of, [p[0] for p in new_dup_pairs], [p[1] for p in new_dup_pairs])
         near_a.append(na[ok])
         near_b.append(nb[ok])
