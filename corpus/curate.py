@@ -778,6 +778,7 @@ def _recluster(
                         new_tracks,
                         "SELECT piece_id, track_index, ngrams FROM track_signatures_t "
                         f"WHERE scheme = '{songs.TRACK_SCHEME}' AND has_identity",
+                        dictionary=True,  # piece ids as codes: millions of matches at a first curate
                     )
                     tidx.meta = {**tidx.meta, "pairs_stored": True, "lake_version": start_version}
                     staged["tracks"] = _stage_index(lake, "tracks", tidx, songs.TRACK_CONFIG)
@@ -800,7 +801,7 @@ def _recluster(
                         undecided,
                         analysed,
                         new_dup_pairs.tuples(),
-                        matches,
+                        songs.plain_matches(matches),
                         threshold,
                         song_threshold,
                         cols,
@@ -1511,6 +1512,19 @@ def _codes(row_of: dict[str, int], a: Any, b: Any) -> tuple[np.ndarray, np.ndarr
     return ca, cb, (ca >= 0) & (cb >= 0)
 
 
+def _codes_in(col: Any, known: Any) -> np.ndarray:
+    """The position in ``known`` (an Arrow string array) of each value of ``col`` (strings, or a
+    dictionary array: then only its dictionary is looked up), int32, -1 where absent."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_dictionary(col.type):
+        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        at = pc.index_in(arr.dictionary, value_set=known).fill_null(-1).to_numpy(zero_copy_only=False)
+        return at.astype(np.int32)[arr.indices.to_numpy(zero_copy_only=False)]
+    return pc.index_in(col, value_set=known).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+
+
 def _decide(
     got: dict[str, Any],
     new_dup_pairs: list[tuple[str, str, float]] | _DupPairs,
@@ -1603,10 +1617,7 @@ def _decide(
         import pyarrow.compute as pc
 
         known = pa.array(ids, pa.string())
-        ma, mb = (
-            pc.index_in(matches.column(c), value_set=known).fill_null(-1).to_numpy().astype(np.int32)
-            for c in ("piece_a", "piece_b")
-        )
+        ma, mb = (_codes_in(matches.column(c), known) for c in ("piece_a", "piece_b"))
         ok = (ma >= 0) & (mb >= 0)
         ga, gb, cont, shared_or_none = decide.best_pairs(
             np.concatenate([ga, ma[ok]]),
