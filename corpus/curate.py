@@ -560,7 +560,8 @@ def _fetch_vectors(con: Any, sql: str, ids: list[str], dim: int, recent: str | N
     if tbl is None:
         raise RuntimeError(f"found no single vector for each of {len(ids)} keys")
     flat = tbl.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return np.ascontiguousarray(flat.astype(np.float32).reshape(len(ids), dim))
+    del tbl
+    return np.ascontiguousarray(flat.astype(np.float32, copy=False).reshape(len(ids), dim))
 
 
 def _saved_at(index: Any) -> int | None:
