@@ -632,6 +632,14 @@ def _index_current(lake: Lake, name: str, config: dict[str, object], known: Any)
         return False
 
 
+# Off: a sharded index breaks ties among equal scores at the k-th neighbour by shard (lower rows
+# first), the index held whole by faiss's heap order. On the 176k synthetic lake, whose pieces share
+# identical tracks by construction, a first curate with spill found 51,066 duplicate pairs, 1,685,433
+# melody matches and 24,462 song groups against 51,062, 1,677,267 and 24,463 (same clusters), and it
+# did not lower the peak, which is now the decision after the indexes are dropped.
+SPILL_NEW_INDEX = False
+
+
 def _update_index(index: Any, known: Any, vectors: Any, dim: int, spill: Path | None = None) -> tuple[Any, Any]:
     """Add the keys of ``known`` (an Arrow string array) that ``index`` lacks (``vectors(keys)`` gives
     their matrix); (index, the new keys as an Arrow array).
@@ -725,7 +733,7 @@ def _recluster(
                         ),
                     ),
                     dedup.VECTOR_DIM,
-                    spill / "neardup",
+                    spill / "neardup" if SPILL_NEW_INDEX else None,
                 )
                 del opened
                 new_pieces = new_arr.to_pylist()
@@ -769,7 +777,7 @@ def _recluster(
                         ),
                     ),
                     songs.TRACK_DIM,
-                    spill / "tracks",
+                    spill / "tracks" if SPILL_NEW_INDEX else None,
                 )
                 del opened
                 if len(new_tracks):
