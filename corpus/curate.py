@@ -560,7 +560,8 @@ def _fetch_vectors(con: Any, sql: str, ids: list[str], dim: int, recent: str | N
     if tbl is None:
         raise RuntimeError(f"found no single vector for each of {len(ids)} keys")
     flat = tbl.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return np.ascontiguousarray(flat.astype(np.float32).reshape(len(ids), dim))
+    del tbl
+    return np.ascontiguousarray(flat.astype(np.float32, copy=False).reshape(len(ids), dim))
 
 
 def _saved_at(index: Any) -> int | None:
@@ -686,12 +687,21 @@ def _new_keys_since_saved(
     return new if len(ids) + len(new) == total else None
 
 
-def _update_index(index: Any, known: Any, vectors: Any, dim: int) -> tuple[Any, Any]:
+# Off: a sharded index breaks ties among equal scores at the k-th neighbour by shard (lower rows
+# first), the index held whole by faiss's heap order. On the 176k synthetic lake, whose pieces share
+# identical tracks by construction, a first curate with spill found 51,066 duplicate pairs, 1,685,433
+# melody matches and 24,462 song groups against 51,062, 1,677,267 and 24,463 (same clusters), and it
+# did not lower the peak, which is now the decision after the indexes are dropped.
+SPILL_NEW_INDEX = False
+
+
+def _update_index(index: Any, known: Any, vectors: Any, dim: int, spill: Path | None = None) -> tuple[Any, Any]:
     """Add the keys of ``known`` (an Arrow string array) that ``index`` lacks (``vectors(keys)`` gives
     their matrix); (index, the new keys as an Arrow array).
 
     Without an index, or once the lake has grown past twice what an IVF index was trained on,
-    the index is built anew from every key (then every key is new: its pairs are collected again).
+    the index is built anew from every key (then every key is new: its pairs are collected again);
+    an IVF one is written to ``spill`` a shard at a time as it is built (``NearDupIndex.build_from``).
     """
     from corpus.curation.dedup import NearDupIndex
 
@@ -701,7 +711,7 @@ def _update_index(index: Any, known: Any, vectors: Any, dim: int) -> tuple[Any, 
     import pyarrow.compute as pc
 
     if index is None:  # the vectors are read a chunk at a time, never all at once beside the index
-        index = NearDupIndex.build_from(known, lambda rows: vectors(known.take(rows).to_pylist()), dim)
+        index = NearDupIndex.build_from(known, lambda rows: vectors(known.take(rows).to_pylist()), dim, spill=spill)
         index.meta = {"trained_n": len(known)}
         return index, known
     new = known.filter(pc.invert(pc.is_in(known, value_set=index.ids)))
@@ -745,6 +755,14 @@ def _recluster(
     song_threshold = songs.check_threshold(song_threshold)
     params_json = json.dumps(_decision_params(threshold, song_threshold), sort_keys=True)
     staged: dict[str, Path] = {}  # index name -> its staged folder
+    # an IVF index built anew is written here a shard at a time (then linked into its staged folder):
+    # beside the index folder for a local lake (a killed run's is removed by the next, under the lock)
+    if lake.remote:
+        spill = Path(tempfile.mkdtemp(prefix="midicorpus-build-"))
+    else:
+        for stale in (lake.root / "index").glob(".build-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        spill = lake.root / "index" / f".build-{uuid.uuid4().hex[:8]}"
     try:
         con = lake.connect()
         try:
@@ -759,7 +777,7 @@ def _recluster(
                 return
             # --- piece index: new pieces against everything
             new_pieces: list[str] = []
-            new_dup_pairs: list[tuple[str, str, float]] = []
+            new_dup_pairs = _DupPairs.empty()
             if not _index_current(lake, "neardup", dedup.VECTOR_CONFIG, piece_keys):
                 opened = _open_index(lake, "neardup", dedup.VECTOR_CONFIG, piece_keys)
                 pidx, new_arr = _update_index(
@@ -775,19 +793,12 @@ def _recluster(
                         ),
                     ),
                     dedup.VECTOR_DIM,
+                    spill / "neardup" if SPILL_NEW_INDEX else None,
                 )
                 del opened
                 new_pieces = new_arr.to_pylist()
-                found = pidx.pairs_of(pidx.rows_of(new_arr).tolist(), DEDUP_PAIR_FLOOR)
-                new_dup_pairs = list(
-                    zip(
-                        pidx.keys_at([i for i, _, _ in found]),
-                        pidx.keys_at([j for _, j, _ in found]),
-                        [sc for _, _, sc in found],
-                        strict=True,
-                    )
-                )
-                del found, new_arr
+                new_dup_pairs = _DupPairs(pidx.ids, *pidx.pair_arrays(pidx.rows_of(new_arr), DEDUP_PAIR_FLOOR))
+                del new_arr
                 # written now and dropped from memory (one index at a time); published after the pairs commit
                 if new_pieces:
                     pidx.meta = {**pidx.meta, "pairs_stored": True, "lake_version": start_version}
@@ -839,7 +850,9 @@ def _recluster(
                     return _fetch_vectors(con, tsql, keys, songs.TRACK_DIM, recent)
 
                 if track_keys is not None:
-                    tidx, new_tracks = _update_index(opened, track_keys, fetch, songs.TRACK_DIM)
+                    tidx, new_tracks = _update_index(
+                        opened, track_keys, fetch, songs.TRACK_DIM, spill / "tracks" if SPILL_NEW_INDEX else None
+                    )
                 else:
                     tidx, new_tracks = _add_keys(opened, delta_tracks, fetch), delta_tracks
                 del opened, track_keys
@@ -850,6 +863,7 @@ def _recluster(
                         new_tracks,
                         "SELECT piece_id, track_index, ngrams FROM track_signatures_t "
                         f"WHERE scheme = '{songs.TRACK_SCHEME}' AND has_identity",
+                        dictionary=True,  # piece ids as codes: millions of matches at a first curate
                     )
                     tidx.meta = {**tidx.meta, "pairs_stored": True, "lake_version": start_version}
                     staged["tracks"] = _stage_index(lake, "tracks", tidx, songs.TRACK_CONFIG)
@@ -867,7 +881,16 @@ def _recluster(
                     analysed = set(ids)
                     fresh |= changed_rows & analysed
                     decision = _delta_decision(
-                        con, fresh, undecided, analysed, new_dup_pairs, matches, threshold, song_threshold, cols, base
+                        con,
+                        fresh,
+                        undecided,
+                        analysed,
+                        new_dup_pairs.tuples(),
+                        songs.plain_matches(matches),
+                        threshold,
+                        song_threshold,
+                        cols,
+                        base,
                     )
             if decision is None:  # first decision, other parameters, or the last one's lake version expired
                 got = _read_scope(con, None, cols)
@@ -895,10 +918,8 @@ def _recluster(
             setattr(s, k, int(v))
 
         with lake.transaction({"command": "curate dedup", "run_id": run_id}) as tx:
-            tx.write(
-                "dedup_pairs",
-                [{"piece_a": a, "piece_b": b, "score": round(sc, 6), "run_id": run_id} for a, b, sc in new_dup_pairs],
-            )
+            for part in new_dup_pairs.tables(run_id):
+                tx.write("dedup_pairs", part)
             tx.write("song_pairs", songs.match_rows(matches, run_id))
             # only the rows that changed are replaced (one row per piece): work in proportion to the change
             tx.replace_rows("dedup", "piece_id", _dedup_rows(decision["dedup_rows"], run_id, threshold))
@@ -924,9 +945,53 @@ def _recluster(
         for path in staged.values():
             _discard_staged(lake, path)
         raise
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)  # the staged folders hold their own links (or copies)
     # the indexes last: one that holds a piece promises that the piece's pairs are stored
     for name, path in staged.items():
         _publish_index(lake, name, path)
+
+
+@dataclass
+class _DupPairs:
+    """Near-duplicate pairs found by this run: rows ``a``, ``b`` (int64) of ``keys`` (the index's ids,
+    an Arrow string array) and their scores (float64), sorted by (a, b). NumPy arrays, not a Python
+    tuple per pair: a first curate of a Lakh-sized lake finds millions."""
+
+    keys: Any
+    a: np.ndarray
+    b: np.ndarray
+    s: np.ndarray
+
+    @classmethod
+    def empty(cls) -> _DupPairs:
+        import pyarrow as pa
+
+        return cls(pa.array([], pa.string()), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def tuples(self) -> list[tuple[str, str, float]]:
+        """(key a, key b, score) per pair (a delta's few)."""
+        return list(
+            zip(self.keys.take(self.a).to_pylist(), self.keys.take(self.b).to_pylist(), self.s.tolist(), strict=True)
+        )
+
+    def tables(self, run_id: str, chunk: int = 262_144) -> Any:
+        """``dedup_pairs`` rows as Arrow tables of ``chunk`` rows (each key a string only for its chunk)."""
+        import pyarrow as pa
+
+        for lo in range(0, len(self), chunk):
+            hi = min(len(self), lo + chunk)
+            yield pa.table(
+                {
+                    "piece_a": self.keys.take(self.a[lo:hi]),
+                    "piece_b": self.keys.take(self.b[lo:hi]),
+                    "score": pa.array([round(x, 6) for x in self.s[lo:hi].tolist()], pa.float64()),
+                    "run_id": pa.array([run_id] * (hi - lo), pa.string()),
+                }
+            )
 
 
 def _dedup_rows(rows: list[tuple[str, str]], run_id: str, threshold: float) -> Any:
@@ -1623,9 +1688,22 @@ def _codes(row_of: dict[str, int], a: Any, b: Any) -> tuple[np.ndarray, np.ndarr
     return ca, cb, (ca >= 0) & (cb >= 0)
 
 
+def _codes_in(col: Any, known: Any) -> np.ndarray:
+    """The position in ``known`` (an Arrow string array) of each value of ``col`` (strings, or a
+    dictionary array: then only its dictionary is looked up), int32, -1 where absent."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_dictionary(col.type):
+        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        at = pc.index_in(arr.dictionary, value_set=known).fill_null(-1).to_numpy(zero_copy_only=False)
+        return at.astype(np.int32)[arr.indices.to_numpy(zero_copy_only=False)]
+    return pc.index_in(col, value_set=known).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+
+
 def _decide(
     got: dict[str, Any],
-    new_dup_pairs: list[tuple[str, str, float]],
+    new_dup_pairs: list[tuple[str, str, float]] | _DupPairs,
     matches: Any,  # songs.match_tracks_table
     threshold: float,
     song_threshold: float,
@@ -1659,7 +1737,24 @@ def _decide(
     # near-duplicate pairs: stored and new, one per unordered pair at its best score
     sa, sb, ok = recode(got["stored"][0], got["stored"][1])
     near_a, near_b, near_s = [sa[ok]], [sb[ok]], [got["stored"][2][ok]]
-    if new_dup_pairs:
+    if isinstance(new_dup_pairs, _DupPairs) and len(new_dup_pairs):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        # each index key's code here (-1: not decided): no Python string per pair
+        at = (
+            pc.index_in(new_dup_pairs.keys, value_set=pa.array(ids, pa.string()))
+            .fill_null(-1)
+            .to_numpy(zero_copy_only=False)
+            .astype(np.int64)
+        )
+        na, nb = at[new_dup_pairs.a], at[new_dup_pairs.b]
+        ok = (na >= 0) & (nb >= 0)
+        near_a.append(na[ok])
+        near_b.append(nb[ok])
+        near_s.append(new_dup_pairs.s[ok])
+        del at, na, nb
+    elif new_dup_pairs:
         na, nb, ok = _codes(row_of, [p[0] for p in new_dup_pairs], [p[1] for p in new_dup_pairs])
         near_a.append(na[ok])
         near_b.append(nb[ok])
@@ -1698,10 +1793,7 @@ def _decide(
         import pyarrow.compute as pc
 
         known = pa.array(ids, pa.string())
-        ma, mb = (
-            pc.index_in(matches.column(c), value_set=known).fill_null(-1).to_numpy().astype(np.int32)
-            for c in ("piece_a", "piece_b")
-        )
+        ma, mb = (_codes_in(matches.column(c), known) for c in ("piece_a", "piece_b"))
         ok = (ma >= 0) & (mb >= 0)
         ga, gb, cont, shared_or_none = decide.best_pairs(
             np.concatenate([ga, ma[ok]]),

@@ -367,23 +367,35 @@ def match_tracks_table(
     *,
     k: int = CANDIDATE_K,
     floor: float = CANDIDATE_FLOOR,
+    dictionary: bool = False,
 ) -> Any:
     """The verified matches of :func:`match_tracks` as one Arrow table (columns piece_a, track_a,
     piece_b, track_b, cosine, shared_ngrams, containment; sorted by piece pair), the n-gram sets
     intersected in DuckDB on ``con`` (``signatures``: a relation with columns piece_id,
     track_index, ngrams). The candidates go in as one Arrow table and neither the n-gram lists nor
     the matches become Python objects, so the driver's memory does not grow with the number of
-    candidates (a first curate of 176k pieces has millions)."""
+    candidates (a first curate of 176k pieces has millions).
+
+    ``dictionary``: piece_a and piece_b are dictionary arrays (int32 codes into the sorted piece
+    ids of the index), not a string each: a first curate of 176k pieces has millions of matches,
+    whose piece ids as strings would take hundreds of MB in the driver."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     q_rows, o_rows, cos = candidates(index, query_keys, k=k, floor=floor)
     if not len(q_rows):
         return empty_matches()
     # the candidates go in as row codes (16 bytes each, millions at a first curate), the keys once
-    # per track they name: DuckDB joins them, under its memory limit, where they are needed
+    # per track they name (not every indexed track: 370k at 176k for a nightly's few hundred):
+    # DuckDB joins them, under its memory limit, where they are needed
     rows = np.unique(np.concatenate([q_rows, o_rows])).astype(np.int64)
-    keys = pa.table({"row": pa.array(rows.astype(np.int32)), "key": index.ids.take(pa.array(rows))})
-    del rows
+    named = index.ids.take(pa.array(rows))
+    # each named track's piece as a code into their sorted piece ids: codes order as the ids do
+    of_track = pc.replace_substring_regex(named, pattern=":[^:]*$", replacement="")
+    pieces = pc.unique(of_track).sort()
+    piece_code = pc.index_in(of_track, value_set=pieces).cast(pa.int32())
+    keys = pa.table({"row": pa.array(rows.astype(np.int32)), "key": named, "pc": piece_code})
+    del of_track, piece_code, rows, named
     cand = pa.table(
         {
             "q": pa.array(q_rows.astype(np.int32)),
@@ -407,10 +419,13 @@ def match_tracks_table(
         got = con.execute(
             f"""
             WITH k AS (
-                SELECT kq.key AS q, ko.key AS o, t.cosine, t.ord FROM track_candidates t
+                SELECT kq.key AS q, ko.key AS o, kq.pc AS qc, ko.pc AS oc, t.cosine, t.ord FROM track_candidates t
                 JOIN track_keys kq ON kq.row = t.q JOIN track_keys ko ON ko.row = t.o
             ),
-            c AS (SELECT least(q, o) AS a, greatest(q, o) AS b, cosine, ord FROM k),
+            c AS (
+                SELECT least(q, o) AS a, greatest(q, o) AS b, CASE WHEN q <= o THEN qc ELSE oc END AS ac,
+                       CASE WHEN q <= o THEN oc ELSE qc END AS bc, cosine, ord FROM k
+            ),
             need AS (SELECT a AS key FROM c UNION SELECT b FROM c),
             s AS (
                 SELECT piece_id || ':' || track_index AS key, ngrams FROM ({signatures})
@@ -418,8 +433,8 @@ def match_tracks_table(
                 AND piece_id || ':' || track_index IN (SELECT key FROM need)
             ),
             v AS (
-                SELECT split_part(c.a, ':', 1) AS pa, CAST(split_part(c.a, ':', 2) AS INTEGER) AS ta,
-                       split_part(c.b, ':', 1) AS pb, CAST(split_part(c.b, ':', 2) AS INTEGER) AS tb,
+                SELECT c.ac AS pa, CAST(split_part(c.a, ':', 2) AS INTEGER) AS ta,
+                       c.bc AS pb, CAST(split_part(c.b, ':', 2) AS INTEGER) AS tb,
                        c.cosine, c.ord, len(list_intersect(sa.ngrams, sb.ngrams)) AS shared,
                        least(len(sa.ngrams), len(sb.ngrams)) AS smaller
                 FROM c JOIN s sa ON sa.key = c.a JOIN s sb ON sb.key = c.b
@@ -438,6 +453,16 @@ def match_tracks_table(
         with contextlib.suppress(Exception):
             con.execute("RESET memory_limit")
             con.execute(f"SET threads = {threads}")
+    # piece codes (sorted as the ids are, so the order by piece pair holds) back to piece ids
+    for col in ("piece_a", "piece_b"):
+        codes = got.column(col).combine_chunks() if got.num_rows else pa.array([], pa.int32())
+        ids = pa.DictionaryArray.from_arrays(codes.cast(pa.int32()), pieces)
+        got = got.set_column(got.schema.get_field_index(col), col, ids if dictionary else ids.cast(pa.string()))
+    if dictionary:
+        schema = empty_matches().schema
+        for col in ("piece_a", "piece_b"):
+            schema = schema.set(schema.get_field_index(col), pa.field(col, pa.dictionary(pa.int32(), pa.string())))
+        return got.cast(schema)
     return got.cast(empty_matches().schema)
 
 
@@ -457,6 +482,11 @@ def match_rows(matches: Any, run_id: str, chunk: int = 65_536) -> Any:
             pa.float64(),
         )
 
+    def same(value: str) -> pa.Array:
+        if pa.types.is_dictionary(matches.schema.field("piece_a").type):  # a code each, as the pieces
+            return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value], pa.string()))
+        return pa.array([value] * n, pa.string())
+
     return pa.table(
         {
             "piece_a": matches.column("piece_a"),
@@ -466,10 +496,15 @@ def match_rows(matches: Any, run_id: str, chunk: int = 65_536) -> Any:
             "cosine": rounded("cosine"),
             "shared_ngrams": matches.column("shared_ngrams").cast(pa.int32()),
             "containment": rounded("containment"),
-            "scheme": pa.array([TRACK_SCHEME] * n, pa.string()),
-            "run_id": pa.array([run_id] * n, pa.string()),
+            "scheme": same(TRACK_SCHEME),
+            "run_id": same(run_id),
         }
     )
+
+
+def plain_matches(matches: Any) -> Any:
+    """A match table with piece ids as strings (:func:`match_tracks_table` ``dictionary=True`` decoded)."""
+    return matches.cast(empty_matches().schema)
 
 
 def root_of(parent: Any, x: Any) -> Any:

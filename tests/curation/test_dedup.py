@@ -497,6 +497,56 @@ def test_an_index_built_a_chunk_at_a_time_is_the_index_built_at_once(kind: str) 
     assert np.array_equal(chunked._knn(q, 5)[1], whole._knn(q, 5)[1])
 
 
+def test_an_ivf_index_built_with_spill_holds_one_shard_and_answers_as_the_index_held_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """build_from(spill=folder), what a first curate does: the IVF index is written a shard at a time
+    as it is built and only its last shard stays in memory; its answers and pairs (as arrays and as
+    tuples) are those of the index held whole, and saving it links the spilled shards."""
+    from corpus.curation import dedup
+
+    monkeypatch.setattr(dedup, "SHARD_N", 700)
+    ids, x = planted(2500, 80, seed=5)
+    asked: list[int] = []
+
+    def rows_of(rows: np.ndarray) -> np.ndarray:
+        asked.append(len(rows))
+        return x[rows]
+
+    whole = NearDupIndex.build(ids, x, exact_max_n=1000)
+    spilled = NearDupIndex.build_from(ids, rows_of, VECTOR_DIM, exact_max_n=1000, chunk=300, spill=tmp_path / "sp")
+    assert max(asked) <= 300  # the training sample too, a chunk at a time
+    assert spilled.kind == "ivf" and len(spilled) == 2500
+    assert spilled.index.ntotal == 400  # 700 + 700 + 700 on disk, the last 400 held
+    assert sorted(p.name for p in (tmp_path / "sp").iterdir()) == [f"shard-{i:04d}.faiss" for i in range(3)]
+    assert np.array_equal(spilled._knn(x[:300], 9)[1], whole._knn(x[:300], 9)[1])
+    assert np.array_equal(spilled.vectors_of([3, 2499, 1400]), whole.index.reconstruct_batch([3, 2499, 1400]))
+    got = spilled.pair_arrays(np.arange(2500), 0.5)
+    want = whole.pairs()
+    assert [(int(a), int(b)) for a, b in zip(got[0], got[1], strict=True)] == [(i, j) for i, j, _ in want]
+    assert got[2].tolist() == [s for _, _, s in want] and got[2].dtype == np.float64
+    assert {(i, j) for i, j, _ in want} == {(2 * i, 2 * i + 1) for i in range(80)}
+    folder = spilled.save(tmp_path / "saved")
+    assert (folder / "shard-0001.faiss").stat().st_ino == (tmp_path / "sp" / "shard-0001.faiss").stat().st_ino
+    assert np.array_equal(NearDupIndex.load(folder)._knn(x, 5)[1], whole._knn(x, 5)[1])
+    spilled.close()
+
+
+def test_pair_arrays_keep_each_pair_once_at_its_best_score_and_skip_zero_vectors() -> None:
+    """A pair found from both of its pieces is one row (the lower row first); a zero vector pairs with nothing."""
+    ids, x = planted(200, 10, seed=9)
+    x[150] = 0.0
+    x[151] = x[0]  # an exact copy of row 0: found from rows 0, 1 and 151
+    index = NearDupIndex.build(ids, x)
+    a, b, s = index.pair_arrays(np.arange(200), 0.5)
+    pairs = list(zip(a.tolist(), b.tolist(), strict=True))
+    assert pairs == sorted(set(pairs)) and all(i < j for i, j in pairs)
+    assert (0, 151) in pairs and (0, 1) in pairs and (1, 151) in pairs
+    assert 150 not in set(a.tolist()) | set(b.tolist())
+    assert s[pairs.index((0, 151))] == pytest.approx(1.0, abs=1e-5)
+    assert index.pairs_of(list(range(200)), 0.5) == list(zip(a.tolist(), b.tolist(), s.tolist(), strict=True))
+
+
 def test_a_saved_ivf_index_is_read_a_shard_at_a_time_and_answers_as_one_index(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -226,11 +226,19 @@ def test_matching_in_duckdb_decides_what_the_python_verification_decides(song_la
     try:
         grams = {f"{p}:{t}": np.asarray(g, np.int32) for p, t, g in con.execute(sig).fetchall() if g is not None}
         in_sql = songs.match_tracks_sql(con, idx, idx.piece_ids, sig)
+        # what curate asks for: piece ids as dictionary codes, the same table once decoded
+        plain = songs.match_tracks_table(con, idx, idx.piece_ids, sig)
+        coded = songs.match_tracks_table(con, idx, idx.piece_ids, sig, dictionary=True)
     finally:
         con.close()
     in_python = songs.match_tracks(idx, idx.piece_ids, grams)
     assert len(in_python) > 100
     assert in_sql == in_python  # every field, the tracks of the best pair included (ties: the first candidate)
+    assert str(coded.schema.field("piece_a").type) == "dictionary<values=string, indices=int32, ordered=0>"
+    assert songs.plain_matches(coded).equals(plain) and plain.schema == songs.empty_matches().schema
+    rows = songs.match_rows(coded, "r1")
+    assert rows.column("run_id").to_pylist() == ["r1"] * len(in_python)
+    assert rows.column("piece_b").to_pylist() == [m.piece_b for m in in_python]
 
 
 # ------------------------------------------------------------------------------------ incremental
