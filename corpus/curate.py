@@ -797,7 +797,7 @@ def _recluster(
                 )
                 del opened
                 new_pieces = new_arr.to_pylist()
-                new_dup_pairs = _DupPairs(pidx.ids, *pidx.pair_arrays(pidx.rows_of(new_arr), DEDUP_PAIR_FLOOR))
+                new_dup_pairs = _DupPairs(pidx.ids, *pidx.pair_arrays(pidx.rows_of(new_arr), DEDUP_PAIR_FLOOR)).named()
                 del new_arr
                 # written now and dropped from memory (one index at a time); published after the pairs commit
                 if new_pieces:
@@ -971,6 +971,17 @@ class _DupPairs:
 
     def __len__(self) -> int:
         return len(self.a)
+
+    def named(self) -> _DupPairs:
+        """The same pairs over only the keys they name, in the same order (the index's id column is
+        then not held past the index)."""
+        import pyarrow as pa
+
+        rows, at = np.unique(np.concatenate([self.a, self.b]), return_inverse=True)
+        n = len(self.a)
+        return _DupPairs(
+            self.keys.take(pa.array(rows.astype(np.int64))), at[:n].astype(np.int64), at[n:].astype(np.int64), self.s
+        )
 
     def tuples(self) -> list[tuple[str, str, float]]:
         """(key a, key b, score) per pair (a delta's few)."""

@@ -666,24 +666,15 @@ class NearDupIndex:
                 return self.index.search(q, k)
             got = [self.index.search(q[lo : lo + step], k) for lo in range(0, len(q), step)]
             return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
-        import faiss
-
         scores = np.full((len(q), k), -np.inf, np.float32)
         hits = np.full((len(q), k), -1, np.int64)
-        # the lists each query probes, found once (every shard has the same lists) and searched in
-        # every shard: ``search`` would run the coarse quantizer again for each shard
-        ivf = faiss.extract_index_ivf(self.index)
-        nprobe = min(IVF_NPROBE, ivf.nlist)
-        probe = [ivf.quantizer.search(q[lo : lo + step], nprobe) for lo in range(0, len(q), step)]
 
         def merge(part: faiss.Index, start: int) -> None:
             kk = min(k, part.ntotal)
             if kk <= 0:
                 return
-            part_ivf = faiss.extract_index_ivf(part)
-            for b, lo in enumerate(range(0, len(q), step)):
-                dq, iq = probe[b]
-                d, i = part_ivf.search_preassigned(q[lo : lo + step], kk, iq, dq)
+            for lo in range(0, len(q), step):
+                d, i = part.search(q[lo : lo + step], kk)
                 d = np.where(i >= 0, d, -np.inf).astype(np.float32)
                 i = np.where(i >= 0, i + start, -1)
                 all_d = np.concatenate([scores[lo : lo + step], d], axis=1)
