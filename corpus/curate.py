@@ -570,15 +570,23 @@ def _saved_at(index: Any) -> int | None:
     return int(v) if isinstance(v, int) else None
 
 
+def _now(con: Any) -> int:
+    """The lake's current version (DuckLake snapshot id)."""
+    return int(con.execute("SELECT id FROM ducklake_current_snapshot('lake')").fetchone()[0])
+
+
+def _changes(kind: str, table: str, after: int, now: int) -> str:
+    """The rows of ``table`` inserted (``kind`` ``insertions``) or deleted (``deletions``) after lake
+    version ``after`` up to ``now``, as a DuckLake table function (which takes no subquery)."""
+    return f"ducklake_table_{kind}('lake', 'store', '{table}', {int(after) + 1}, {int(now)})"
+
+
 def _inserted_since(table: str, columns: str, where: str, version: int | None, now: int) -> str | None:
     """``columns`` of the ``table`` rows inserted after lake ``version`` up to ``now`` (the current
     version; a table function takes no subquery); None without a version."""
     if version is None:
         return None
-    return (
-        f"SELECT {columns} FROM ducklake_table_insertions('lake', 'store', '{table}', {int(version) + 1}, {int(now)}) "
-        f"WHERE {where}"
-    )
+    return f"SELECT {columns} FROM {_changes('insertions', table, version, now)} WHERE {where}"
 
 
 def _open_index(lake: Lake, name: str, config: dict[str, object], known: Any) -> Any:
@@ -671,15 +679,13 @@ def _new_keys_since_saved(
             return None
         if since >= now:
             return _arrow_column(con, f"SELECT {key} FROM {table}_t WHERE false") if total == len(ids) else None
-        deleted = con.execute(
-            f"SELECT count(*) FROM ducklake_table_deletions('lake', 'store', '{table}', {since + 1}, {now})"
-        ).fetchone()[0]
+        deleted = con.execute(f"SELECT count(*) FROM {_changes('deletions', table, since, now)}").fetchone()[0]
         if deleted:
             return None
         inserted = _arrow_column(
             con,
-            f"SELECT k FROM (SELECT DISTINCT {key} AS k, {order} FROM ducklake_table_insertions('lake', 'store', "
-            f"'{table}', {since + 1}, {now}) WHERE {where}) ORDER BY {order}",
+            f"SELECT k FROM (SELECT DISTINCT {key} AS k, {order} FROM {_changes('insertions', table, since, now)} "
+            f"WHERE {where}) ORDER BY {order}",
         )
     except duckdb.Error:  # a version expired since (lake maintain)
         return None
@@ -767,7 +773,7 @@ def _recluster(
         con = lake.connect()
         try:
             # every key the indexes hold after this run was in the tables at this version
-            start_version = int(con.execute("SELECT id FROM ducklake_current_snapshot('lake')").fetchone()[0])
+            start_version = _now(con)
             piece_keys = _arrow_column(
                 con, "SELECT piece_id FROM piece_analysis_t JOIN piece_facts_t USING (piece_id) ORDER BY 1"
             )
@@ -870,7 +876,7 @@ def _recluster(
                 tidx.close()
                 del tidx
             cols = {r[0] for r in con.execute("DESCRIBE pieces").fetchall()}
-            version = int(con.execute("SELECT id FROM ducklake_current_snapshot('lake')").fetchone()[0])
+            version = _now(con)
             base = _last_decision(con, params_json)
             decision: dict[str, Any] | None = None
             if base is not None:
@@ -1088,12 +1094,12 @@ def _undecided(con: Any, version: int) -> set[str]:
     import pyarrow as pa
 
     try:
-        now = int(con.execute("SELECT id FROM ducklake_current_snapshot('lake')").fetchone()[0])
+        now = _now(con)
         recent = (
             _arrow_column(
                 con,
-                "SELECT DISTINCT piece_id FROM ducklake_table_insertions('lake', 'store', 'piece_analysis', "
-                f"{int(version) + 1}, {now}) WHERE piece_id IS NOT NULL",
+                f"SELECT DISTINCT piece_id FROM {_changes('insertions', 'piece_analysis', version, now)} "
+                "WHERE piece_id IS NOT NULL",
             )
             if now > int(version)
             else pa.array([], pa.string())
@@ -1161,21 +1167,19 @@ def _pieces_changed_since(con: Any, version: int) -> set[str] | None:
             f"SELECT count(*) FROM ducklake_snapshots('lake') WHERE snapshot_id = {int(version)}"
         ).fetchone()[0]:
             return None  # expired
-        now = int(con.execute("SELECT id FROM ducklake_current_snapshot('lake')").fetchone()[0])
+        now = _now(con)
         if now <= int(version):
             return set()
         # ``pieces`` only grows (ingest appends): then the rows it did not have are those inserted
         # since, read from the files added since rather than by comparing the whole table at two
         # versions (which held 110 MB at 176k pieces)
-        if not con.execute(
-            f"SELECT count(*) FROM ducklake_table_deletions('lake', 'store', 'pieces', {int(version) + 1}, {now})"
-        ).fetchone()[0]:
+        if not con.execute(f"SELECT count(*) FROM {_changes('deletions', 'pieces', version, now)}").fetchone()[0]:
             return {
                 str(p)
                 for p in _column(
                     con,
-                    "SELECT DISTINCT piece_id FROM ducklake_table_insertions('lake', 'store', 'pieces', "
-                    f"{int(version) + 1}, {now}) WHERE status = 'ok' AND piece_id IS NOT NULL",
+                    f"SELECT DISTINCT piece_id FROM {_changes('insertions', 'pieces', version, now)} "
+                    "WHERE status = 'ok' AND piece_id IS NOT NULL",
                 )
             }
         return {
